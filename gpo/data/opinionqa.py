@@ -166,12 +166,17 @@ def load_opinionqa(root: str | Path, attributes: Sequence[str] | None = None,
     for wave, wave_dir in wave_dirs(human_resp, waves).items():
         info = {q.key: q for q in read_info(wave_dir / "info.csv")}
         files = {p.name[: -len("_data.json")]: p for p in sorted(wave_dir.glob("*_data.json"))}
+        metadata = read_metadata(wave_dir / "metadata.csv") if (
+            wave_dir / "metadata.csv").exists() else {}
+        for attribute, names in metadata.items():  # groups in the survey's own order
+            if wanted is None or attribute in wanted:
+                for name in names:
+                    builder.add_group(Group(name, attribute))
         for attribute in (files if wanted is None else wanted):
             if attribute in files:
                 _add_group_file(builder, files[attribute], attribute, info)
                 seen_attributes.add(attribute)
-            elif (wave_dir / "responses.csv").exists() and attribute in read_metadata(
-                    wave_dir / "metadata.csv"):
+            elif (wave_dir / "responses.csv").exists() and attribute in metadata:
                 add_from_responses(builder, wave_dir, wave, attribute, info)
                 seen_attributes.add(attribute)
     if wanted is not None and (missing := [a for a in wanted if a not in seen_attributes]):

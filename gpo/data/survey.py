@@ -237,6 +237,11 @@ class SurveyBuilder:
             raise SurveyDataError(f"{_where(source, key, group)}unknown question key")
         return self._questions[key]
 
+    def add_group(self, group: Group) -> None:
+        """Fix a group's position in the survey (e.g. metadata order); unanswered groups are
+        left out of the built survey."""
+        self._groups.setdefault(group.label, group)
+
     def add_answer(self, group: Group, key: str, values: Sequence[float],
                    respondents: float | None = None, source: str | None = None) -> None:
         question = self.question(key, source, group.label)
@@ -244,7 +249,7 @@ class SurveyBuilder:
         if (group.label, key) in self._answers:
             raise SurveyDataError(f"{_where(source, key, group.label)}duplicate answers for "
                                   "this group and question")
-        self._groups.setdefault(group.label, group)
+        self.add_group(group)
         total = np.nan if respondents is None else float(respondents)
         self._answers[(group.label, key)] = (arr / arr.sum(), total)
 
@@ -253,10 +258,11 @@ class SurveyBuilder:
         answered_keys = {k for _, k in self._answers}
         keys = [k for k in self._questions if k in answered_keys] if questions is None else list(
             questions)
-        if not keys or not self._groups:
+        if not keys or not self._answers:
             raise SurveyDataError(f"{self.name}: empty dataset (no answered questions)")
         qs = tuple(self.question(k) for k in keys)
-        groups = tuple(self._groups.values())
+        answered_groups = {label for label, k in self._answers if k in set(keys)}
+        groups = tuple(g for label, g in self._groups.items() if label in answered_groups)
         O = max(len(q.answer_options) for q in qs)
         probs = np.zeros((len(groups), len(qs), O), np.float32)
         answered = np.zeros((len(groups), len(qs)), bool)

@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+from scipy.optimize import nnls
+
+from gpo.baselines import (BASELINES, group_mixture, knn_options, nearest_group,
+                           population_prior, run_baselines, score_predictions, uniform)
+from gpo.data import Survey, make_synthetic_survey
+from gpo.data.episodes import make_eval_task, make_split
+from gpo.embed.lexical import lexical_option_embeddings
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return make_synthetic_survey(seed=3, n_groups=20, n_questions=200, n_types=3)
+
+
+def with_groups(survey: Survey, probs_GxQxO: np.ndarray) -> Survey:
+    """The survey with some groups' distributions replaced."""
+    return Survey(survey.questions, survey.groups, probs_GxQxO.astype(np.float32),
+                  survey.answered_GxQ, survey.respondents_GxQ, survey.name)
+
+
+def test_population_prior_is_training_mean(synthetic):
+    s = synthetic.survey
+    split = make_split(s, "A", seed=0)
+    task = make_eval_task(s, split, k=10)
+    pred = population_prior(s, split, task)
+    np.testing.assert_allclose(pred[0], s.probs_GxQxO[split.train_groups].mean(0), atol=1e-6)
+
+
+def test_nearest_group_finds_an_identical_group(synthetic):
+    s = synthetic.survey
+    split = make_split(s, "A", seed=0)
+    probs = s.probs_GxQxO.copy()
+    twin = split.train_groups[2]
+    probs[split.test_groups[0]] = probs[twin]  # a test group that answers exactly like one
+    s2 = with_groups(s, probs)
+    task = make_eval_task(s2, split, k=10)
+    pred = nearest_group(s2, split, task)
+    score = score_predictions(s2, task, pred)
+    assert score.per_group_G[0] == pytest.approx(1.0)
+    assert np.all(score.per_group_G[1:] < 1.0)
+
+
+def test_group_mixture_recovers_a_planted_mixture(synthetic):
+    s = synthetic.survey
+    split = make_split(s, "A", seed=1)
+    probs = s.probs_GxQxO.copy()
+    a, b = split.train_groups[:2]
+    probs[split.test_groups[0]] = 0.3 * probs[a] + 0.7 * probs[b]
+    s2 = with_groups(s, probs)
+    task = make_eval_task(s2, split, k=30)
+    pred = group_mixture(s2, split, task, n_iter=2000)
+    np.testing.assert_allclose(pred[0], probs[split.test_groups[0]], atol=0.02)
+    assert score_predictions(s2, task, pred).per_group_G[0] > 0.995
+
+
+def in_convex_hull(point_T: np.ndarray, vertices_SxT: np.ndarray) -> bool:
+    """Whether a point is a convex combination of the vertices (NNLS with a sum-to-one row)."""
+    A = np.vstack([vertices_SxT.T, 100 * np.ones(len(vertices_SxT))])
+    _, residual = nnls(A, np.append(point_T, 100.0))
+    return residual < 1e-6
+
+
+def test_ranking_on_latent_mixtures(synthetic):
+    """Groups are convex mixtures of 3 latent types. A test group whose type weights lie in the
+    convex hull of the training groups' is a mixture of training groups, so the mixture baseline
+    should predict it almost exactly; groups outside the hull are out of its reach."""
+    s = synthetic.survey
+    split = make_split(s, "A", seed=0)
+    task = make_eval_task(s, split, k=20, seed=0)
+    score = score_predictions(s, task, group_mixture(s, split, task)).per_group_G
+    inside = np.array([in_convex_hull(synthetic.mixtures_GxT[g],
+                                      synthetic.mixtures_GxT[split.train_groups])
+                       for g in split.test_groups])
+    assert inside.any() and (~inside).any()
+    assert np.all(score[inside] > 0.99)
+    assert score[~inside].mean() < score[inside].mean()
+
+    embeddings = lexical_option_embeddings(s)
+    results = {name: np.mean(v) for name, v in run_baselines(
+        s, "A", seeds=(0, 1), k=20, option_embeddings_QxOxE=embeddings).items()}
+    assert results["group mixture"] > results["nearest group"] > results["population prior"]
+    assert results["population prior"] > results["uniform"]
+    # Option texts name the theme each stance is about: the group's own context transfers.
+    assert results["kNN options"] > results["uniform"] + 0.005
+
+
+def test_predictions_are_distributions_over_real_options(synthetic):
+    s = synthetic.survey
+    split = make_split(s, "B", seed=0)
+    task = make_eval_task(s, split, k=5)
+    for name, predict in BASELINES.items():
+        pred = predict(s, split, task, option_embeddings_QxOxE=lexical_option_embeddings(s))
+        assert pred.shape == (len(split.test_groups), *s.option_mask_QxO.shape), name
+        np.testing.assert_allclose(pred.sum(-1), 1.0, atol=1e-6, err_msg=name)
+        assert np.all(pred[:, ~s.option_mask_QxO] == 0), name
+
+
+def test_knn_needs_embeddings_of_the_right_shape(synthetic):
+    s = synthetic.survey
+    split = make_split(s, "B")
+    task = make_eval_task(s, split, k=5)
+    with pytest.raises(ValueError, match="needs option_embeddings"):
+        knn_options(s, split, task)
+    with pytest.raises(ValueError, match="expected"):
+        knn_options(s, split, task, option_embeddings_QxOxE=np.zeros((3, 2, 4)))
+    assert uniform(s, split, task).shape[0] == len(split.test_groups)
+
+
+def test_real_opinionqa_baselines_land_near_the_independent_check(opinionqa):
+    """Independent check (620 questions, three 40/60 splits, k=20): uniform 0.81, prior 0.95,
+    nearest group 0.96, mixture 0.97."""
+    results = {n: np.mean(v) for n, v in run_baselines(opinionqa.complete_questions(), "A",
+                                                       seeds=(0, 1, 2), k=20).items()}
+    assert results["uniform"] == pytest.approx(0.81, abs=0.01)
+    assert results["population prior"] == pytest.approx(0.95, abs=0.01)
+    assert results["nearest group"] == pytest.approx(0.96, abs=0.01)
+    assert results["group mixture"] == pytest.approx(0.97, abs=0.01)

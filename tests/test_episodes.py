@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+
+from gpo.data import make_synthetic_survey
+from gpo.data.episodes import EpisodeSampler, make_eval_task, make_split, pack_episodes
+
+
+@pytest.fixture(scope="module")
+def survey():
+    return make_synthetic_survey(seed=1, n_groups=10, n_questions=60).survey
+
+
+def test_sampler_shapes_masks_and_determinism(survey):
+    sampler = EpisodeSampler(survey, np.arange(6), np.arange(60), batch_size=5,
+                             context_range=(3, 10), target_range=(2, 8), seed=7)
+    a, b = sampler.sample(3), sampler.sample(3)
+    for key, value in a.arrays().items():
+        np.testing.assert_array_equal(value, b.arrays()[key])
+    assert not np.array_equal(a.context_option_BxC, sampler.sample(4).context_option_BxC)
+    # A fresh sampler with the same seed resumes the same stream.
+    again = EpisodeSampler(survey, np.arange(6), np.arange(60), batch_size=5,
+                           context_range=(3, 10), target_range=(2, 8), seed=7).sample(3)
+    np.testing.assert_array_equal(a.target_prob_BxT, again.target_prob_BxT)
+    # Capacity is the worst case: the 10 (8) questions with the most options.
+    assert a.context_option_BxC.shape == (5, np.sort(survey.n_options_Q)[::-1][:10].sum())
+    assert a.target_option_BxT.shape == (5, np.sort(survey.n_options_Q)[::-1][:8].sum())
+    O = survey.max_options
+    for bi in range(5):
+        g = a.group_B[bi]
+        assert g < 6
+        ctx_q = np.unique(a.context_option_BxC[bi][a.context_mask_BxC[bi]] // O)
+        tgt_q = np.unique(a.target_question_BxT[bi][a.target_mask_BxT[bi]])
+        assert 3 <= len(ctx_q) <= 10 and 2 <= len(tgt_q) <= 8
+        assert not set(ctx_q) & set(tgt_q)
+        # Every option of a chosen question is a point; probabilities are the group's.
+        assert a.target_mask_BxT[bi].sum() == survey.n_options_Q[tgt_q].sum()
+        opt = a.target_option_BxT[bi][a.target_mask_BxT[bi]]
+        np.testing.assert_allclose(a.target_prob_BxT[bi][a.target_mask_BxT[bi]],
+                                   survey.probs_GxQxO[g, opt // O, opt % O])
+        assert np.all(a.target_question_BxT[bi][~a.target_mask_BxT[bi]] == -1)
+        assert np.all(a.context_prob_BxC[bi][~a.context_mask_BxC[bi]] == 0)
+
+
+def test_pack_rejects_unanswered_and_overflow(survey):
+    with pytest.raises(ValueError, match="more than capacity"):
+        pack_episodes(survey, [0], [np.arange(10)], [np.arange(10, 12)], 3, 20)
+
+
+def test_split_protocols(survey):
+    a = make_split(survey, "A", seed=0)
+    assert len(a.train_groups) == 4 and len(a.test_groups) == 6  # GPO: int(40%)
+    assert not set(a.train_groups) & set(a.test_groups)
+    np.testing.assert_array_equal(a.train_questions, a.test_questions)
+    b = make_split(survey, "B", seed=0)
+    assert not set(b.train_questions) & set(b.test_questions)
+    assert len(b.train_questions) + len(b.test_questions) == 60
+    explicit = make_split(survey, "A", train_groups=["group00", "synthetic=group03"])
+    assert explicit.train_groups.tolist() == [0, 3]
+    with pytest.raises(ValueError, match="protocol"):
+        make_split(survey, "C")
+
+
+def test_eval_task_shares_context_across_groups(survey):
+    split = make_split(survey, "B", seed=2)
+    task = make_eval_task(survey, split, k=5, seed=0)
+    assert np.all(task.context_GxQ.sum(1) == 5)
+    assert np.all(task.context_GxQ == task.context_GxQ[0])  # same k questions for every group
+    assert not np.any(task.context_GxQ & task.target_GxQ)
+    in_test = np.isin(np.arange(60), split.test_questions)
+    assert np.all(in_test[task.context_GxQ.any(0)]) and np.all(in_test[task.target_GxQ.any(0)])
+    assert task.target_GxQ.sum(1).tolist() == [len(split.test_questions) - 5] * 6
+
+
+def test_eval_task_on_sparse_groups():
+    s = make_synthetic_survey(seed=0, n_groups=4, n_questions=30).survey
+    answered = s.answered_GxQ.copy()
+    answered[0, :20] = False  # group 0 answered only the last 10 questions
+    sparse = type(s)(s.questions, s.groups, s.probs_GxQxO * answered[..., None], answered,
+                     s.respondents_GxQ, "sparse")
+    split = make_split(sparse, "A", train_groups=["group03"])
+    task = make_eval_task(sparse, split, k=12)  # common answered: 10 < k
+    assert task.context_GxQ[0].sum() == 0 and task.target_GxQ[0].sum() == 0  # too few
+    assert task.context_GxQ[1].sum() == 12
+    assert np.all(sparse.answered_GxQ[split.test_groups][task.context_GxQ])
