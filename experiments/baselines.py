@@ -13,7 +13,7 @@ import time
 
 from gpo.baselines import USES_ONLY_CONTEXT, run_baselines
 from gpo.data import data_dir, load_dataset
-from gpo.embed.lexical import lexical_option_embeddings
+from gpo.embed import LexicalEmbedder, embed_survey
 from gpo.report import format_table, write_json
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     else:
         survey, metric = survey.drop_sparse(args.min_group_answers), "js"
     print(f"{survey}; metric: {metric}; k = {args.k}; seeds {args.seeds}")
-    embeddings = lexical_option_embeddings(survey)
+    embeddings = embed_survey(survey, LexicalEmbedder())
 
     report = {"dataset": survey.name, "metric": metric, "k": args.k, "seeds": args.seeds,
               "groups": len(survey.groups), "questions": len(survey.questions), "protocols": {}}
@@ -46,8 +46,8 @@ def main() -> None:
         start = time.perf_counter()
         results = run_baselines(survey, protocol, tuple(args.seeds), args.k, metric, embeddings)
         report["protocols"][protocol] = results
-        title = (f"\nProtocol {protocol} ({'unseen groups' if protocol == 'A' else 'unseen groups and questions'}), "
-                 f"{time.perf_counter() - start:.1f}s")
+        what = "unseen groups" if protocol == "A" else "unseen groups and questions"
+        title = f"\nProtocol {protocol} ({what}), {time.perf_counter() - start:.1f}s"
         marked = {name + ("" if protocol == "A" or name in USES_ONLY_CONTEXT else " *"):
                   {"alignment": v} for name, v in results.items()}
         print(format_table(title, marked, ["alignment"]))

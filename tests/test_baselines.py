@@ -2,11 +2,19 @@ import numpy as np
 import pytest
 from scipy.optimize import nnls
 
-from gpo.baselines import (BASELINES, group_mixture, knn_options, nearest_group,
-                           population_prior, run_baselines, score_predictions, uniform)
+from gpo.baselines import (
+    BASELINES,
+    group_mixture,
+    knn_options,
+    nearest_group,
+    population_prior,
+    run_baselines,
+    score_predictions,
+    uniform,
+)
 from gpo.data import Survey, make_synthetic_survey
 from gpo.data.episodes import make_eval_task, make_split
-from gpo.embed.lexical import lexical_option_embeddings
+from gpo.embed import LexicalEmbedder, embed_survey
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +85,7 @@ def test_ranking_on_latent_mixtures(synthetic):
     assert np.all(score[inside] > 0.99)
     assert score[~inside].mean() < score[inside].mean()
 
-    embeddings = lexical_option_embeddings(s)
+    embeddings = embed_survey(s, LexicalEmbedder())
     results = {name: np.mean(v) for name, v in run_baselines(
         s, "A", seeds=(0, 1), k=20, option_embeddings_QxOxE=embeddings).items()}
     assert results["group mixture"] > results["nearest group"] > results["population prior"]
@@ -91,7 +99,7 @@ def test_predictions_are_distributions_over_real_options(synthetic):
     split = make_split(s, "B", seed=0)
     task = make_eval_task(s, split, k=5)
     for name, predict in BASELINES.items():
-        pred = predict(s, split, task, option_embeddings_QxOxE=lexical_option_embeddings(s))
+        pred = predict(s, split, task, option_embeddings_QxOxE=embed_survey(s, LexicalEmbedder()))
         assert pred.shape == (len(split.test_groups), *s.option_mask_QxO.shape), name
         np.testing.assert_allclose(pred.sum(-1), 1.0, atol=1e-6, err_msg=name)
         assert np.all(pred[:, ~s.option_mask_QxO] == 0), name

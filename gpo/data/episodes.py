@@ -18,7 +18,6 @@ import numpy as np
 
 from gpo.data.survey import Survey
 
-
 # ---------------------------------------------------------------------------------------------
 # Splits
 

@@ -1,0 +1,165 @@
+"""Run configuration: frozen dataclasses nested by concern, validated on construction, with
+named presets and a JSON round trip (a run directory's config.json is the source of truth)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from gpo.models import HEADS
+
+DATASETS = ("synthetic", "opinionqa", "globalopinionqa")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "synthetic"
+    data_dir: str | None = None       # dataset folder; default $GPO_DATA_DIR/<dataset>
+    protocol: str = "A"               # A: unseen groups; B: unseen groups and questions
+    split_seed: int = 0
+    train_fraction: float = 0.4       # GPO: 40% of groups train
+    validation_fraction: float = 0.25  # of the training groups, held out to pick checkpoints
+    eval_k: int = 20                  # context questions per test group (GPO: 20)
+    min_group_answers: int = 50       # sparse data (GlobalOpinionQA): keep groups with >= this
+    synthetic_groups: int = 36
+    synthetic_questions: int = 300
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.protocol not in ("A", "B"):
+            raise ValueError(f"protocol must be 'A' or 'B', got {self.protocol!r}")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must be in [0, 1), got "
+                             f"{self.validation_fraction}")
+
+    @property
+    def metric(self) -> str:
+        return "js" if self.dataset == "globalopinionqa" else "wasserstein"
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedConfig:
+    model: str = "lexical"     # 'lexical', 'smollm2', 'minilm', or a GGUF / HF directory path
+    cache_dir: str | None = None
+    batch_size: int = 32
+
+    def __post_init__(self):
+        if not self.model:
+            raise ValueError("embed.model must name an embedder")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 32                        # episodes per step (GPO: 32)
+    learning_rate: float = 3e-4                 # GPO: Adam 3e-4, cosine decay
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    loss: str = "gaussian_nll"                  # or 'kl'
+    context_range: tuple[int, int] = (10, 100)  # questions per episode (GPO: U[10, 100])
+    target_range: tuple[int, int] = (10, 100)
+    eval_every: int = 200
+    checkpoint_every: int = 200
+    seed: int = 0
+    devices: int | None = None                  # default: all
+
+    def __post_init__(self):
+        if self.loss not in ("gaussian_nll", "kl"):
+            raise ValueError(f"loss must be 'gaussian_nll' or 'kl', got {self.loss!r}")
+        if min(self.steps, self.batch_size, self.eval_every, self.checkpoint_every) < 1:
+            raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        object.__setattr__(self, "context_range", tuple(self.context_range))
+        object.__setattr__(self, "target_range", tuple(self.target_range))
+
+    @classmethod
+    def paper(cls) -> TrainConfig:
+        return cls()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    head: str = "gpo"
+    model: Any = None   # the head's config; its embedding_dim is set from the embedder
+    data: DataConfig = DataConfig()
+    embed: EmbedConfig = EmbedConfig()
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self):
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; have {sorted(HEADS)}")
+        config_cls = HEADS[self.head][0]
+        if self.model is not None and not isinstance(self.model, config_cls):
+            raise ValueError(f"head {self.head!r} needs a {config_cls.__name__}, got "
+                             f"{type(self.model).__name__}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> RunConfig:
+        raw = dict(raw)
+        head = raw.get("head", "gpo")
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; have {sorted(HEADS)}")
+        model = raw.pop("model", None)
+        return cls(head=head,
+                   model=None if model is None else _build(HEADS[head][0], model, "model"),
+                   data=_build(DataConfig, raw.get("data", {}), "data"),
+                   embed=_build(EmbedConfig, raw.get("embed", {}), "embed"),
+                   train=_build(TrainConfig, raw.get("train", {}), "train"))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def override(self, assignments: list[str]) -> RunConfig:
+        """Apply 'section.field=value' overrides (value parsed as JSON, else a string)."""
+        raw = self.to_dict()
+        for item in assignments:
+            if "=" not in item or "." not in item.split("=", 1)[0]:
+                raise ValueError(f"override {item!r} is not section.field=value")
+            path, value = item.split("=", 1)
+            section, field = path.split(".", 1)
+            if section not in raw or not isinstance(raw[section], dict | type(None)):
+                raise ValueError(f"override {item!r}: unknown section {section!r}")
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                parsed = value
+            raw[section] = dict(raw[section] or {})
+            raw[section][field] = parsed
+        return RunConfig.from_dict(raw)
+
+
+def _build(cls, raw: dict, section: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ValueError(f"config section {section!r}: unknown fields {unknown}; "
+                         f"have {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in raw.items():
+        hint = hints.get(name)
+        if isinstance(value, list) and _is_tuple(hint):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
+
+def _is_tuple(hint) -> bool:
+    if typing.get_origin(hint) is tuple:
+        return True
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_is_tuple(h) for h in typing.get_args(hint))
+    return False

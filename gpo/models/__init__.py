@@ -1,0 +1,10 @@
+"""Preference heads. Each registers its config and module under a name: a head is built from
+its config, and every head offers encode_context() / predict() / __call__ with GPO's shapes."""
+
+from __future__ import annotations
+
+from gpo.models.gpo import GPO, GPOConfig
+
+HEADS = {"gpo": (GPOConfig, GPO)}
+
+__all__ = ["GPO", "GPOConfig", "HEADS"]

@@ -1,0 +1,67 @@
+"""Pieces every preference head shares: the MLP, softmax within questions, and the losses.
+
+Shapes: B episodes, C context points, T target points, E embedding width.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_NEG = -1e30  # finite "minus infinity": a fully masked row stays NaN-free
+
+
+class MLP(nnx.Module):
+    """Linear, then (ReLU, Linear) x (depth - 1): GPO's embedder and predictor shape."""
+
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, depth: int, *, rngs: nnx.Rngs):
+        if depth < 1:
+            raise ValueError(f"MLP depth must be >= 1, got {depth}")
+        dims = [d_in] + [d_hidden] * (depth - 1) + [d_out]
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims, dims[1:])])
+
+    def __call__(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = nnx.relu(x)
+        return x
+
+
+def same_question_BxTxT(question_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+    both = mask_BxT[:, :, None] & mask_BxT[:, None, :]
+    return (question_BxT[:, :, None] == question_BxT[:, None, :]) & both
+
+
+def softmax_within_questions(logits_BxT: jax.Array, question_BxT: jax.Array,
+                             mask_BxT: jax.Array) -> jax.Array:
+    """Softmax of each target point's logit over the points of its own question.
+
+    Points of one question share a question id; padding (mask False) gets probability 0.
+    """
+    same = same_question_BxTxT(question_BxT, mask_BxT)
+    logits_BxT = jnp.where(mask_BxT, logits_BxT, 0.0)
+    peak_BxT = jnp.max(jnp.where(same, logits_BxT[:, None, :], _NEG), axis=-1)
+    # Padding rows have no peak; shift them by 0 so exp stays finite (inf * 0 is NaN in grads).
+    peak_BxT = jax.lax.stop_gradient(jnp.where(mask_BxT, peak_BxT, 0.0))
+    exp_BxT = jnp.where(mask_BxT, jnp.exp(logits_BxT - peak_BxT), 0.0)
+    total_BxT = jnp.einsum("bts,bs->bt", same.astype(exp_BxT.dtype), exp_BxT)
+    return jnp.where(mask_BxT, exp_BxT / jnp.where(mask_BxT, total_BxT, 1.0), 0.0)
+
+
+def gaussian_nll(prob_BxT, std_BxT, true_BxT, mask_BxT) -> jax.Array:
+    """GPO's loss: -log N(true; predicted probability, std), summed over an episode's target
+    points, averaged over episodes."""
+    z = (true_BxT - prob_BxT) / std_BxT
+    nll = 0.5 * z**2 + jnp.log(std_BxT) + 0.5 * jnp.log(2 * jnp.pi)
+    return jnp.mean(jnp.sum(jnp.where(mask_BxT, nll, 0.0), axis=-1))
+
+
+def cross_entropy(prob_BxT, true_BxT, mask_BxT) -> jax.Array:
+    """KL(true || predicted) summed over an episode's questions, averaged over episodes.
+
+    (Cross-entropy minus the target's entropy, so a perfect prediction scores 0.)"""
+    true = jnp.where(mask_BxT, true_BxT, 0.0)
+    kl = true * (jnp.log(jnp.maximum(true, 1e-12)) - jnp.log(jnp.maximum(prob_BxT, 1e-12)))
+    return jnp.mean(jnp.sum(jnp.where(mask_BxT, kl, 0.0), axis=-1))

@@ -1,0 +1,117 @@
+"""GPO: an in-context transformer over a group's (option embedding, probability) points.
+
+Shapes: B episodes, C context points, T target points, E embedding width, D model width,
+H heads, K = D / H head width, L layers.
+
+Context token = MLP([x; y]), target token = MLP([x; 0]). Every token attends to the context
+tokens only, so targets never see each other and no position is encoded (a set, not a
+sequence). Computed as context self-attention plus target->context cross-attention with the
+same layer weights: O(C^2 + C T) instead of attention over all C + T tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gpo.models.common import _NEG, MLP, softmax_within_questions
+
+
+@dataclasses.dataclass(frozen=True)
+class GPOConfig:
+    embedding_dim: int
+    width: int = 128
+    heads: int = 4
+    layers: int = 6
+    feedforward: int = 128
+    embed_depth: int = 4
+    bound_std: bool = False  # std = 0.05 + 0.95 softplus(.) instead of exp(.)
+
+    def __post_init__(self):
+        if self.embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be positive, got {self.embedding_dim}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if min(self.layers, self.feedforward, self.embed_depth) < 1:
+            raise ValueError("layers, feedforward and embed_depth must be >= 1")
+
+    @classmethod
+    def paper(cls, embedding_dim: int) -> GPOConfig:
+        """The GPO paper's configs/gpo.yaml: 6 layers, width 128, 4 heads, feed-forward 128."""
+        return cls(embedding_dim=embedding_dim)
+
+
+class ContextAttentionLayer(nnx.Module):
+    """A post-norm transformer layer whose keys and values are the context tokens only."""
+
+    def __init__(self, width: int, heads: int, feedforward: int, *, rngs: nnx.Rngs):
+        self.heads = heads
+        self.query = nnx.Linear(width, width, rngs=rngs)
+        self.key = nnx.Linear(width, width, rngs=rngs)
+        self.value = nnx.Linear(width, width, rngs=rngs)
+        self.out = nnx.Linear(width, width, rngs=rngs)
+        self.norm_attention = nnx.LayerNorm(width, rngs=rngs)
+        self.ff_in = nnx.Linear(width, feedforward, rngs=rngs)
+        self.ff_out = nnx.Linear(feedforward, width, rngs=rngs)
+        self.norm_ff = nnx.LayerNorm(width, rngs=rngs)
+
+    def __call__(self, tokens_BxNxD, context_BxCxD, context_mask_BxC):
+        B, N, D = tokens_BxNxD.shape
+        H, K = self.heads, D // self.heads
+        q_BxNxHxK = self.query(tokens_BxNxD).reshape(B, N, H, K)
+        k_BxCxHxK = self.key(context_BxCxD).reshape(B, -1, H, K)
+        v_BxCxHxK = self.value(context_BxCxD).reshape(B, -1, H, K)
+        logits_BxHxNxC = jnp.einsum("bnhk,bchk->bhnc", q_BxNxHxK, k_BxCxHxK) / math.sqrt(K)
+        logits_BxHxNxC = jnp.where(context_mask_BxC[:, None, None, :], logits_BxHxNxC, _NEG)
+        weights = jax.nn.softmax(logits_BxHxNxC, axis=-1)
+        attended = jnp.einsum("bhnc,bchk->bnhk", weights, v_BxCxHxK).reshape(B, N, D)
+        x = self.norm_attention(tokens_BxNxD + self.out(attended))
+        return self.norm_ff(x + self.ff_out(nnx.relu(self.ff_in(x))))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ContextState:
+    """A group's encoded context: each layer's input context tokens, reused for any targets."""
+
+    tokens_LxBxCxD: jax.Array
+    mask_BxC: jax.Array
+
+
+class GPO(nnx.Module):
+    def __init__(self, config: GPOConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        c = config
+        self.embedder = MLP(c.embedding_dim + 1, c.width, c.width, c.embed_depth, rngs=rngs)
+        self.layers = nnx.List([ContextAttentionLayer(c.width, c.heads, c.feedforward, rngs=rngs)
+                                for _ in range(c.layers)])
+        self.predictor = MLP(c.width, c.feedforward, 2, 2, rngs=rngs)
+
+    def encode_context(self, x_BxCxE, y_BxC, mask_BxC) -> ContextState:
+        tokens = self.embedder(jnp.concatenate([x_BxCxE, y_BxC[..., None]], axis=-1))
+        per_layer = []
+        for layer in self.layers:
+            per_layer.append(tokens)
+            tokens = layer(tokens, tokens, mask_BxC)
+        return ContextState(jnp.stack(per_layer), mask_BxC)
+
+    def predict(self, context: ContextState, x_BxTxE, question_BxT, mask_BxT):
+        """(probability, std) of each target point; probabilities sum to 1 within a question."""
+        zeros = jnp.zeros(x_BxTxE.shape[:-1] + (1,), x_BxTxE.dtype)
+        tokens = self.embedder(jnp.concatenate([x_BxTxE, zeros], axis=-1))
+        for layer, context_tokens in zip(self.layers, context.tokens_LxBxCxD):
+            tokens = layer(tokens, context_tokens, context.mask_BxC)
+        out_BxTx2 = self.predictor(tokens)
+        prob_BxT = softmax_within_questions(out_BxTx2[..., 0], question_BxT, mask_BxT)
+        raw = out_BxTx2[..., 1]
+        std_BxT = 0.05 + 0.95 * jax.nn.softplus(raw) if self.config.bound_std else jnp.exp(raw)
+        return prob_BxT, std_BxT
+
+    def __call__(self, x_context, y_context, mask_context, x_target, question_target,
+                 mask_target):
+        context = self.encode_context(x_context, y_context, mask_context)
+        return self.predict(context, x_target, question_target, mask_target)

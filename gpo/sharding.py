@@ -1,0 +1,53 @@
+"""All sharding choices in one place: one mesh, axis "data"; episodes split over it, parameters
+replicated. The same code runs on 1 CPU, on simulated CPU devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=8), on GPU/TPU and across hosts."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed() -> None:
+    """Join a multi-host run when the launcher says so (JAX_COORDINATOR_ADDRESS etc.)."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]))
+
+
+def make_mesh(n_devices: int | None = None) -> Mesh:
+    devices = jax.devices()
+    if n_devices is not None:
+        if n_devices > len(devices):
+            raise ValueError(f"asked for {n_devices} devices, have {len(devices)}")
+        devices = devices[:n_devices]
+    return Mesh(np.array(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def put_batch(arrays: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Host batch -> global arrays split over "data". Every process holds the same host batch
+    (episodes are seeded from (seed, step)) and contributes the shards it can address."""
+    n = mesh.shape[DATA_AXIS]
+    out = {}
+    for name, value in arrays.items():
+        if value.shape[0] % n:
+            raise ValueError(f"batch of {value.shape[0]} episodes does not split over {n} "
+                             "devices; choose a batch size divisible by the device count")
+        out[name] = jax.make_array_from_callback(value.shape, data_sharded(mesh),
+                                                 lambda index, v=value: v[index])
+    return out

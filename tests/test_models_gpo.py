@@ -1,0 +1,111 @@
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from gpo.models import GPO, GPOConfig
+from gpo.models.common import cross_entropy, gaussian_nll, softmax_within_questions
+
+E = 12
+
+
+@pytest.fixture(scope="module")
+def model():
+    return GPO(GPOConfig(embedding_dim=E, width=32, heads=4, layers=2, feedforward=32),
+               rngs=nnx.Rngs(0))
+
+
+def episode(seed=0, B=2, C=7, T=9):
+    rng = np.random.default_rng(seed)
+    x_c = rng.normal(size=(B, C, E)).astype(np.float32)
+    y_c = rng.uniform(size=(B, C)).astype(np.float32)
+    m_c = np.ones((B, C), bool)
+    m_c[1, 5:] = False
+    x_t = rng.normal(size=(B, T, E)).astype(np.float32)
+    q_t = np.array([[0, 0, 1, 1, 1, 2, 2, -1, -1], [4, 4, 4, 9, 9, -1, -1, -1, -1]])
+    return x_c, y_c, m_c, x_t, q_t, q_t >= 0
+
+
+def test_paper_preset():
+    c = GPOConfig.paper(4096)
+    assert (c.layers, c.width, c.heads, c.feedforward, c.embed_depth) == (6, 128, 4, 128, 4)
+    with pytest.raises(ValueError, match="divisible"):
+        GPOConfig(embedding_dim=8, width=30, heads=4)
+
+
+def test_probabilities_sum_to_one_within_each_question(model):
+    x_c, y_c, m_c, x_t, q_t, m_t = episode()
+    prob, std = model(x_c, y_c, m_c, x_t, q_t, m_t)
+    prob = np.asarray(prob)
+    for b in range(2):
+        for q in set(q_t[b][m_t[b]]):
+            assert prob[b][q_t[b] == q].sum() == pytest.approx(1.0, abs=1e-5)
+    assert np.all(prob[~m_t] == 0)
+    assert np.all(np.asarray(std)[m_t] > 0)
+
+
+def test_permuting_context_changes_nothing(model):
+    x_c, y_c, m_c, x_t, q_t, m_t = episode()
+    base = np.asarray(model(x_c, y_c, m_c, x_t, q_t, m_t)[0])
+    perm = np.random.default_rng(1).permutation(x_c.shape[1])
+    out = np.asarray(model(x_c[:, perm], y_c[:, perm], m_c[:, perm], x_t, q_t, m_t)[0])
+    np.testing.assert_allclose(out, base, atol=1e-5)
+
+
+def test_permuting_targets_permutes_only_them(model):
+    x_c, y_c, m_c, x_t, q_t, m_t = episode()
+    base = np.asarray(model(x_c, y_c, m_c, x_t, q_t, m_t)[0])
+    perm = np.random.default_rng(2).permutation(x_t.shape[1])
+    out = np.asarray(model(x_c, y_c, m_c, x_t[:, perm], q_t[:, perm], m_t[:, perm])[0])
+    np.testing.assert_allclose(out, base[:, perm], atol=1e-5)
+
+
+def test_padding_changes_nothing(model):
+    x_c, y_c, m_c, x_t, q_t, m_t = episode()
+    base = np.asarray(model(x_c, y_c, m_c, x_t, q_t, m_t)[0])
+    pad = lambda a, n, v: np.concatenate([a, np.full(a.shape[:1] + (n,) + a.shape[2:], v,  # noqa: E731
+                                                     a.dtype)], 1)
+    out = np.asarray(model(pad(x_c, 5, 3.0), pad(y_c, 5, 0.7), pad(m_c, 5, False),
+                           pad(x_t, 4, -2.0), pad(q_t, 4, -1), pad(m_t, 4, False))[0])
+    np.testing.assert_allclose(out[:, :9], base, atol=1e-5)
+    # The masked-out context of episode 1 (points 5, 6) does not matter either.
+    x_c2 = x_c.copy()
+    x_c2[1, 5:] = 100.0
+    out2 = np.asarray(model(x_c2, y_c, m_c, x_t, q_t, m_t)[0])
+    np.testing.assert_allclose(out2, base, atol=1e-5)
+
+
+def test_targets_do_not_see_each_other_but_context_matters(model):
+    x_c, y_c, m_c, x_t, q_t, m_t = episode()
+    base = np.asarray(model(x_c, y_c, m_c, x_t, q_t, m_t)[0])
+    x_t2 = x_t.copy()
+    x_t2[0, 5:7] += 1.0  # change question 2's options only
+    out = np.asarray(model(x_c, y_c, m_c, x_t2, q_t, m_t)[0])
+    np.testing.assert_allclose(out[0, :5], base[0, :5], atol=1e-6)
+    assert not np.allclose(out[0, 5:7], base[0, 5:7])
+    y_c2 = y_c.copy()
+    y_c2[0] = 1 - y_c2[0]
+    assert not np.allclose(np.asarray(model(x_c, y_c2, m_c, x_t, q_t, m_t)[0])[0], base[0])
+
+
+def test_cached_context_equals_full_forward(model):
+    x_c, y_c, m_c, x_t, q_t, m_t = episode()
+    full = model(x_c, y_c, m_c, x_t, q_t, m_t)
+    context = model.encode_context(x_c, y_c, m_c)
+    cached = model.predict(context, x_t, q_t, m_t)
+    for a, b in zip(full, cached):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_losses():
+    q = jnp.array([[0, 0, 1, 1, -1]])
+    m = q >= 0
+    prob = softmax_within_questions(jnp.array([[1.0, 1.0, 0.0, 2.0, 5.0]]), q, m)
+    np.testing.assert_allclose(prob[0, :2], [0.5, 0.5], atol=1e-6)
+    true = jnp.array([[0.5, 0.5, 0.2, 0.8, 0.0]])
+    assert float(cross_entropy(true, true, m)) == pytest.approx(0.0, abs=1e-6)
+    assert float(cross_entropy(prob, true, m)) > 0
+    std = jnp.full((1, 5), 0.1)
+    # -log N at the mean is log(std) + log(2 pi)/2 per point; 4 real points.
+    expected = 4 * (np.log(0.1) + 0.5 * np.log(2 * np.pi))
+    assert float(gaussian_nll(true, std, true, m)) == pytest.approx(expected, rel=1e-5)

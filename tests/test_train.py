@@ -1,0 +1,165 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from gpo.config import DataConfig, RunConfig, TrainConfig
+from gpo.data import make_synthetic_survey
+from gpo.embed import LexicalEmbedder, embed_survey
+from gpo.models import GPOConfig
+from gpo.train import TrainingDiverged, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = dict(width=16, heads=2, layers=1, feedforward=16, embed_depth=2)
+
+
+def tiny_config(steps=30, **train_overrides) -> RunConfig:
+    train_cfg = dict(steps=steps, batch_size=4, context_range=(2, 6), target_range=(2, 6),
+                     eval_every=10, checkpoint_every=10, learning_rate=3e-3, warmup_steps=2)
+    train_cfg.update(train_overrides)
+    return RunConfig(model=GPOConfig(embedding_dim=32, **TINY_MODEL),
+                     data=DataConfig(eval_k=5), train=TrainConfig(**train_cfg))
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
+    return survey, embed_survey(survey, LexicalEmbedder(dim=32))
+
+
+def params_of(run_dir: Path, which: str = "latest"):
+    import orbax.checkpoint as ocp
+    manager = ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints" / which)
+    step = manager.latest_step()
+    restored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore()))
+    return step, restored.model
+
+
+def test_training_learns_and_keeps_the_best(tiny_data, tmp_path):
+    survey, emb = tiny_data
+    result = train(tiny_config(steps=60), survey, emb, tmp_path / "run", progress=False)
+    assert result.steps == 60 and len(result.history) == 6
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert result.best_step in [h["step"] for h in result.history]
+    assert result.best_validation == max(h["validation"] for h in result.history)
+    saved = RunConfig.load(tmp_path / "run" / "config.json")
+    assert saved.model.embedding_dim == 32 and saved.train.steps == 60
+    assert params_of(tmp_path / "run", "best")[0] == result.best_step
+
+
+def test_resuming_gives_the_same_parameters(tiny_data, tmp_path):
+    survey, emb = tiny_data
+    train(tiny_config(), survey, emb, tmp_path / "whole", progress=False)
+    train(tiny_config(), survey, emb, tmp_path / "split", progress=False, stop_after=13)
+    assert params_of(tmp_path / "split")[0] == 13
+    train(tiny_config(), survey, emb, tmp_path / "split", progress=False)
+    _, a = params_of(tmp_path / "whole")
+    _, b = params_of(tmp_path / "split")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_a_different_config_does_not_resume(tiny_data, tmp_path):
+    survey, emb = tiny_data
+    train(tiny_config(steps=10), survey, emb, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        train(tiny_config(steps=10, learning_rate=1e-2), survey, emb, tmp_path / "run",
+              progress=False)
+
+
+def test_nan_stops_the_run_naming_the_step(tiny_data, tmp_path):
+    survey, emb = tiny_data
+    bad = emb.copy()
+    bad[3, 0, 0] = np.inf
+    with pytest.raises(TrainingDiverged, match=r"at step 0; episodes \[0, 1, 2, 3\]"):
+        train(tiny_config(), survey, bad, tmp_path / "run", progress=False)
+
+
+KILL_SCRIPT = """
+import sys
+from gpo.data import make_synthetic_survey
+from gpo.embed import LexicalEmbedder, embed_survey
+from gpo.train import train
+sys.path.insert(0, {tests!r})
+from test_train import tiny_config
+survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
+train(tiny_config(steps={steps}, checkpoint_every=5), survey,
+      embed_survey(survey, LexicalEmbedder(dim=32)), sys.argv[1], progress=False)
+"""
+
+
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_path):
+    steps = 400
+    survey, emb = tiny_data
+    script = KILL_SCRIPT.format(tests=str(ROOT / "tests"), steps=steps)
+    child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "killed")],
+                             cwd=ROOT, stderr=subprocess.PIPE)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 240
+    while time.time() < deadline and child.poll() is None:
+        if latest.exists() and any(p.name.isdigit() and int(p.name) >= 10
+                                   for p in latest.iterdir()):
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, f"child ended early: {child.stderr.read().decode()[-2000:]}"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    killed_at = params_of(tmp_path / "killed")[0]
+    assert 10 <= killed_at < steps
+    train(tiny_config(steps=steps, checkpoint_every=5), survey, emb, tmp_path / "killed",
+          progress=False)
+    train(tiny_config(steps=steps, checkpoint_every=5), survey, emb, tmp_path / "whole",
+          progress=False)
+    _, a = params_of(tmp_path / "killed")
+    _, b = params_of(tmp_path / "whole")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)
+
+
+SHARDED_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from gpo.data import make_synthetic_survey
+from gpo.data.episodes import EpisodeSampler
+from gpo.embed import LexicalEmbedder, embed_survey
+from gpo.sharding import make_mesh, put_batch, replicated
+from gpo.train import EmbeddingTable, init_model_state, make_optimizer, make_train_step
+sys.path.insert(0, {tests!r})
+from test_train import tiny_config
+cfg = tiny_config()
+survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
+emb = EmbeddingTable.fit(embed_survey(survey, LexicalEmbedder(dim=32)), survey.option_mask_QxO)
+batch = EpisodeSampler(survey, np.arange(8), np.arange(40), 8, (2, 6), (2, 6)).sample(0)
+out = {{"devices": len(jax.devices())}}
+for n in (1, 8):
+    mesh = make_mesh(n)
+    graphdef, state = init_model_state(cfg, 0, mesh)
+    tx = make_optimizer(cfg)
+    step = make_train_step(graphdef, tx, "gaussian_nll", mesh)
+    state, _, metrics = step(state, tx.init(state), jax.device_put(emb.table_NxE,
+                             replicated(mesh)), put_batch(batch.arrays(), mesh))
+    out[n] = {{"loss": float(metrics["loss"]),
+               "param": float(np.asarray(jax.tree.leaves(state)[0]).sum())}}
+print(json.dumps(out))
+"""
+
+
+def test_eight_simulated_devices_match_one():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    script = SHARDED_SCRIPT.format(tests=str(ROOT / "tests"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 8
+    assert out["8"]["loss"] == pytest.approx(out["1"]["loss"], abs=1e-5)
+    assert out["8"]["param"] == pytest.approx(out["1"]["param"], abs=1e-4)
