@@ -54,8 +54,9 @@ class GroupPreferenceModel:
                  survey_keys: dict[str, tuple[tuple[str, ...], np.ndarray]] | None = None):
         self.config = config
         self.run_dir = run_dir
+        self.module = model        # the trained head (a Flax NNX module)
+        self.table = table         # embedding standardisation fitted at training time
         self._graphdef, self._state = nnx.split(model)
-        self._table = table
         self._survey_keys = survey_keys or {}
         self._embedder: Embedder | None = None
 
@@ -83,7 +84,7 @@ class GroupPreferenceModel:
             resolved.append(r)
             distributions.append(_check_distribution(distribution, len(r.options),
                                                      f"context item {i} ({r.name!r})"))
-        x_NxE = self._table.standardize(np.concatenate([r.embeddings_NxE for r in resolved]))
+        x_NxE = self.table.standardize(np.concatenate([r.embeddings_NxE for r in resolved]))
         y_N = np.concatenate(distributions).astype(np.float32)
         n = len(y_N)
         C = _round_up(n)
@@ -142,7 +143,7 @@ class AdaptedGroup:
             return []
         resolved = self.model._resolve(list(questions), where="predict")
         m = self.model
-        x_NxE = m._table.standardize(np.concatenate([r.embeddings_NxE for r in resolved]))
+        x_NxE = m.table.standardize(np.concatenate([r.embeddings_NxE for r in resolved]))
         question_N = np.repeat(np.arange(len(resolved)), [len(r.options) for r in resolved])
         n = len(question_N)
         T = _round_up(n)

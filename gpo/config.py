@@ -25,6 +25,7 @@ class DataConfig:
     validation_fraction: float = 0.25  # of the training groups, held out to pick checkpoints
     eval_k: int = 20                  # context questions per test group (GPO: 20)
     min_group_answers: int = 50       # sparse data (GlobalOpinionQA): keep groups with >= this
+    synthetic_seed: int = 0
     synthetic_groups: int = 36
     synthetic_questions: int = 300
 

@@ -1,0 +1,98 @@
+"""End-to-end steps shared by the CLI, the demo and experiments/: load the survey a config
+names, embed it, train, and score the trained head beside every baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gpo.api import load
+from gpo.baselines import BASELINES, USES_ONLY_CONTEXT, score_predictions
+from gpo.config import DataConfig, EmbedConfig, RunConfig
+from gpo.data import data_dir, load_dataset, make_synthetic_survey
+from gpo.data.episodes import Split, make_eval_task, make_split
+from gpo.data.survey import Survey
+from gpo.embed import embed_survey, make_embedder
+from gpo.evaluate import predict_task
+from gpo.train import EmbeddingTable, TrainResult, train
+
+
+def load_survey(config: DataConfig) -> Survey:
+    """The survey a data config names, filtered as experiments use it."""
+    if config.dataset == "synthetic":
+        return make_synthetic_survey(seed=config.synthetic_seed, n_groups=config.synthetic_groups,
+                                     n_questions=config.synthetic_questions).survey
+    root = data_dir(config.data_dir)
+    if root is None:
+        raise FileNotFoundError(f"dataset {config.dataset!r} needs data.data_dir or "
+                                "$GPO_DATA_DIR (see data_cards/)")
+    if (root / config.dataset).is_dir():
+        root = root / config.dataset
+    survey = load_dataset(root, config.dataset)
+    if config.dataset == "opinionqa":
+        return survey.complete_questions()
+    return survey.drop_sparse(config.min_group_answers)
+
+
+def embed(survey: Survey, config: EmbedConfig) -> np.ndarray:
+    options = {} if config.model == "lexical" else {"cache_dir": config.cache_dir,
+                                                    "batch_size": config.batch_size}
+    return embed_survey(survey, make_embedder(config.model, **options))
+
+
+def train_run(config: RunConfig, run_dir: str | Path, progress: bool = True,
+              survey: Survey | None = None, embeddings: np.ndarray | None = None
+              ) -> TrainResult:
+    survey = load_survey(config.data) if survey is None else survey
+    embeddings = embed(survey, config.embed) if embeddings is None else embeddings
+    return train(config, survey, embeddings, run_dir, progress=progress)
+
+
+def evaluate_run(run_dir: str | Path, survey: Survey, embeddings: np.ndarray,
+                 ks: Sequence[int] = (20,), eval_seeds: Sequence[int] = (0,)) -> dict:
+    """Alignment of the run's head and of every baseline on the run's test groups, per k.
+
+    Returns {"k": {k: {method: [score per eval seed]}}, "per_group": {method: [...]}} where
+    per_group holds the first seed's per-group scores at the largest k.
+    """
+    model = load(run_dir)
+    config = model.config
+    split = _split_of(config, survey)
+    table = EmbeddingTable.with_stats(embeddings[:, :survey.max_options],
+                                      model.table.mean_E, model.table.scale_E).table_NxE
+    head = model.module
+    results: dict = {"k": {}, "per_group": {}, "groups": [
+        survey.group_labels[g] for g in split.test_groups], "head": config.head}
+    for k in ks:
+        per_method: dict[str, list[float]] = {}
+        for seed in eval_seeds:
+            task = make_eval_task(survey, split, k, seed=seed)
+            prob, _ = predict_task(head, table, survey, task)
+            scores = {config.head.upper(): score_predictions(survey, task, prob,
+                                                             config.data.metric)}
+            for name, predict in BASELINES.items():
+                if name == "kNN options" and config.data.protocol == "A":
+                    continue
+                pred = predict(survey, split, task, metric=config.data.metric,
+                               option_embeddings_QxOxE=embeddings)
+                label = name if config.data.protocol == "A" or name in USES_ONLY_CONTEXT \
+                    else f"{name} *"
+                scores[label] = score_predictions(survey, task, pred, config.data.metric)
+            for name, score in scores.items():
+                per_method.setdefault(name, []).append(score.mean)
+                if k == max(ks) and seed == eval_seeds[0]:
+                    results["per_group"][name] = score.per_group_G.tolist()
+        results["k"][k] = per_method
+    return results
+
+
+def _split_of(config: RunConfig, survey: Survey) -> Split:
+    d: DataConfig = config.data
+    return make_split(survey, d.protocol, seed=d.split_seed, train_fraction=d.train_fraction)
+
+
+def with_split_seed(config: RunConfig, seed: int) -> RunConfig:
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, split_seed=seed))

