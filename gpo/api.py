@@ -67,7 +67,7 @@ class GroupPreferenceModel:
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
-            self._embedder = make_embedder(self.config.embed.model)
+            self._embedder = make_embedder(self.config.embed)
         return self._embedder
 
     def adapt(self, context: Sequence) -> AdaptedGroup:

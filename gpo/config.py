@@ -45,13 +45,18 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EmbedConfig:
-    model: str = "lexical"     # 'lexical', 'smollm2', 'minilm', or a GGUF / HF directory path
+    model: str = "lexical"     # 'lexical', 'smollm2', or a .gguf file / Hugging Face folder
+    dim: int = 1024            # lexical only: hashed feature width (an LLM fixes its own)
+    pooling: str = "mean"      # LLMs: 'mean' over tokens (GPO) or 'last' token
+    layer: int = -1            # LLMs: hidden layer, Hugging Face numbering (-1 = last, normed)
     cache_dir: str | None = None
     batch_size: int = 32
 
     def __post_init__(self):
         if not self.model:
             raise ValueError("embed.model must name an embedder")
+        if self.pooling not in ("mean", "last"):
+            raise ValueError(f"embed.pooling must be 'mean' or 'last', got {self.pooling!r}")
 
 
 @dataclasses.dataclass(frozen=True)

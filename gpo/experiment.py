@@ -38,9 +38,7 @@ def load_survey(config: DataConfig) -> Survey:
 
 
 def embed(survey: Survey, config: EmbedConfig) -> np.ndarray:
-    options = {} if config.model == "lexical" else {"cache_dir": config.cache_dir,
-                                                    "batch_size": config.batch_size}
-    return embed_survey(survey, make_embedder(config.model, **options))
+    return embed_survey(survey, make_embedder(config))
 
 
 def train_run(config: RunConfig, run_dir: str | Path, progress: bool = True,

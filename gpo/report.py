@@ -12,8 +12,11 @@ import numpy as np
 
 
 def mean_std(values: Sequence[float]) -> str:
+    """'mean ± sample std' over seeds; a single value is shown alone."""
     arr = np.asarray(values, np.float64)
-    return f"{arr.mean():.4f} ± {arr.std(ddof=1) if arr.size > 1 else 0.0:.4f}"
+    if arr.size == 1:
+        return f"{arr[0]:.4f}"
+    return f"{arr.mean():.4f} ± {arr.std(ddof=1):.4f}"
 
 
 def format_table(title: str, rows: Mapping[str, Mapping[str, Sequence[float]]],

@@ -48,8 +48,16 @@ class EmbeddingTable:
     scale_E: np.ndarray
 
     @classmethod
-    def fit(cls, embeddings_QxOxE: np.ndarray, option_mask_QxO: np.ndarray) -> EmbeddingTable:
-        valid = np.asarray(embeddings_QxOxE, np.float64)[option_mask_QxO]
+    def fit(cls, embeddings_QxOxE: np.ndarray, option_mask_QxO: np.ndarray,
+            question_keys: list[str] | None = None) -> EmbeddingTable:
+        emb = np.asarray(embeddings_QxOxE, np.float64)
+        bad = ~np.isfinite(emb).all(-1) & option_mask_QxO
+        if bad.any():
+            q, o = np.argwhere(bad)[0]
+            name = question_keys[q] if question_keys else f"question {q}"
+            raise ValueError(f"embeddings of {int(bad.sum())} options are not finite, first "
+                             f"{name!r} option {o}")
+        valid = emb[option_mask_QxO]
         mean, scale = valid.mean(0), valid.std(0) + 1e-6
         return cls.with_stats(embeddings_QxOxE, mean, scale)
 
@@ -116,7 +124,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_name: str, 
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state, table, batch)
         updates, opt_state = tx.update(grads, opt_state, state)
         state = optax.apply_updates(state, updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         return state, opt_state, metrics
 
     rep = replicated(mesh)
@@ -175,7 +183,10 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
     sampler = EpisodeSampler(survey, train_groups, split.train_questions, t.batch_size,
                              t.context_range, t.target_range, seed=t.seed)
     mesh = make_mesh(t.devices)
-    emb = EmbeddingTable.fit(embeddings_QxOxE[:, :survey.max_options], survey.option_mask_QxO)
+    if embeddings_QxOxE.shape[:2] != survey.option_mask_QxO.shape:
+        raise ValueError(f"embeddings have shape {embeddings_QxOxE.shape}, expected "
+                         f"{survey.option_mask_QxO.shape} + (E,) for {survey}")
+    emb = EmbeddingTable.fit(embeddings_QxOxE, survey.option_mask_QxO, survey.question_keys)
     table = jax.device_put(emb.table_NxE, replicated(mesh))
 
     graphdef, state = init_model_state(config, t.seed, mesh)

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 
+from gpo.config import EmbedConfig
 from gpo.embed import LexicalEmbedder, embed_survey, make_embedder
 from gpo.embed.llm import EmbeddingCache, LLMEmbedder, format_prompt, smollm2_path
 from gpo.embed.weights import ModelFileError, load_gguf
@@ -46,7 +47,7 @@ def test_missing_and_corrupt_model_files(tmp_path):
     with pytest.raises(ModelFileError, match="not a readable GGUF"):
         load_gguf(bad)
     with pytest.raises(FileNotFoundError, match="not 'smollm2', a .gguf file"):
-        make_embedder(str(tmp_path / "missing-model"))
+        make_embedder(EmbedConfig(model=str(tmp_path / "missing-model")))
 
 
 def test_cache_refuses_vectors_of_another_model(tmp_path):

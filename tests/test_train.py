@@ -75,12 +75,20 @@ def test_a_different_config_does_not_resume(tiny_data, tmp_path):
               progress=False)
 
 
-def test_nan_stops_the_run_naming_the_step(tiny_data, tmp_path):
+def test_non_finite_embeddings_are_rejected_naming_the_question(tiny_data, tmp_path):
     survey, emb = tiny_data
     bad = emb.copy()
-    bad[3, 0, 0] = np.inf
-    with pytest.raises(TrainingDiverged, match=r"at step 0; episodes \[0, 1, 2, 3\]"):
+    bad[3, 1, 0] = np.inf
+    with pytest.raises(ValueError, match="first 'SYN0003' option 1"):
         train(tiny_config(), survey, bad, tmp_path / "run", progress=False)
+
+
+def test_divergence_stops_the_run_naming_step_and_episodes(tiny_data, tmp_path):
+    survey, emb = tiny_data
+    with pytest.raises(TrainingDiverged, match=r"at step \d+; episodes \[[0-9, ]+\] "
+                                               r"\(groups \['synthetic=group"):
+        train(tiny_config(learning_rate=1e12, warmup_steps=0), survey, emb, tmp_path / "run",
+              progress=False)
 
 
 KILL_SCRIPT = """

@@ -8,6 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
+from gpo.config import EmbedConfig
 from gpo.data.survey import Survey
 from gpo.embed.lexical import LexicalEmbedder
 
@@ -22,12 +23,15 @@ class Embedder(Protocol):
         ...
 
 
-def make_embedder(name: str, **options) -> Embedder:
-    """'lexical' (no model), or a frozen LLM (see gpo.embed.llm) by name or path."""
-    if name == "lexical":
-        return LexicalEmbedder(**options)
-    from gpo.embed.llm import make_llm_embedder  # imports the LLM stack only when needed
-    return make_llm_embedder(name, **options)
+def make_embedder(config: EmbedConfig | str) -> Embedder:
+    """The embedder a config names: 'lexical' (no model), or a frozen LLM (gpo.embed.llm)."""
+    if isinstance(config, str):
+        config = EmbedConfig(model=config)
+    if config.model == "lexical":
+        return LexicalEmbedder(dim=config.dim)
+    from gpo.embed.llm import LLMEmbedder  # imports the LLM stack only when needed
+    return LLMEmbedder(config.model, pooling=config.pooling, layer=config.layer,
+                       batch_size=config.batch_size, cache_dir=config.cache_dir)
 
 
 def embed_survey(survey: Survey, embedder: Embedder) -> np.ndarray:

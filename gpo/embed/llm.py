@@ -256,8 +256,3 @@ class EmbeddingCache:
         tmp_index = self.dir / f".{name}.{os.getpid()}.json"
         tmp_index.write_text(json.dumps(keys))
         tmp_index.replace(self.dir / f"{name}.json")  # the index last: a part counts once whole
-
-
-def make_llm_embedder(name: str, **options) -> LLMEmbedder:
-    options = {k: v for k, v in options.items() if v is not None}
-    return LLMEmbedder(name, **options)

@@ -97,14 +97,15 @@ def load_gguf(path: str | Path) -> LoadedModel:
         max_position_embeddings=int(_field(reader, p + "context_length", 8192)))
     model = nnx.eval_shape(lambda: LlamaModel(config))
     state = {"embed": weight("token_embd.weight"), "norm": weight("output_norm.weight")}
+    # llama.cpp permutes q/k rows for Llama-style rotary layouts, not for Qwen2.
+    unpermute = (lambda w, n: w) if arch == "qwen2" else _unpermute
     for i in range(config.num_layers):
         b = f"blk.{i}."
         state[i] = {
-            "input_norm": weight(b + "attn_norm.weight"), "post_norm": weight(b + "ffn_norm.weight"),
-            "q": _unpermute(weight(b + "attn_q.weight"), heads) if arch != "qwen2"
-            else weight(b + "attn_q.weight"),
-            "k": _unpermute(weight(b + "attn_k.weight"), kv_heads) if arch != "qwen2"
-            else weight(b + "attn_k.weight"),
+            "input_norm": weight(b + "attn_norm.weight"),
+            "post_norm": weight(b + "ffn_norm.weight"),
+            "q": unpermute(weight(b + "attn_q.weight"), heads),
+            "k": unpermute(weight(b + "attn_k.weight"), kv_heads),
             "v": weight(b + "attn_v.weight"), "o": weight(b + "attn_output.weight"),
             "gate": weight(b + "ffn_gate.weight"), "up": weight(b + "ffn_up.weight"),
             "down": weight(b + "ffn_down.weight"),

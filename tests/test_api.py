@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import pytest
+
+import gpo
+from gpo.cli import main as cli_main
+from gpo.data import make_synthetic_survey
+from gpo.data.episodes import make_eval_task, make_split
+from gpo.embed import LexicalEmbedder, embed_survey
+from gpo.evaluate import predict_task
+from gpo.train import EmbeddingTable, train
+from tests.test_train import tiny_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
+    embeddings = embed_survey(survey, LexicalEmbedder(dim=32))
+    run_dir = tmp_path_factory.mktemp("api") / "run"
+    config = tiny_config(steps=20)
+    config = config.override(["embed.model=lexical", "embed.dim=32"])
+    train(config, survey, embeddings, run_dir, progress=False)
+    return survey, embeddings, run_dir
+
+
+def test_adapt_and_predict_by_key_text_and_embedding(run):
+    survey, embeddings, run_dir = run
+    model = gpo.load(run_dir)
+    q0, q1, q2 = survey.questions[:3]
+    context = [(q0.key, survey.probs_GxQxO[0, 0, :len(q0.answer_options)]),
+               ((q1.text, q1.answer_options), survey.probs_GxQxO[0, 1, :len(q1.answer_options)])]
+    group = model.adapt(context)
+    by_key, by_text, by_array = group.predict([
+        q2.key, (q2.text, q2.answer_options), embeddings[2, :len(q2.answer_options)]])
+    np.testing.assert_allclose(by_key.probs.sum(), 1.0, atol=1e-5)
+    assert by_key.options == q2.answer_options
+    # The lexical embedder is deterministic: a key and its text give the same prediction.
+    np.testing.assert_allclose(by_key.probs, by_text.probs, atol=1e-6)
+    np.testing.assert_allclose(by_key.probs, by_array.probs, atol=1e-6)
+    assert np.all(by_key.std > 0)
+
+
+def test_api_matches_batch_evaluation_and_survives_reload(run):
+    survey, embeddings, run_dir = run
+    model = gpo.load(run_dir)
+    split = make_split(survey, "A", seed=0)
+    task = make_eval_task(survey, split, k=5)
+    table = EmbeddingTable.with_stats(embeddings, model.table.mean_E, model.table.scale_E)
+    prob_GxQxO, _ = predict_task(model.module, table.table_NxE, survey, task)
+    g = task.groups[0]
+    context = [(survey.questions[q].key,
+                survey.probs_GxQxO[g, q, :survey.n_options_Q[q]])
+               for q in np.flatnonzero(task.context_GxQ[0])]
+    targets = np.flatnonzero(task.target_GxQ[0])[:6]
+    preds = model.adapt(context).predict([survey.questions[q].key for q in targets])
+    again = gpo.load(run_dir).adapt(context).predict([survey.questions[q].key for q in targets])
+    for q, p, p2 in zip(targets, preds, again):
+        np.testing.assert_allclose(p.probs, prob_GxQxO[0, q, :len(p.probs)], atol=1e-5)
+        np.testing.assert_array_equal(p.probs, p2.probs)
+
+
+@pytest.mark.parametrize("context, message", [
+    ([], "at least one"),
+    ([("SYN0000", [0.5, 0.5, 0.0, 0.0, 0.0, 0.0])], r"6 probabilities for \d options"),
+    ([("SYN0001", [-1.0] + [1.0] * 10)], "probabilities"),
+    ([("NOPE", [0.5, 0.5])], "unknown question key 'NOPE'"),
+    ([(np.zeros((2, 7)), [0.5, 0.5])], r"shape \(2, 7\), expected \(options, 32\)"),
+    (["SYN0000"], "expected \\(question, distribution\\)"),
+])
+def test_bad_context_names_the_item(run, context, message):
+    model = gpo.load(run[2])
+    with pytest.raises(ValueError, match=message):
+        model.adapt(context)
+
+
+def test_nan_distribution_is_rejected(run):
+    survey, _, run_dir = run
+    q = survey.questions[0]
+    with pytest.raises(ValueError, match="context item 0 .*finite"):
+        gpo.load(run_dir).adapt([(q.key, [np.nan] * len(q.answer_options))])
+
+
+def test_cli_predict(run, tmp_path, capsys):
+    survey, _, run_dir = run
+    q0, q1 = survey.questions[:2]
+    (tmp_path / "context.json").write_text(json.dumps(
+        [{"question": q0.key, "distribution": [1.0] * len(q0.answer_options)}]))
+    (tmp_path / "questions.json").write_text(json.dumps(
+        [q1.key, {"text": "Is tea good?", "options": ["Yes", "No"]}]))
+    cli_main(["predict", "--run-dir", str(run_dir), "--context", str(tmp_path / "context.json"),
+              "--questions", str(tmp_path / "questions.json")])
+    out = json.loads(capsys.readouterr().out)
+    assert [p["options"] for p in out] == [list(q1.answer_options), ["Yes", "No"]]
+    assert all(abs(sum(p["probs"]) - 1) < 1e-5 for p in out)
