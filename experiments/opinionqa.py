@@ -1,0 +1,81 @@
+"""GPO on OpinionQA beside every baseline: alignment at k context questions, over group splits.
+
+    python experiments/opinionqa.py --data-dir ../shared/data/opinionqa
+    python experiments/opinionqa.py --data-dir ../shared/data/opinionqa --protocols A B \
+        --seeds 0 1 2 --steps 1500
+
+Embeds the 624 questions answered by all 36 groups with the chosen frozen LLM (cached under
+--cache-dir), meta-trains one run per (protocol, split seed) under --runs (resumed if present),
+then prints mean ± std over splits and writes a JSON report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
+from gpo.experiment import embed, evaluate_run, load_survey
+from gpo.report import format_table, write_json
+from gpo.train import train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--embedder", default="smollm2")
+    parser.add_argument("--cache-dir", default="runs/embedding_cache")
+    parser.add_argument("--runs", default="runs/opinionqa")
+    parser.add_argument("--protocols", nargs="+", default=["A"], choices=["A", "B"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20, 50])
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--questions-per-episode", type=int, nargs=2, default=[5, 30],
+                        help="context and target question range (GPO: 10 100)")
+    parser.add_argument("--loss", default="gaussian_nll", choices=["gaussian_nll", "kl"])
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--out", default="reports/opinionqa.json")
+    args = parser.parse_args()
+
+    data = DataConfig(dataset="opinionqa", data_dir=args.data_dir)
+    survey = load_survey(data)
+    embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
+    start = time.perf_counter()
+    embeddings = embed(survey, embed_config)
+    print(f"{survey}; {args.embedder} embeddings {embeddings.shape} in "
+          f"{time.perf_counter() - start:.0f}s")
+    lo, hi = args.questions_per_episode
+    train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size,
+                               context_range=(lo, hi), target_range=(lo, hi), loss=args.loss,
+                               learning_rate=args.learning_rate, eval_every=250,
+                               checkpoint_every=250)
+    report = {"embedder": args.embedder, "train": train_config.__dict__, "protocols": {}}
+    for protocol in args.protocols:
+        per_k: dict[int, dict[str, list[float]]] = {k: {} for k in args.ks}
+        for seed in args.seeds:
+            config = RunConfig(data=DataConfig(dataset="opinionqa", data_dir=args.data_dir,
+                                               protocol=protocol, split_seed=seed),
+                               embed=embed_config, train=train_config)
+            run_dir = Path(args.runs) / f"{args.embedder}_{protocol}_{seed}_{args.loss}"
+            start = time.perf_counter()
+            result = train(config, survey, embeddings, run_dir, progress=False)
+            results = evaluate_run(run_dir, survey, embeddings, args.ks, eval_seeds=(seed,))
+            print(f"protocol {protocol} split {seed}: trained {result.steps} steps "
+                  f"({time.perf_counter() - start:.0f}s), best validation "
+                  f"{result.best_validation:.4f} at step {result.best_step}")
+            for k in args.ks:
+                for method, values in results["k"][k].items():
+                    per_k[k].setdefault(method, []).extend(values)
+        rows = {m: {f"k={k}": per_k[k][m] for k in args.ks} for m in per_k[args.ks[0]]}
+        print(format_table(f"\nOpinionQA protocol {protocol}: alignment, mean ± std over "
+                           f"splits {args.seeds}", rows, [f"k={k}" for k in args.ks]))
+        if protocol == "B":
+            print("* reads training groups' answers on the held-out questions")
+        report["protocols"][protocol] = {str(k): v for k, v in per_k.items()}
+    print(f"\nwrote {write_json(args.out, report)}")
+
+
+if __name__ == "__main__":
+    main()
