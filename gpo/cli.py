@@ -32,6 +32,8 @@ def cmd_embed(args) -> None:
 
 def cmd_train(args) -> None:
     from gpo.experiment import train_run
+    from gpo.sharding import maybe_initialize_distributed
+    maybe_initialize_distributed()
     result = train_run(_config(args), args.run_dir, progress=not args.quiet)
     print(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps,
                       "best_validation": result.best_validation, "best_step": result.best_step,

@@ -13,13 +13,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
-def maybe_initialize_distributed() -> None:
-    """Join a multi-host run when the launcher says so (JAX_COORDINATOR_ADDRESS etc.)."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
-        jax.distributed.initialize(
-            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["JAX_PROCESS_ID"]))
+def maybe_initialize_distributed() -> bool:
+    """Join a multi-process run when the launcher says so: JAX_COORDINATOR_ADDRESS (host:port),
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID. CPU processes talk through gloo collectives."""
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if not address:
+        return False
+    if os.environ.get("JAX_PLATFORMS", "cpu") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=address,
+                               num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                               process_id=int(os.environ["JAX_PROCESS_ID"]))
+    return True
 
 
 def make_mesh(n_devices: int | None = None) -> Mesh:

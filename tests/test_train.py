@@ -171,3 +171,61 @@ def test_eight_simulated_devices_match_one():
     assert out["devices"] == 8
     assert out["8"]["loss"] == pytest.approx(out["1"]["loss"], abs=1e-5)
     assert out["8"]["param"] == pytest.approx(out["1"]["param"], abs=1e-4)
+
+
+MULTI_PROCESS_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from gpo.sharding import maybe_initialize_distributed
+distributed = maybe_initialize_distributed()
+from gpo.data import make_synthetic_survey
+from gpo.data.episodes import EpisodeSampler
+from gpo.embed import LexicalEmbedder, embed_survey
+from gpo.sharding import make_mesh, put_batch, replicated
+from gpo.train import EmbeddingTable, init_model_state, make_optimizer, make_train_step
+sys.path.insert(0, {tests!r})
+from test_train import tiny_config
+cfg = tiny_config()
+survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
+emb = EmbeddingTable.fit(embed_survey(survey, LexicalEmbedder(dim=32)), survey.option_mask_QxO)
+batch = EpisodeSampler(survey, np.arange(8), np.arange(40), 8, (2, 6), (2, 6)).sample(0)
+mesh = make_mesh()
+graphdef, state = init_model_state(cfg, 0, mesh)
+tx = make_optimizer(cfg)
+opt = jax.jit(tx.init, out_shardings=jax.tree.map(lambda _: replicated(mesh),
+              jax.eval_shape(tx.init, state)))(state)
+step = make_train_step(graphdef, tx, "gaussian_nll", mesh)
+table = jax.make_array_from_callback(emb.table_NxE.shape, replicated(mesh),
+                                     lambda index: emb.table_NxE[index])
+state, _, metrics = step(state, opt, table, put_batch(batch.arrays(), mesh))
+print(json.dumps({{"distributed": distributed, "processes": jax.process_count(),
+                  "devices": len(jax.devices()), "loss": float(metrics["loss"])}}))
+"""
+
+
+def test_two_processes_on_localhost_match_one_process():
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    script = MULTI_PROCESS_SCRIPT.format(tests=str(ROOT / "tests"))
+    base = dict(os.environ, JAX_PLATFORMS="cpu")
+    base.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(base, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                                       JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+             for i in range(2)]
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr[-3000:]
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    single = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=base,
+                            capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = json.loads(single.stdout.strip().splitlines()[-1])
+    assert one["processes"] == 1 and not one["distributed"]
+    for out in outs:
+        assert out["distributed"] and out["processes"] == 2 and out["devices"] == 2
+        assert out["loss"] == pytest.approx(one["loss"], abs=1e-5)
