@@ -16,14 +16,14 @@ from gpo.baselines import score_predictions
 from gpo.data.episodes import EvalTask, pack_episodes
 from gpo.data.survey import Survey
 from gpo.metrics import Score
+from gpo.models.common import forward_episodes
 
 _PAD = 64  # round capacities up, so a few shapes serve all evaluations (fewer compilations)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(graphdef, state, table_NxE, batch):
-    from gpo.train import forward
-    return forward(nnx.merge(graphdef, state), table_NxE, batch)
+    return forward_episodes(nnx.merge(graphdef, state), table_NxE, batch)
 
 
 def predict_task(model, table_NxE: np.ndarray, survey: Survey, task: EvalTask,

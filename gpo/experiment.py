@@ -3,7 +3,6 @@ names, embed it, train, and score the trained head beside every baseline."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,11 +12,11 @@ from gpo.api import load
 from gpo.baselines import BASELINES, USES_ONLY_CONTEXT, score_predictions
 from gpo.config import DataConfig, EmbedConfig, RunConfig
 from gpo.data import data_dir, load_dataset, make_synthetic_survey
-from gpo.data.episodes import Split, make_eval_task, make_split
+from gpo.data.episodes import make_eval_task
 from gpo.data.survey import Survey
 from gpo.embed import embed_survey, make_embedder
 from gpo.evaluate import predict_task
-from gpo.train import EmbeddingTable, TrainResult, train
+from gpo.train import EmbeddingTable, TrainResult, split_for, train
 
 
 def load_survey(config: DataConfig) -> Survey:
@@ -58,7 +57,7 @@ def evaluate_run(run_dir: str | Path, survey: Survey, embeddings: np.ndarray,
     """
     model = load(run_dir)
     config = model.config
-    split = _split_of(config, survey)
+    split = split_for(config, survey)
     table = EmbeddingTable.with_stats(embeddings[:, :survey.max_options],
                                       model.table.mean_E, model.table.scale_E).table_NxE
     head = model.module
@@ -85,12 +84,3 @@ def evaluate_run(run_dir: str | Path, survey: Survey, embeddings: np.ndarray,
                     results["per_group"][name] = score.per_group_G.tolist()
         results["k"][k] = per_method
     return results
-
-
-def _split_of(config: RunConfig, survey: Survey) -> Split:
-    d: DataConfig = config.data
-    return make_split(survey, d.protocol, seed=d.split_seed, train_fraction=d.train_fraction)
-
-
-def with_split_seed(config: RunConfig, seed: int) -> RunConfig:
-    return dataclasses.replace(config, data=dataclasses.replace(config.data, split_seed=seed))

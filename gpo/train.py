@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 
 from gpo.checkpoint import Checkpoints, save_survey_embeddings
 from gpo.config import RunConfig
-from gpo.data.episodes import EpisodeSampler, Split, make_split
+from gpo.data.episodes import EpisodeSampler, Split, make_eval_task, make_split
 from gpo.data.survey import Survey
 from gpo.evaluate import evaluate_groups
 from gpo.models import HEADS
-from gpo.models.common import cross_entropy, gaussian_nll
+from gpo.models.common import cross_entropy, forward_episodes, gaussian_nll
 from gpo.sharding import make_mesh, put_batch, replicated
 
 
@@ -71,13 +71,6 @@ class EmbeddingTable:
         return ((np.asarray(x_NxE, np.float32) - self.mean_E) / self.scale_E).astype(np.float32)
 
 
-def forward(model, table_NxE: jax.Array, batch: dict[str, jax.Array]):
-    """(probability, std) per target point; embeddings are gathered on the device."""
-    return model(table_NxE[batch["context_option_BxC"]], batch["context_prob_BxC"],
-                 batch["context_mask_BxC"], table_NxE[batch["target_option_BxT"]],
-                 batch["target_question_BxT"], batch["target_mask_BxT"])
-
-
 def episode_loss(loss_name: str, prob_BxT, std_BxT, batch) -> jax.Array:
     if loss_name == "gaussian_nll":
         return gaussian_nll(prob_BxT, std_BxT, batch["target_prob_BxT"], batch["target_mask_BxT"])
@@ -116,7 +109,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_name: str, 
     state and optimiser replicated and donated, episodes split over "data"."""
 
     def loss_fn(state, table, batch):
-        prob, std = forward(nnx.merge(graphdef, state), table, batch)
+        prob, std = forward_episodes(nnx.merge(graphdef, state), table, batch)
         loss = episode_loss(loss_name, prob, std, batch)
         return loss, {"loss": loss, "nonfinite_B": _nonfinite_episodes(prob, std)}
 
@@ -148,6 +141,12 @@ class TrainResult:
     seconds: float
 
 
+def split_for(config: RunConfig, survey: Survey) -> Split:
+    """The group (and, for protocol B, question) split a run's config defines."""
+    d = config.data
+    return make_split(survey, d.protocol, seed=d.split_seed, train_fraction=d.train_fraction)
+
+
 def validation_split(split: Split, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Hold out some training groups to pick checkpoints; test groups are never looked at."""
     if fraction == 0 or len(split.train_groups) < 3:
@@ -176,8 +175,7 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
                            [q.answer_options for q in survey.questions], embeddings_QxOxE)
 
     t = config.train
-    split = make_split(survey, config.data.protocol, seed=config.data.split_seed,
-                       train_fraction=config.data.train_fraction)
+    split = split_for(config, survey)
     train_groups, val_groups = validation_split(split, config.data.validation_fraction,
                                                 config.data.split_seed)
     sampler = EpisodeSampler(survey, train_groups, split.train_questions, t.batch_size,
@@ -262,7 +260,6 @@ def _check_finite(step: int, metrics: dict, groups_B: np.ndarray, survey: Survey
 
 def _validate(graphdef, state, emb: EmbeddingTable, survey: Survey, split: Split,
               val_groups: np.ndarray, config: RunConfig) -> float:
-    from gpo.data.episodes import make_eval_task
     val_split = dataclasses.replace(split, test_groups=val_groups)
     task = make_eval_task(survey, val_split, config.data.eval_k, seed=config.data.split_seed)
     model = nnx.merge(graphdef, state)

@@ -65,3 +65,10 @@ def cross_entropy(prob_BxT, true_BxT, mask_BxT) -> jax.Array:
     true = jnp.where(mask_BxT, true_BxT, 0.0)
     kl = true * (jnp.log(jnp.maximum(true, 1e-12)) - jnp.log(jnp.maximum(prob_BxT, 1e-12)))
     return jnp.mean(jnp.sum(jnp.where(mask_BxT, kl, 0.0), axis=-1))
+
+
+def forward_episodes(model, table_NxE: jax.Array, batch: dict[str, jax.Array]):
+    """(probability, std) per target point; embeddings are gathered on the device."""
+    return model(table_NxE[batch["context_option_BxC"]], batch["context_prob_BxC"],
+                 batch["context_mask_BxC"], table_NxE[batch["target_option_BxT"]],
+                 batch["target_question_BxT"], batch["target_mask_BxT"])
