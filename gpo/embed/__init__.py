@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -24,14 +26,24 @@ class Embedder(Protocol):
 
 
 def make_embedder(config: EmbedConfig | str) -> Embedder:
-    """The embedder a config names: 'lexical' (no model), or a frozen LLM (gpo.embed.llm)."""
+    """The embedder a config names: 'lexical' (no model), 'minilm' or a BERT folder
+    (gpo.embed.bert), or a frozen Llama-family LLM: 'smollm2', a .gguf, an HF folder."""
     if isinstance(config, str):
         config = EmbedConfig(model=config)
     if config.model == "lexical":
         return LexicalEmbedder(dim=config.dim)
+    if config.model == "minilm" or _is_bert_folder(config.model):
+        from gpo.embed.bert import BertEmbedder
+        return BertEmbedder(None if config.model == "minilm" else config.model,
+                            batch_size=config.batch_size)
     from gpo.embed.llm import LLMEmbedder  # imports the LLM stack only when needed
     return LLMEmbedder(config.model, pooling=config.pooling, layer=config.layer,
                        batch_size=config.batch_size, cache_dir=config.cache_dir)
+
+
+def _is_bert_folder(name: str) -> bool:
+    config = Path(name) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") == "bert"
 
 
 def embed_survey(survey: Survey, embedder: Embedder) -> np.ndarray:
