@@ -74,16 +74,13 @@ class GroupPreferenceModel:
         """Encode a group's context answers once: [(question, distribution), ...]."""
         if not context:
             raise ValueError("adapt() needs at least one (question, distribution) pair")
-        resolved, distributions = [], []
         for i, item in enumerate(context):
             if not (isinstance(item, tuple | list) and len(item) == 2):
                 raise ValueError(f"context item {i}: expected (question, distribution), got "
                                  f"{type(item).__name__}")
-            question, distribution = item
-            r = self._resolve([question], where=f"context item {i}")[0]
-            resolved.append(r)
-            distributions.append(_check_distribution(distribution, len(r.options),
-                                                     f"context item {i} ({r.name!r})"))
+        resolved = self._resolve([q for q, _ in context], where="context")  # one embed call
+        distributions = [_check_distribution(d, len(r.options), f"context item {i} ({r.name!r})")
+                         for i, (r, (_, d)) in enumerate(zip(resolved, context))]
         x_NxE = self.table.standardize(np.concatenate([r.embeddings_NxE for r in resolved]))
         y_N = np.concatenate(distributions).astype(np.float32)
         n = len(y_N)
@@ -98,7 +95,7 @@ class GroupPreferenceModel:
     def _resolve(self, questions: Sequence, where: str) -> list[_Resolved]:
         out, to_embed = [], []
         for i, q in enumerate(questions):
-            label = f"{where}" if len(questions) == 1 else f"{where}, question {i}"
+            label = f"{where} item {i}"
             if isinstance(q, str):
                 if q not in self._survey_keys:
                     raise ValueError(f"{label}: unknown question key {q!r}; give (text, "

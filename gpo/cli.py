@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dataset", default="opinionqa",
                    choices=["opinionqa", "globalopinionqa", "synthetic"])
     p.add_argument("--data-dir")
-    p.add_argument("--model", default="smollm2", help="smollm2, minilm, lexical, a .gguf file or a model folder")
+    p.add_argument("--model", default="smollm2",
+                   help="smollm2, minilm, lexical, a .gguf file or a model folder")
     p.add_argument("--cache-dir")
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_embed)
