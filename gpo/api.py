@@ -135,6 +135,12 @@ class AdaptedGroup:
         self.model = model
         self.context = context_state
 
+    @property
+    def group_embedding(self) -> np.ndarray | None:
+        """The group's embedding z `[M, D]` for heads that compute one (PPD), else None."""
+        z = getattr(self.context, "z_BxMxD", None)
+        return None if z is None else np.asarray(z[0])
+
     def predict(self, questions: Sequence) -> list[Prediction]:
         if not questions:
             return []

@@ -93,3 +93,27 @@ def test_cli_predict(run, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert [p["options"] for p in out] == [list(q1.answer_options), ["Yes", "No"]]
     assert all(abs(sum(p["probs"]) - 1) < 1e-5 for p in out)
+
+
+def test_ppd_head_trains_saves_and_reloads_through_the_same_code(run, tmp_path):
+    import dataclasses
+
+    from gpo.models import PPDConfig
+    survey, embeddings, _ = run
+    config = dataclasses.replace(
+        tiny_config(steps=10), head="ppd",
+        model=PPDConfig(embedding_dim=32, width=16, heads=2, feedforward=16, set_layers=1,
+                        group_tokens=2, predictor_layers=1))
+    config = config.override(["embed.model=lexical", "embed.dim=32"])
+    train(config, survey, embeddings, tmp_path / "ppd", progress=False)
+    model = gpo.load(tmp_path / "ppd")
+    assert model.config.head == "ppd"
+    q0, q1 = survey.questions[:2]
+    context = [(q0.key, survey.probs_GxQxO[0, 0, :len(q0.answer_options)])]
+    group = model.adapt(context)
+    assert group.group_embedding.shape == (2, 16)
+    again = gpo.load(tmp_path / "ppd").adapt(context)
+    np.testing.assert_array_equal(group.group_embedding, again.group_embedding)
+    np.testing.assert_array_equal(group.predict([q1.key])[0].probs,
+                                  again.predict([q1.key])[0].probs)
+    assert gpo.load(run[2]).adapt(context).group_embedding is None  # GPO has no z

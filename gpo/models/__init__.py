@@ -4,7 +4,8 @@ its config, and every head offers encode_context() / predict() / __call__ with G
 from __future__ import annotations
 
 from gpo.models.gpo import GPO, GPOConfig
+from gpo.models.ppd import PPD, PPDConfig
 
-HEADS = {"gpo": (GPOConfig, GPO)}
+HEADS = {"gpo": (GPOConfig, GPO), "ppd": (PPDConfig, PPD)}
 
-__all__ = ["GPO", "GPOConfig", "HEADS"]
+__all__ = ["GPO", "GPOConfig", "HEADS", "PPD", "PPDConfig"]
