@@ -87,9 +87,10 @@ class GroupPreferenceModel:
         C = _round_up(n)
         x = np.zeros((1, C, self.embedding_dim), np.float32)
         y = np.zeros((1, C), np.float32)
-        mask = np.zeros((1, C), bool)
-        x[0, :n], y[0, :n], mask[0, :n] = x_NxE, y_N, True
-        state = _encode(self._graphdef, self._state, x, y, mask)
+        question = np.full((1, C), -1, np.int32)
+        x[0, :n], y[0, :n] = x_NxE, y_N
+        question[0, :n] = np.repeat(np.arange(len(resolved)), [len(r.options) for r in resolved])
+        state = _encode(self._graphdef, self._state, x, y, question >= 0, question)
         return AdaptedGroup(self, state)
 
     def _resolve(self, questions: Sequence, where: str) -> list[_Resolved]:
@@ -141,6 +142,12 @@ class AdaptedGroup:
         z = getattr(self.context, "z_BxMxD", None)
         return None if z is None else np.asarray(z[0])
 
+    @property
+    def mixture_weights(self) -> np.ndarray | None:
+        """The group's weights over the K prototypes for PAL, else None."""
+        w = getattr(self.context, "mixture_BxK", None)
+        return None if w is None else np.asarray(w[0])
+
     def predict(self, questions: Sequence) -> list[Prediction]:
         if not questions:
             return []
@@ -163,8 +170,8 @@ class AdaptedGroup:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _encode(graphdef, state, x, y, mask):
-    return nnx.merge(graphdef, state).encode_context(x, y, mask)
+def _encode(graphdef, state, x, y, mask, question):
+    return nnx.merge(graphdef, state).encode_context(x, y, mask, question)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -109,7 +109,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_name: str, 
     state and optimiser replicated and donated, episodes split over "data"."""
 
     def loss_fn(state, table, batch):
-        prob, std = forward_episodes(nnx.merge(graphdef, state), table, batch)
+        prob, std = forward_episodes(nnx.merge(graphdef, state), table, batch, training=True)
         loss = episode_loss(loss_name, prob, std, batch)
         return loss, {"loss": loss, "nonfinite_B": _nonfinite_episodes(prob, std)}
 
@@ -166,9 +166,7 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     E = embeddings_QxOxE.shape[-1]
-    if config.model is None or config.model.embedding_dim != E:
-        base = config.model or HEADS[config.head][0].paper(E)
-        config = dataclasses.replace(config, model=dataclasses.replace(base, embedding_dim=E))
+    config = _fit_model_config(config, E, len(survey.groups))
     _check_same_config(run_dir, config)
     config.save(run_dir / "config.json")
     save_survey_embeddings(run_dir, survey.question_keys,
@@ -237,6 +235,16 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
     checkpoints.close()
     return TrainResult(run_dir, end, meta["best_validation"], meta["best_step"],
                        meta["history"], time.perf_counter() - started)
+
+
+def _fit_model_config(config: RunConfig, embedding_dim: int, n_groups: int) -> RunConfig:
+    """Fill the fields the data decides: input width, and the group table size of heads that
+    keep one state per training group."""
+    model = config.model or HEADS[config.head][0].paper(embedding_dim)
+    fields = {"embedding_dim": embedding_dim}
+    if "n_groups" in {f.name for f in dataclasses.fields(model)}:
+        fields["n_groups"] = n_groups
+    return dataclasses.replace(config, model=dataclasses.replace(model, **fields))
 
 
 def _check_same_config(run_dir: Path, config: RunConfig) -> None:

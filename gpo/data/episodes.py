@@ -112,6 +112,7 @@ class EpisodeBatch:
     context_option_BxC: np.ndarray   # int32 flat option index (question * O + option)
     context_prob_BxC: np.ndarray     # float32 the group's probability of that option
     context_mask_BxC: np.ndarray     # bool, False on padding
+    context_question_BxC: np.ndarray  # int32 question index; -1 on padding
     target_option_BxT: np.ndarray
     target_prob_BxT: np.ndarray
     target_mask_BxT: np.ndarray
@@ -137,6 +138,7 @@ def pack_episodes(survey: Survey, groups: Sequence[int], context: Sequence[np.nd
         "context_option": np.zeros((B, context_capacity), np.int32),
         "context_prob": np.zeros((B, context_capacity), np.float32),
         "context_mask": np.zeros((B, context_capacity), bool),
+        "context_question": np.full((B, context_capacity), -1, np.int32),
         "target_option": np.zeros((B, target_capacity), np.int32),
         "target_prob": np.zeros((B, target_capacity), np.float32),
         "target_mask": np.zeros((B, target_capacity), bool),
@@ -160,8 +162,7 @@ def pack_episodes(survey: Survey, groups: Sequence[int], context: Sequence[np.nd
             out[f"{part}_option"][b, :n] = q_P * O + o_P
             out[f"{part}_prob"][b, :n] = survey.probs_GxQxO[g, q_P, o_P]
             out[f"{part}_mask"][b, :n] = True
-            if part == "target":
-                out["target_question"][b, :n] = q_P
+            out[f"{part}_question"][b, :n] = q_P
     return EpisodeBatch(np.asarray(groups, np.int32),
                         **{f"{k}_Bx{'C' if k.startswith('context') else 'T'}": v
                            for k, v in out.items()})

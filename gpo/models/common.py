@@ -67,8 +67,18 @@ def cross_entropy(prob_BxT, true_BxT, mask_BxT) -> jax.Array:
     return jnp.mean(jnp.sum(jnp.where(mask_BxT, kl, 0.0), axis=-1))
 
 
-def forward_episodes(model, table_NxE: jax.Array, batch: dict[str, jax.Array]):
-    """(probability, std) per target point; embeddings are gathered on the device."""
-    return model(table_NxE[batch["context_option_BxC"]], batch["context_prob_BxC"],
-                 batch["context_mask_BxC"], table_NxE[batch["target_option_BxT"]],
-                 batch["target_question_BxT"], batch["target_mask_BxT"])
+def forward_episodes(model, table_NxE: jax.Array, batch: dict[str, jax.Array],
+                     training: bool = False):
+    """(probability, std) per target point; embeddings are gathered on the device.
+
+    Every head encodes a group from its context points; a head that learns one state per
+    training group (PAL) uses that state instead while training.
+    """
+    if training and hasattr(model, "encode_training_groups"):
+        group = model.encode_training_groups(batch["group_B"])
+    else:
+        group = model.encode_context(table_NxE[batch["context_option_BxC"]],
+                                     batch["context_prob_BxC"], batch["context_mask_BxC"],
+                                     batch["context_question_BxC"])
+    return model.predict(group, table_NxE[batch["target_option_BxT"]],
+                         batch["target_question_BxT"], batch["target_mask_BxT"])

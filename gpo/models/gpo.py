@@ -91,7 +91,7 @@ class GPO(nnx.Module):
                                 for _ in range(c.layers)])
         self.predictor = MLP(c.width, c.feedforward, 2, 2, rngs=rngs)
 
-    def encode_context(self, x_BxCxE, y_BxC, mask_BxC) -> ContextState:
+    def encode_context(self, x_BxCxE, y_BxC, mask_BxC, question_BxC=None) -> ContextState:
         tokens = self.embedder(jnp.concatenate([x_BxCxE, y_BxC[..., None]], axis=-1))
         per_layer = []
         for layer in self.layers:

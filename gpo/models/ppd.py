@@ -69,7 +69,7 @@ class PPD(nnx.Module):
                                           for _ in range(c.predictor_layers)])
         self.head = MLP(c.width, c.feedforward, 2, 2, rngs=rngs)
 
-    def encode_context(self, x_BxCxE, y_BxC, mask_BxC) -> GroupEmbedding:
+    def encode_context(self, x_BxCxE, y_BxC, mask_BxC, question_BxC=None) -> GroupEmbedding:
         tokens = self.point_embedder(jnp.concatenate([x_BxCxE, y_BxC[..., None]], -1))
         for layer in self.set_layers:
             tokens = layer(tokens, tokens, mask_BxC)
