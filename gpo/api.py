@@ -61,6 +61,17 @@ class GroupPreferenceModel:
         self._embedder: Embedder | None = None
 
     @property
+    def question_keys(self) -> list[str]:
+        """Keys of the training survey's questions, usable in adapt() and predict()."""
+        return list(self._survey_keys)
+
+    def options(self, key: str) -> tuple[str, ...]:
+        """The answer options of a training-survey question, in order."""
+        if key not in self._survey_keys:
+            raise KeyError(f"unknown question key {key!r}")
+        return self._survey_keys[key][0]
+
+    @property
     def embedding_dim(self) -> int:
         return self.config.model.embedding_dim
 
