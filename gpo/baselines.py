@@ -13,7 +13,7 @@ import numpy as np
 
 from gpo.data.episodes import EvalTask, Split, make_eval_task, make_split
 from gpo.data.survey import Survey
-from gpo.metrics import alignment, js_alignment
+from gpo.metrics import accuracy, alignment, js_alignment
 
 _EPS = 1e-6
 
@@ -151,7 +151,9 @@ def _metric(name: str):
                                                        s.option_mask_QxO, scored)
     if name == "js":
         return lambda s, pred, true, scored: js_alignment(pred, true, s.option_mask_QxO, scored)
-    raise ValueError(f"unknown metric {name!r}; use 'wasserstein' or 'js'")
+    if name == "accuracy":
+        return lambda s, pred, true, scored: accuracy(pred, true, s.option_mask_QxO, scored)
+    raise ValueError(f"unknown metric {name!r}; use 'wasserstein', 'js' or 'accuracy'")
 
 
 def score_predictions(survey: Survey, task: EvalTask, pred_GxQxO: np.ndarray,

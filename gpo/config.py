@@ -12,7 +12,7 @@ from typing import Any
 
 from gpo.models import HEADS
 
-DATASETS = ("synthetic", "opinionqa", "globalopinionqa")
+DATASETS = ("synthetic", "opinionqa", "globalopinionqa", "persona")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,9 +25,10 @@ class DataConfig:
     validation_fraction: float = 0.25  # of the training groups, held out to pick checkpoints
     eval_k: int = 20                  # context questions per test group (GPO: 20)
     min_group_answers: int = 50       # sparse data (GlobalOpinionQA): keep groups with >= this
-    synthetic_seed: int = 0
-    synthetic_groups: int = 36
-    synthetic_questions: int = 300
+    synthetic_seed: int = 0           # synthetic and persona: the generator's seed
+    synthetic_groups: int = 36        # synthetic groups, or persona users
+    synthetic_questions: int = 300    # synthetic questions, or persona statement pairs
+    persona_types: int = 4
 
     def __post_init__(self):
         if self.dataset not in DATASETS:
@@ -40,7 +41,7 @@ class DataConfig:
 
     @property
     def metric(self) -> str:
-        return "js" if self.dataset == "globalopinionqa" else "wasserstein"
+        return {"globalopinionqa": "js", "persona": "accuracy"}.get(self.dataset, "wasserstein")
 
 
 @dataclasses.dataclass(frozen=True)

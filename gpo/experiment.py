@@ -13,6 +13,7 @@ from gpo.baselines import BASELINES, USES_ONLY_CONTEXT, score_predictions
 from gpo.config import DataConfig, EmbedConfig, RunConfig
 from gpo.data import data_dir, load_dataset, make_synthetic_survey
 from gpo.data.episodes import make_eval_task
+from gpo.data.persona import make_persona_preferences
 from gpo.data.survey import Survey
 from gpo.embed import embed_survey, make_embedder
 from gpo.evaluate import predict_task
@@ -25,6 +26,15 @@ def load_survey(config: DataConfig) -> Survey:
         return make_synthetic_survey(seed=config.synthetic_seed, n_groups=config.synthetic_groups,
                                      n_questions=config.synthetic_questions).survey
     root = data_dir(config.data_dir)
+    if config.dataset == "persona":
+        if root is None:
+            raise FileNotFoundError("dataset 'persona' needs data.data_dir or $GPO_DATA_DIR "
+                                    "(the anthropic_persona folder or its parent)")
+        folder = root / "anthropic_persona" if (root / "anthropic_persona").is_dir() else root
+        return make_persona_preferences(folder, seed=config.synthetic_seed,
+                                        n_types=config.persona_types,
+                                        n_users=config.synthetic_groups,
+                                        n_pairs=config.synthetic_questions).survey
     if root is None:
         raise FileNotFoundError(f"dataset {config.dataset!r} needs data.data_dir or "
                                 "$GPO_DATA_DIR (see data_cards/)")

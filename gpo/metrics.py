@@ -98,11 +98,19 @@ def js_alignment(pred_GxQxO, true_GxQxO, option_mask_QxO, scored_GxQ,
 
 
 def accuracy(pred_GxQxO, true_GxQxO, option_mask_QxO, scored_GxQ) -> Score:
-    """Top-1 agreement, for one-hot targets (pairwise or individual preferences)."""
+    """Top-1 agreement for one-hot targets (pairwise or individual preferences).
+
+    Pairs whose target has no unique top option (a tie: no preference) are not scored; a tie
+    among the predicted top options earns the share a random pick among them would.
+    """
     mask = np.asarray(option_mask_QxO, bool)[None]
-    pred = np.where(mask, pred_GxQxO, -np.inf).argmax(-1)
-    true = np.where(mask, true_GxQxO, -np.inf).argmax(-1)
-    return _score((pred == true).astype(np.float64), np.asarray(scored_GxQ, bool))
+    pred = np.where(mask, pred_GxQxO, -np.inf)
+    true = np.where(mask, true_GxQxO, -np.inf)
+    true_top = true == true.max(-1, keepdims=True)
+    pred_top = np.isclose(pred, pred.max(-1, keepdims=True), rtol=0, atol=1e-9)
+    credit = (pred_top & true_top).sum(-1) / pred_top.sum(-1)
+    scored = np.asarray(scored_GxQ, bool) & (true_top.sum(-1) == 1)
+    return _score(credit.astype(np.float64), scored)
 
 
 @dataclasses.dataclass(frozen=True)

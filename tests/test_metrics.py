@@ -79,10 +79,16 @@ def test_js_alignment_matches_scipy_and_gpo_nan_quirk():
 
 
 def test_accuracy_on_one_hot_pairs():
-    pred = np.array([[[0.7, 0.3], [0.4, 0.6]], [[0.1, 0.9], [0.5, 0.5]]])
-    true = np.array([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]])
-    score = accuracy(pred, true, np.ones((2, 2), bool), np.array([[True, True], [True, False]]))
+    pred = np.array([[[0.7, 0.3], [0.4, 0.6], [0.5, 0.5]],
+                     [[0.1, 0.9], [0.5, 0.5], [0.9, 0.1]]])
+    true = np.array([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]],
+                     [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]]])
+    scored = np.array([[True, True, True], [True, False, True]])
+    score = accuracy(pred, true, np.ones((3, 2), bool), scored)
+    # Group 0: right, wrong, a predicted tie (half credit); group 1: right, unscored, and a
+    # target tie (no preference: not scored).
     np.testing.assert_allclose(score.per_group_G, [0.5, 1.0])
+    assert score.n_scored == 4
 
 
 def test_calibration_of_gaussian_predictions():
