@@ -22,6 +22,7 @@ def plot_alignment_vs_k(results: dict, path: str | Path) -> Path:
         std = [np.std(v) for v in values]
         ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=method)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("context questions k")
     ax.set_ylabel("alignment")
