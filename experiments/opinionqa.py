@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
-from gpo.experiment import embed, evaluate_run, load_survey
+from gpo.experiment import embed, load_survey, train_and_evaluate
 from gpo.report import format_table, write_json
-from gpo.train import train
 
 
 def main() -> None:
@@ -53,21 +52,11 @@ def main() -> None:
                                checkpoint_every=250)
     report = {"embedder": args.embedder, "train": train_config.__dict__, "protocols": {}}
     for protocol in args.protocols:
-        per_k: dict[int, dict[str, list[float]]] = {k: {} for k in args.ks}
-        for seed in args.seeds:
-            config = RunConfig(data=DataConfig(dataset="opinionqa", data_dir=args.data_dir,
-                                               protocol=protocol, split_seed=seed),
-                               embed=embed_config, train=train_config)
-            run_dir = Path(args.runs) / f"{args.embedder}_{protocol}_{seed}_{args.loss}"
-            start = time.perf_counter()
-            result = train(config, survey, embeddings, run_dir, progress=False)
-            results = evaluate_run(run_dir, survey, embeddings, args.ks, eval_seeds=(seed,))
-            print(f"protocol {protocol} split {seed}: trained {result.steps} steps "
-                  f"({time.perf_counter() - start:.0f}s), best validation "
-                  f"{result.best_validation:.4f} at step {result.best_step}")
-            for k in args.ks:
-                for method, values in results["k"][k].items():
-                    per_k[k].setdefault(method, []).extend(values)
+        config = RunConfig(data=DataConfig(dataset="opinionqa", data_dir=args.data_dir,
+                                           protocol=protocol),
+                           embed=embed_config, train=train_config)
+        run_dir = Path(args.runs) / f"{args.embedder}_{protocol}_{args.loss}"
+        per_k = train_and_evaluate(config, survey, embeddings, run_dir, args.ks, args.seeds)
         rows = {m: {f"k={k}": per_k[k][m] for k in args.ks} for m in per_k[args.ks[0]]}
         print(format_table(f"\nOpinionQA protocol {protocol}: alignment, mean ± std over "
                            f"splits {args.seeds}", rows, [f"k={k}" for k in args.ks]))

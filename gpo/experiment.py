@@ -3,6 +3,8 @@ names, embed it, train, and score the trained head beside every baseline."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -94,3 +96,25 @@ def evaluate_run(run_dir: str | Path, survey: Survey, embeddings: np.ndarray,
                     results["per_group"][name] = score.per_group_G.tolist()
         results["k"][k] = per_method
     return results
+
+
+def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray,
+                       run_dir: str | Path, ks: Sequence[int], seeds: Sequence[int],
+                       log=print) -> dict[int, dict[str, list[float]]]:
+    """For each split seed: meta-train (resuming run_dir/<seed>) and score the head beside the
+    baselines at every k. Returns {k: {method: [score per seed]}}."""
+    per_k: dict[int, dict[str, list[float]]] = {k: {} for k in ks}
+    for seed in seeds:
+        seeded = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                      split_seed=seed))
+        start = time.perf_counter()
+        result = train(seeded, survey, embeddings, Path(run_dir) / str(seed), progress=False)
+        results = evaluate_run(Path(run_dir) / str(seed), survey, embeddings, ks,
+                               eval_seeds=(seed,))
+        log(f"{config.head} protocol {config.data.protocol} split {seed}: {result.steps} steps "
+            f"({time.perf_counter() - start:.0f}s), best validation "
+            f"{result.best_validation:.4f} at step {result.best_step}")
+        for k in ks:
+            for method, values in results["k"][k].items():
+                per_k[k].setdefault(method, []).extend(values)
+    return per_k

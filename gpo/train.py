@@ -251,8 +251,9 @@ def _check_same_config(run_dir: Path, config: RunConfig) -> None:
     """Resuming with a different config would silently mix two runs: refuse."""
     path = run_dir / "config.json"
     if path.exists() and (run_dir / "checkpoints").exists():
-        old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(config.to_dict())):
+        # Parsed, so fields added since (with their defaults) do not count as a change.
+        old = RunConfig.load(path).to_dict()
+        if json.loads(json.dumps(old)) != json.loads(json.dumps(config.to_dict())):
             raise ValueError(f"{run_dir} holds a run with a different config; use a new run "
                              "directory or delete the old one")
 
