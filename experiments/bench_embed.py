@@ -35,7 +35,7 @@ def torch_reference(texts: list[str], batch_size: int) -> tuple[float, list[np.n
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                 torch_dtype=torch.float32).eval()
+                                                 dtype=torch.float32).eval()
     torch.set_num_threads(torch.get_num_threads())
     out = []
     start = time.perf_counter()

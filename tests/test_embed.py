@@ -132,7 +132,7 @@ def test_hidden_states_match_transformers_torch(embedder):
     from transformers import AutoModelForCausalLM
     path = smollm2_path()
     reference = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                     torch_dtype=torch.float32)
+                                                     dtype=torch.float32)
     parts = format_prompt("Do you think the world is safer than 50 years ago?",
                           ["Safer", "More dangerous"], embedder.loaded.chat_template,
                           embedder.loaded.special_tokens)

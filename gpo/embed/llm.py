@@ -214,7 +214,9 @@ def _pad(sequences: list[list[int]], devices: int = 1) -> tuple[np.ndarray, np.n
     divides: few compiled shapes, and every device gets the same share."""
     if any(len(s) == 0 for s in sequences):
         raise ValueError("cannot embed an empty token sequence")
-    S = -(-max(len(s) for s in sequences) // _BUCKET) * _BUCKET
+    longest = max(len(s) for s in sequences)
+    bucket = 8 if longest <= 32 else _BUCKET  # option suffixes are short: pad them less
+    S = -(-longest // bucket) * bucket
     B = 1 << (len(sequences) - 1).bit_length()
     B = -(-B // devices) * devices
     ids = np.zeros((B, S), np.int32)
