@@ -50,6 +50,11 @@ def softmax_within_questions(logits_BxT: jax.Array, question_BxT: jax.Array,
     return jnp.where(mask_BxT, exp_BxT / jnp.where(mask_BxT, total_BxT, 1.0), 0.0)
 
 
+def predictive_std(raw_BxT: jax.Array, bounded: bool) -> jax.Array:
+    """std from the head's raw output: exp (GPO's default) or 0.05 + 0.95 softplus (bounded)."""
+    return 0.05 + 0.95 * jax.nn.softplus(raw_BxT) if bounded else jnp.exp(raw_BxT)
+
+
 def gaussian_nll(prob_BxT, std_BxT, true_BxT, mask_BxT) -> jax.Array:
     """GPO's loss: -log N(true; predicted probability, std), summed over an episode's target
     points, averaged over episodes."""

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gpo.models.common import _NEG, MLP, softmax_within_questions
+from gpo.models.common import _NEG, MLP, predictive_std, softmax_within_questions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +107,7 @@ class GPO(nnx.Module):
             tokens = layer(tokens, context_tokens, context.mask_BxC)
         out_BxTx2 = self.predictor(tokens)
         prob_BxT = softmax_within_questions(out_BxTx2[..., 0], question_BxT, mask_BxT)
-        raw = out_BxTx2[..., 1]
-        std_BxT = 0.05 + 0.95 * jax.nn.softplus(raw) if self.config.bound_std else jnp.exp(raw)
-        return prob_BxT, std_BxT
+        return prob_BxT, predictive_std(out_BxTx2[..., 1], self.config.bound_std)
 
     def __call__(self, x_context, y_context, mask_context, x_target, question_target,
                  mask_target):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gpo.models.common import MLP, softmax_within_questions
+from gpo.models.common import MLP, predictive_std, softmax_within_questions
 from gpo.models.gpo import ContextAttentionLayer
 
 
@@ -83,9 +83,7 @@ class PPD(nnx.Module):
             tokens = layer(tokens, group.z_BxMxD, z_mask)
         out_BxTx2 = self.head(tokens)
         prob = softmax_within_questions(out_BxTx2[..., 0], question_BxT, mask_BxT)
-        raw = out_BxTx2[..., 1]
-        std = 0.05 + 0.95 * jax.nn.softplus(raw) if self.config.bound_std else jnp.exp(raw)
-        return prob, std
+        return prob, predictive_std(out_BxTx2[..., 1], self.config.bound_std)
 
     def __call__(self, x_context, y_context, mask_context, x_target, question_target,
                  mask_target):
