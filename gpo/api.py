@@ -22,10 +22,9 @@ from flax import nnx
 
 from gpo.checkpoint import EMBEDDINGS_FILE, Checkpoints
 from gpo.config import RunConfig
+from gpo.data.episodes import padded_size
 from gpo.embed import Embedder, make_embedder
 from gpo.train import EmbeddingTable, build_model
-
-_PAD = 64  # point counts are padded to multiples of this, so a few compiled shapes serve all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +94,7 @@ class GroupPreferenceModel:
         x_NxE = self.table.standardize(np.concatenate([r.embeddings_NxE for r in resolved]))
         y_N = np.concatenate(distributions).astype(np.float32)
         n = len(y_N)
-        C = _round_up(n)
+        C = padded_size(n)
         x = np.zeros((1, C, self.embedding_dim), np.float32)
         y = np.zeros((1, C), np.float32)
         question = np.full((1, C), -1, np.int32)
@@ -167,7 +166,7 @@ class AdaptedGroup:
         x_NxE = m.table.standardize(np.concatenate([r.embeddings_NxE for r in resolved]))
         question_N = np.repeat(np.arange(len(resolved)), [len(r.options) for r in resolved])
         n = len(question_N)
-        T = _round_up(n)
+        T = padded_size(n)
         x = np.zeros((1, T, m.embedding_dim), np.float32)
         q = np.full((1, T), -1, np.int32)
         x[0, :n], q[0, :n] = x_NxE, question_N
@@ -189,9 +188,6 @@ def _encode(graphdef, state, x, y, mask, question):
 def _predict(graphdef, state, context, x, question, mask):
     return nnx.merge(graphdef, state).predict(context, x, question, mask)
 
-
-def _round_up(n: int) -> int:
-    return max(_PAD, -(-n // _PAD) * _PAD)
 
 
 def _check_distribution(values, n_options: int, where: str) -> np.ndarray:

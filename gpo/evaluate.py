@@ -13,12 +13,10 @@ import numpy as np
 from flax import nnx
 
 from gpo.baselines import score_predictions
-from gpo.data.episodes import EvalTask, pack_episodes
+from gpo.data.episodes import EvalTask, pack_episodes, padded_size
 from gpo.data.survey import Survey
 from gpo.metrics import Score
 from gpo.models.common import forward_episodes
-
-_PAD = 64  # round capacities up, so a few shapes serve all evaluations (fewer compilations)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -33,8 +31,8 @@ def predict_task(model, table_NxE: np.ndarray, survey: Survey, task: EvalTask,
     G, Q, O = len(task.groups), len(survey.questions), survey.max_options
     prob_GxQxO, std_GxQxO = np.zeros((G, Q, O), np.float32), np.zeros((G, Q, O), np.float32)
     n_options = survey.n_options_Q
-    context_capacity = _round_up(max(n_options[row].sum() for row in task.context_GxQ))
-    target_capacity = _round_up(max(n_options[row].sum() for row in task.target_GxQ))
+    context_capacity = padded_size(max(n_options[row].sum() for row in task.context_GxQ))
+    target_capacity = padded_size(max(n_options[row].sum() for row in task.target_GxQ))
     for start in range(0, G, groups_per_pass):
         rows = np.arange(start, min(start + groups_per_pass, G))
         padded = np.resize(rows, groups_per_pass)  # fixed batch shape; extras are repeats
@@ -56,6 +54,3 @@ def evaluate_groups(model, table_NxE: np.ndarray, survey: Survey, task: EvalTask
     prob, _ = predict_task(model, table_NxE, survey, task)
     return score_predictions(survey, task, prob, metric)
 
-
-def _round_up(n: int) -> int:
-    return max(_PAD, -(-int(n) // _PAD) * _PAD)

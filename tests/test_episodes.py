@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from gpo.data import make_synthetic_survey
-from gpo.data.episodes import EpisodeSampler, make_eval_task, make_split, pack_episodes
+from gpo.data.episodes import (
+    POINT_MULTIPLE,
+    EpisodeSampler,
+    make_eval_task,
+    make_split,
+    pack_episodes,
+    padded_size,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +28,16 @@ def test_sampler_shapes_masks_and_determinism(survey):
     again = EpisodeSampler(survey, np.arange(6), np.arange(60), batch_size=5,
                            context_range=(3, 10), target_range=(2, 8), seed=7).sample(3)
     np.testing.assert_array_equal(a.target_prob_BxT, again.target_prob_BxT)
-    # Capacity is the worst case: the 10 (8) questions with the most options.
-    assert a.context_option_BxC.shape == (5, np.sort(survey.n_options_Q)[::-1][:10].sum())
-    assert a.target_option_BxT.shape == (5, np.sort(survey.n_options_Q)[::-1][:8].sum())
+    # Padded to the batch's largest episode, rounded up, never past the worst case (the 10
+    # (8) questions with the most options).
+    for part, most in (("context", 10), ("target", 8)):
+        mask = getattr(a, f"{part}_mask_Bx{part[0].upper()}")
+        worst = np.sort(survey.n_options_Q)[::-1][:most].sum()
+        assert mask.shape[1] == min(worst, padded_size(mask.sum(1).max()))
+    wide = EpisodeSampler(survey, np.arange(6), np.arange(60), batch_size=1,
+                          context_range=(2, 50), target_range=(2, 5), seed=0)
+    widths = {wide.sample(step).context_mask_BxC.shape[1] for step in range(20)}
+    assert min(widths) == POINT_MULTIPLE < wide.context_capacity  # small batches stay small
     O = survey.max_options
     for bi in range(5):
         g = a.group_B[bi]

@@ -122,6 +122,14 @@ class EpisodeBatch:
         return dataclasses.asdict(self)
 
 
+POINT_MULTIPLE = 64  # point counts are padded to multiples of this: few compiled shapes
+
+
+def padded_size(n: int, multiple: int = POINT_MULTIPLE) -> int:
+    """n rounded up to a multiple (at least one multiple), so a few shapes serve all batches."""
+    return max(multiple, -(-int(n) // multiple) * multiple)
+
+
 def point_capacity(survey: Survey, questions: np.ndarray, n_questions: int) -> int:
     """Most points n_questions of these questions can have: the sum of the largest option counts."""
     counts = np.sort(survey.n_options_Q[questions])[::-1]
@@ -174,6 +182,9 @@ class EpisodeSampler:
 
     Context and target question counts are drawn uniformly from their ranges (GPO: 10-100
     each), capped by what the group answered; context and target questions are disjoint.
+    A batch is padded to its own largest episode (rounded up to `padded_size`), not to the
+    worst case the ranges allow: with many-option questions that worst case is several times
+    the typical episode, and every padded point costs as much compute as a real one.
     """
 
     survey: Survey
@@ -214,5 +225,10 @@ class EpisodeSampler:
             chosen = rng.choice(mine, size=n_c + n_t, replace=False)
             contexts.append(chosen[:n_c])
             targets.append(chosen[n_c:])
-        return pack_episodes(self.survey, groups, contexts, targets, self.context_capacity,
-                             self.target_capacity)
+        points = self.survey.n_options_Q
+        context_capacity = min(self.context_capacity,
+                               padded_size(max(points[c].sum() for c in contexts)))
+        target_capacity = min(self.target_capacity,
+                              padded_size(max(points[t].sum() for t in targets)))
+        return pack_episodes(self.survey, groups, contexts, targets, context_capacity,
+                             target_capacity)
