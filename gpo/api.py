@@ -11,7 +11,6 @@ run's embedder), or an `(options x E)` array of precomputed option embeddings.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +55,13 @@ class GroupPreferenceModel:
         self.module = model        # the trained head (a Flax NNX module)
         self.table = table         # embedding standardisation fitted at training time
         self._graphdef, self._state = nnx.split(model)
+        # Compiled once per model with the graph closed over: passing it as a static argument
+        # would hash the whole module graph on every call (milliseconds per predict).
+        graphdef = self._graphdef
+        self._encode = jax.jit(lambda state, x, y, mask, question: nnx.merge(
+            graphdef, state).encode_context(x, y, mask, question))
+        self._predict = jax.jit(lambda state, context, x, question, mask: nnx.merge(
+            graphdef, state).predict(context, x, question, mask))
         self._survey_keys = survey_keys or {}
         self._embedder: Embedder | None = None
 
@@ -100,7 +106,7 @@ class GroupPreferenceModel:
         question = np.full((1, C), -1, np.int32)
         x[0, :n], y[0, :n] = x_NxE, y_N
         question[0, :n] = np.repeat(np.arange(len(resolved)), [len(r.options) for r in resolved])
-        state = _encode(self._graphdef, self._state, x, y, question >= 0, question)
+        state = self._encode(self._state, x, y, question >= 0, question)
         return AdaptedGroup(self, state)
 
     def _resolve(self, questions: Sequence, where: str) -> list[_Resolved]:
@@ -170,24 +176,13 @@ class AdaptedGroup:
         x = np.zeros((1, T, m.embedding_dim), np.float32)
         q = np.full((1, T), -1, np.int32)
         x[0, :n], q[0, :n] = x_NxE, question_N
-        prob, std = jax.device_get(_predict(m._graphdef, m._state, self.context, x, q, q >= 0))
+        prob, std = jax.device_get(m._predict(m._state, self.context, x, q, q >= 0))
         out, start = [], 0
         for r in resolved:
             end = start + len(r.options)
             out.append(Prediction(r.name, r.options, prob[0, start:end], std[0, start:end]))
             start = end
         return out
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _encode(graphdef, state, x, y, mask, question):
-    return nnx.merge(graphdef, state).encode_context(x, y, mask, question)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _predict(graphdef, state, context, x, question, mask):
-    return nnx.merge(graphdef, state).predict(context, x, question, mask)
-
 
 
 def _check_distribution(values, n_options: int, where: str) -> np.ndarray:
