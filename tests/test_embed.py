@@ -91,6 +91,20 @@ def test_prefix_sharing_gives_the_same_vectors(embedder, tmp_path):
 
 
 @smollm2
+def test_packed_suffixes_give_last_token_states_of_full_sequences():
+    """Options of one question run packed in one row; the last-token pooling reads each option's
+    own last state, so any leak between packed options would show here."""
+    last = LLMEmbedder("smollm2", progress=False, pooling="last")
+    questions = [("Which is closest to your view?", ["Strongly agree with the statement",
+                                                     "No", "Somewhat disagree"]),
+                 ("Do you favor or oppose it?", ["Favor", "Oppose"])]
+    shared = last.embed_questions(questions)
+    last.prefix_sharing = False
+    for a, b in zip(shared, last.embed_questions(questions)):
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-4)
+
+
+@smollm2
 def test_too_long_and_empty_inputs(embedder):
     with pytest.raises(ValueError, match="exceed the model's context window"):
         embedder.embed_questions([("word " * 9000, ["a", "b"])])

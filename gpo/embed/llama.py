@@ -110,6 +110,16 @@ class Linear(nnx.Module):
         return y if self.bias is None else y + self.bias[...]
 
 
+def _fused(x, *layers: Linear):
+    """x through several projections as one matmul: one large product keeps the CPU's (and
+    any accelerator's) matrix units busier than several narrow ones."""
+    weight = jnp.concatenate([layer.weight[...] for layer in layers], 0)
+    y = x @ weight.T
+    if layers[0].bias is None:
+        return y
+    return y + jnp.concatenate([layer.bias[...] for layer in layers])
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class PrefixCache:
@@ -135,17 +145,21 @@ class DecoderLayer(nnx.Module):
         self.up = Linear(D, c.intermediate_size)
         self.down = Linear(c.intermediate_size, D)
 
-    def __call__(self, x_BxSxD, positions_BxS, mask_BxS, inv_freq, prefix_kv=None):
+    def __call__(self, x_BxSxD, positions_BxS, mask_BxS, inv_freq, prefix_kv=None,
+                 segments_BxS=None):
         """Returns (output, (keys, values) of these tokens)."""
         c = self.c
         B, S, _ = x_BxSxD.shape
         H, G, K = c.num_heads, c.num_kv_heads, c.head_dim
         h = self.input_norm(x_BxSxD)
-        q = apply_rope(self.q(h).reshape(B, S, H, K), positions_BxS, inv_freq)
-        k = apply_rope(self.k(h).reshape(B, S, G, K), positions_BxS, inv_freq)
-        v = self.v(h).reshape(B, S, G, K)
+        q, k, v = jnp.split(_fused(h, self.q, self.k, self.v), [H * K, (H + G) * K], -1)
+        q = apply_rope(q.reshape(B, S, H, K), positions_BxS, inv_freq)
+        k = apply_rope(k.reshape(B, S, G, K), positions_BxS, inv_freq)
+        v = v.reshape(B, S, G, K)
         causal_SxS = jnp.tril(jnp.ones((S, S), bool))
         allowed_BxSxS = causal_SxS[None] & mask_BxS[:, None, :]
+        if segments_BxS is not None:  # packed sequences: a token sees its own segment only
+            allowed_BxSxS &= segments_BxS[:, :, None] == segments_BxS[:, None, :]
         keys, values, allowed = k, v, allowed_BxSxS
         if prefix_kv is not None:
             prefix_k, prefix_v, prefix_mask_BxP = prefix_kv
@@ -161,7 +175,8 @@ class DecoderLayer(nnx.Module):
         attended = jnp.einsum("bgrst,btgk->bsgrk", weights, values).reshape(B, S, H * K)
         x = x_BxSxD + self.o(attended)
         h = self.post_norm(x)
-        x = x + self.down(jax.nn.silu(self.gate(h)) * self.up(h))
+        gate, up = jnp.split(_fused(h, self.gate, self.up), 2, -1)
+        x = x + self.down(jax.nn.silu(gate) * up)
         return x, (k, v)
 
 
@@ -175,7 +190,7 @@ class LlamaModel(nnx.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def __call__(self, ids_BxS, mask_BxS, positions_BxS=None, prefix: PrefixCache | None = None,
-                 layer: int = -1, keep_cache: bool = False):
+                 layer: int = -1, keep_cache: bool = False, segments_BxS=None):
         """Hidden states `[B, S, D]` of `layer` in Hugging Face's numbering (0 = embeddings,
         num_layers = after the final norm; -1 = last), and optionally this pass's cache."""
         c = self.config
@@ -191,7 +206,7 @@ class LlamaModel(nnx.Module):
         for i, block in enumerate(self.layers):
             prefix_kv = None if prefix is None else (prefix.keys[i], prefix.values[i],
                                                      prefix.mask_BxP)
-            x, (k, v) = block(x, positions_BxS, mask_BxS, inv_freq, prefix_kv)
+            x, (k, v) = block(x, positions_BxS, mask_BxS, inv_freq, prefix_kv, segments_BxS)
             keys.append(k)
             values.append(v)
             if i + 1 == layer and layer < c.num_layers:

