@@ -56,7 +56,8 @@ def main() -> None:
                                            protocol=protocol),
                            embed=embed_config, train=train_config)
         run_dir = Path(args.runs) / f"{args.embedder}_{protocol}_{args.loss}"
-        per_k = train_and_evaluate(config, survey, embeddings, run_dir, args.ks, args.seeds)
+        per_k = train_and_evaluate(config, survey, embeddings, run_dir, args.ks,
+                                   args.seeds).per_k
         rows = {m: {f"k={k}": per_k[k][m] for k in args.ks} for m in per_k[args.ks[0]]}
         print(format_table(f"\nOpinionQA protocol {protocol}: alignment, mean ± std over "
                            f"splits {args.seeds}", rows, [f"k={k}" for k in args.ks]))

@@ -25,6 +25,8 @@ from gpo.data.episodes import padded_size
 from gpo.embed import Embedder, make_embedder
 from gpo.train import EmbeddingTable, build_model
 
+_CONTEXT_MULTIPLE = 16
+
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
@@ -100,7 +102,8 @@ class GroupPreferenceModel:
         x_NxE = self.table.standardize(np.concatenate([r.embeddings_NxE for r in resolved]))
         y_N = np.concatenate(distributions).astype(np.float32)
         n = len(y_N)
-        C = padded_size(n)
+        # Every target attends to every context slot, padding included: pad context finely.
+        C = padded_size(n, _CONTEXT_MULTIPLE)
         x = np.zeros((1, C, self.embedding_dim), np.float32)
         y = np.zeros((1, C), np.float32)
         question = np.full((1, C), -1, np.int32)

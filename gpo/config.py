@@ -89,6 +89,16 @@ class TrainConfig:
     def paper(cls) -> TrainConfig:
         return cls()
 
+    @classmethod
+    def cpu(cls, steps: int = 400, **overrides) -> TrainConfig:
+        """The budget of the demo and experiments/ on 2 CPU cores: 16 episodes of 5-30 context
+        and 5-30 target questions a step, a higher learning rate (the paper: 32 episodes of
+        10-100 + 10-100 questions for far more steps)."""
+        every = max(1, min(250, steps))
+        return cls(**{"steps": steps, "batch_size": 16, "context_range": (5, 30),
+                      "target_range": (5, 30), "learning_rate": 1e-3, "eval_every": every,
+                      "checkpoint_every": every, **overrides})
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:

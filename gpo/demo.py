@@ -47,9 +47,7 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
     config = RunConfig(
         data=DataConfig(dataset=dataset, eval_k=20),
         embed=EmbedConfig(model=embedder, cache_dir=str(out_dir / "embedding_cache")),
-        train=TrainConfig(steps=steps or DEMO_STEPS, batch_size=16, context_range=(5, 30),
-                          target_range=(5, 30), learning_rate=1e-3, eval_every=100,
-                          checkpoint_every=100))
+        train=TrainConfig.cpu(steps or DEMO_STEPS, eval_every=100, checkpoint_every=100))
     t = time.perf_counter()
     embeddings = embed(survey, config.embed)
     print(f"[demo] embedded {int(survey.option_mask_QxO.sum())} options with {embedder} "

@@ -19,6 +19,7 @@ from gpo.data.persona import make_persona_preferences
 from gpo.data.survey import Survey
 from gpo.embed import embed_survey, make_embedder
 from gpo.evaluate import predict_task
+from gpo.models import HEADS
 from gpo.train import EmbeddingTable, TrainResult, split_for, train
 
 
@@ -98,12 +99,40 @@ def evaluate_run(run_dir: str | Path, survey: Survey, embeddings: np.ndarray,
     return results
 
 
+def head_variants(embedding_dim: int, pal_ks: Sequence[int] = (1, 2, 4, 8)
+                  ) -> dict[str, tuple[str, object]]:
+    """The heads experiments compare, by label: GPO, PPD and PAL at each K (head, model config)."""
+    out = {"GPO": ("gpo", None), "PPD": ("ppd", None)}
+    for k in pal_ks:
+        out[f"PAL K={k}"] = ("pal", dataclasses.replace(HEADS["pal"][0].paper(embedding_dim),
+                                                        prototypes=k))
+    return out
+
+
+def run_directory(root: str | Path, config: RunConfig, label: str) -> Path:
+    """Where experiments keep a head's runs (one folder per split seed below it): one name
+    per (dataset, protocol, embedder, head variant), so scripts that share a run resume it."""
+    embedder = Path(config.embed.model).stem if config.embed.model.endswith(".gguf") else \
+        Path(config.embed.model).name
+    return Path(root) / (f"{config.data.dataset}_{config.data.protocol}_{embedder}_"
+                         f"{label.replace(' ', '').replace('=', '')}")
+
+
+@dataclasses.dataclass
+class SplitScores:
+    """A head and the baselines over split seeds: {k: {method: [score per seed]}}, and the
+    head's best validation alignment per seed (what model selection may look at)."""
+
+    per_k: dict[int, dict[str, list[float]]]
+    validation: list[float]
+
+
 def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray,
                        run_dir: str | Path, ks: Sequence[int], seeds: Sequence[int],
-                       log=print) -> dict[int, dict[str, list[float]]]:
+                       log=print) -> SplitScores:
     """For each split seed: meta-train (resuming run_dir/<seed>) and score the head beside the
-    baselines at every k. Returns {k: {method: [score per seed]}}."""
-    per_k: dict[int, dict[str, list[float]]] = {k: {} for k in ks}
+    baselines at every k."""
+    scores = SplitScores({k: {} for k in ks}, [])
     for seed in seeds:
         seeded = dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                       split_seed=seed))
@@ -114,7 +143,8 @@ def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray
         log(f"{config.head} protocol {config.data.protocol} split {seed}: {result.steps} steps "
             f"({time.perf_counter() - start:.0f}s), best validation "
             f"{result.best_validation:.4f} at step {result.best_step}")
+        scores.validation.append(result.best_validation)
         for k in ks:
             for method, values in results["k"][k].items():
-                per_k[k].setdefault(method, []).extend(values)
-    return per_k
+                scores.per_k[k].setdefault(method, []).extend(values)
+    return scores

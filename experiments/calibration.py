@@ -1,0 +1,107 @@
+"""Does a head's predicted std track its error? Central-interval coverage (reliability
+diagram), miscalibration area and the rank correlation of |error| with std, on OpinionQA
+protocol A test groups at k = 20, for the heads that predict a std per option (GPO, PPD).
+
+    python experiments/calibration.py --data-dir ../shared/data/opinionqa
+
+Uses the run folders of experiments/heads.py (trains them first if missing). Prints the table,
+writes a JSON report and reports/calibration.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from gpo.api import load  # noqa: E402
+from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig  # noqa: E402
+from gpo.data.episodes import make_eval_task  # noqa: E402
+from gpo.evaluate import predict_task  # noqa: E402
+from gpo.experiment import (  # noqa: E402
+    embed,
+    head_variants,
+    load_survey,
+    run_directory,
+    train_and_evaluate,
+)
+from gpo.metrics import calibration  # noqa: E402
+from gpo.report import format_table, write_json  # noqa: E402
+from gpo.train import EmbeddingTable, split_for  # noqa: E402
+
+HEADS_WITH_STD = ("GPO", "PPD")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--embedder", default="smollm2")
+    parser.add_argument("--cache-dir", default="runs/embedding_cache")
+    parser.add_argument("--runs", default="runs/heads")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--out", default="reports/calibration.json")
+    args = parser.parse_args()
+
+    data = DataConfig(dataset="opinionqa", data_dir=args.data_dir)
+    survey = load_survey(data)
+    embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
+    embeddings = embed(survey, embed_config)
+    variants = head_variants(embeddings.shape[-1])
+    rows, curves = {}, {}
+    for label in HEADS_WITH_STD:
+        head, model = variants[label]
+        config = RunConfig(head=head, model=model, data=data, embed=embed_config,
+                           train=TrainConfig.cpu(args.steps))
+        root = run_directory(args.runs, config, label)
+        train_and_evaluate(config, survey, embeddings, root, (args.k,), args.seeds,
+                           log=lambda _: None)
+        mean, std, true = [], [], []
+        for seed in args.seeds:
+            run = load(root / str(seed))
+            split = split_for(run.config, survey)
+            task = make_eval_task(survey, split, args.k, seed=seed)
+            table = EmbeddingTable.with_stats(embeddings, run.table.mean_E,
+                                              run.table.scale_E).table_NxE
+            prob_GxQxO, std_GxQxO = predict_task(run.module, table, survey, task)
+            scored = task.target_GxQ[..., None] & survey.option_mask_QxO[None]
+            mean.append(prob_GxQxO[scored])
+            std.append(std_GxQxO[scored])
+            true.append(survey.probs_GxQxO[task.groups][scored])
+        result = calibration(np.concatenate(mean), np.concatenate(std), np.concatenate(true))
+        curves[label] = result
+        at = {level: result.observed[np.argmin(np.abs(result.levels - level))]
+              for level in (0.5, 0.8, 0.95)}
+        rows[label] = {"coverage@50%": [at[0.5]], "coverage@80%": [at[0.8]],
+                       "coverage@95%": [at[0.95]], "miscal. area": [result.miscalibration_area],
+                       "spearman(|err|, std)": [result.error_std_correlation]}
+    columns = list(next(iter(rows.values())))
+    print(format_table(f"OpinionQA protocol A, {args.embedder}, k={args.k}: calibration of the "
+                       f"predicted std, target options of test groups pooled over splits "
+                       f"{args.seeds}", rows, columns))
+    path = plot_reliability(curves, "reports/calibration.png")
+    print(f"\nwrote {write_json(args.out, {'k': args.k, 'rows': rows})}, {path}")
+
+
+def plot_reliability(curves: dict, path: str) -> str:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    for label, c in curves.items():
+        ax.plot(c.levels, c.observed, marker="o", label=label)
+    ax.set_xlabel("nominal coverage of mean ± z·std")
+    ax.set_ylabel("observed coverage")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    main()
