@@ -50,16 +50,13 @@ def torch_reference(texts: list[str], batch_size: int) -> tuple[float, list[np.n
     return time.perf_counter() - start, out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--questions", type=int, default=48, help="684 for every question")
-    parser.add_argument("--batch-size", type=int, default=16)
-    args = parser.parse_args()
-    survey = load_opinionqa(args.data_dir)
-    questions = [(q.text, q.answer_options) for q in survey.questions[: args.questions]]
+def measure(data_dir: str, n_questions: int = 48, batch_size: int = 16) -> dict:
+    """Texts/s of torch, ours without and with prefix sharing, on the first OpinionQA questions,
+    plus the vectors' agreement and the FLOP rates."""
+    survey = load_opinionqa(data_dir)
+    questions = [(q.text, q.answer_options) for q in survey.questions[:n_questions]]
 
-    ours = LLMEmbedder("smollm2", progress=False, batch_size=args.batch_size)
+    ours = LLMEmbedder("smollm2", progress=False, batch_size=batch_size)
     loaded = ours.loaded
     parts = [format_prompt(t, o, loaded.chat_template, loaded.special_tokens)
              for t, o in questions]
@@ -67,7 +64,7 @@ def main() -> None:
     tokens = sum(len(ours.tokenize(t)) for t in texts)
     prefixes = [ours.tokenize(p.prefix) for p in parts]
     header = len(os.path.commonprefix(prefixes))  # run once per batch of questions
-    batches = -(-len(parts) // args.batch_size)
+    batches = -(-len(parts) // batch_size)
     prefix_tokens = sum(len(pre) + sum(len(ours.tokenize(s)) for s in p.suffixes)
                         for pre, p in zip(prefixes, parts)) - header * (len(parts) - batches)
     c = loaded.model.config
@@ -75,32 +72,52 @@ def main() -> None:
                              + 2 * c.hidden_size * c.num_kv_heads * c.head_dim
                              + 3 * c.hidden_size * c.intermediate_size)
 
-    timings = {}
+    methods = {}
     ours.embed_questions(questions[:2])  # compile common shapes outside the clock
+    vectors = {}
     for shared in (False, True):
+        name = "ours, prefix sharing" if shared else "ours, full sequences"
         ours.prefix_sharing = shared
         ours.embed_questions(questions)  # warm: compile every bucket shape
         start = time.perf_counter()
-        vectors = ours.embed_questions(questions)
-        timings["ours, prefix sharing" if shared else "ours, full sequences"] = (
-            time.perf_counter() - start, prefix_tokens if shared else tokens, vectors)
-    torch_seconds, torch_vectors = torch_reference(texts, args.batch_size)
-    timings["transformers + torch"] = (torch_seconds, tokens, None)
-
+        vectors[name] = np.concatenate(ours.embed_questions(questions))
+        methods[name] = (time.perf_counter() - start, prefix_tokens if shared else tokens)
+    torch_seconds, torch_vectors = torch_reference(texts, batch_size)
+    methods["transformers + torch"] = (torch_seconds, tokens)
     peak = matmul_peak_gflops()
-    base = len(texts) / torch_seconds
-    print(f"{len(questions)} OpinionQA questions, {len(texts)} option texts, {tokens} tokens "
-          f"({prefix_tokens} with shared header and prefixes); matmul peak here {peak:.0f} GFLOP/s")
+    return {
+        "questions": len(questions), "texts": len(texts), "tokens": tokens,
+        "processed_tokens": prefix_tokens, "peak_gflops": peak,
+        "methods": {name: {"texts_per_s": len(texts) / seconds,
+                           "tokens_per_s": tokens / seconds,
+                           "gflops": 2 * params * processed / seconds / 1e9}
+                    for name, (seconds, processed) in methods.items()},
+        "max_shared_vs_full": float(np.abs(vectors["ours, prefix sharing"]
+                                           - vectors["ours, full sequences"]).max()),
+        "max_ours_vs_torch": float(np.abs(vectors["ours, full sequences"]
+                                          - np.stack(torch_vectors)).max()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--questions", type=int, default=48, help="684 for every question")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args()
+    r = measure(args.data_dir, args.questions, args.batch_size)
+    base = r["methods"]["transformers + torch"]["texts_per_s"]
+    print(f"{r['questions']} OpinionQA questions, {r['texts']} option texts, {r['tokens']} "
+          f"tokens ({r['processed_tokens']} with shared header and prefixes); matmul peak here "
+          f"{r['peak_gflops']:.0f} GFLOP/s")
     print(f"{'method':<24} {'texts/s':>8} {'tokens/s':>9} {'vs torch':>9} {'GFLOP/s':>8} "
           f"{'of peak':>8}")
-    for name, (seconds, processed, _) in timings.items():
-        gflops = 2 * params * processed / seconds / 1e9
-        print(f"{name:<24} {len(texts) / seconds:8.1f} {tokens / seconds:9.0f} "
-              f"{len(texts) / seconds / base:8.2f}x {gflops:8.1f} {gflops / peak:7.0%}")
-    shared_vectors = np.concatenate(timings["ours, prefix sharing"][2])
-    full_vectors = np.concatenate(timings["ours, full sequences"][2])
-    print(f"max |shared - full| = {np.abs(shared_vectors - full_vectors).max():.2e}; "
-          f"max |ours - torch| = {np.abs(full_vectors - np.stack(torch_vectors)).max():.2e}")
+    for name, m in r["methods"].items():
+        print(f"{name:<24} {m['texts_per_s']:8.1f} {m['tokens_per_s']:9.0f} "
+              f"{m['texts_per_s'] / base:8.2f}x {m['gflops']:8.1f} "
+              f"{m['gflops'] / r['peak_gflops']:7.0%}")
+    print(f"max |shared - full| = {r['max_shared_vs_full']:.2e}; "
+          f"max |ours - torch| = {r['max_ours_vs_torch']:.2e}")
 
 
 if __name__ == "__main__":

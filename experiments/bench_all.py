@@ -1,0 +1,62 @@
+"""Every speed target in one table, all measured in this one run on this machine:
+embedding throughput against transformers + torch, meta-training on 8 simulated devices
+against 1, adapt + predict latency, and the metric's cost.
+
+    python experiments/bench_all.py --data-dir ../shared/data/opinionqa
+
+Ratios compare numbers taken minutes apart on the same machine; absolute figures move with
+its load, ratios much less.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import bench_embed
+import bench_metrics
+import bench_train
+
+from gpo.report import write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--questions", type=int, default=48)
+    parser.add_argument("--train-steps", type=int, default=5)
+    parser.add_argument("--out", default="reports/bench_all.json")
+    args = parser.parse_args()
+
+    embed = bench_embed.measure(args.data_dir, args.questions)
+    one = bench_train.throughput(1, args.train_steps)["steps_per_s"]
+    eight = bench_train.throughput(8, args.train_steps)["steps_per_s"]
+    latency = bench_train.latency()
+    metrics = bench_metrics.measure()
+
+    texts = {name: m["texts_per_s"] for name, m in embed["methods"].items()}
+    torch = texts["transformers + torch"]
+    rows = [
+        ("embed: ours, prefix sharing / torch", f"{texts['ours, prefix sharing']:.1f} / "
+         f"{torch:.1f} texts/s", f"{texts['ours, prefix sharing'] / torch:.2f}x", ">= 3x"),
+        ("embed: ours, full sequences / torch", f"{texts['ours, full sequences']:.1f} / "
+         f"{torch:.1f} texts/s", f"{texts['ours, full sequences'] / torch:.2f}x", ""),
+        ("train: 8 simulated devices / 1", f"{eight:.3f} / {one:.3f} steps/s",
+         f"{eight / one:.2f}x", "(shared cores)"),
+        ("adapt + predict (20 ctx, 500 targets)", f"median {latency['median_ms']:.1f} ms, "
+         f"p90 {latency['p90_ms']:.1f} ms", "", "< 20 ms"),
+        *[(f"metric: {name}", f"{ms:.1f} ms", "", "") for name, ms in metrics.items()],
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    header = ("benchmark", "measured", "ratio", "target")
+    widths = [max(w, len(h)) for w, h in zip(widths, header)]
+    for row in (header, tuple("-" * w for w in widths), *rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    print(f"(embedding: {embed['questions']} OpinionQA questions, {embed['texts']} option texts; "
+          f"max |shared - full| {embed['max_shared_vs_full']:.1e}, max |ours - torch| "
+          f"{embed['max_ours_vs_torch']:.1e}; matmul peak {embed['peak_gflops']:.0f} GFLOP/s)")
+    write_json(args.out, {"embed": embed, "train_steps_per_s": {"1": one, "8": eight},
+                          "latency_ms": latency, "metrics_ms": metrics})
+
+
+if __name__ == "__main__":
+    main()
