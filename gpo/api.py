@@ -167,6 +167,20 @@ class AdaptedGroup:
         w = getattr(self.context, "mixture_BxK", None)
         return None if w is None else np.asarray(w[0])
 
+    def interpolate(self, other: AdaptedGroup, t: float) -> AdaptedGroup:
+        """A group between this one (t = 0) and `other` (t = 1) in the head's group space:
+        PPD's embedding z, PAL's mixture weights. GPO keeps a set of context tokens, not a
+        point in a group space, so it has no interpolation."""
+        head = self.model.module
+        if not hasattr(head, "interpolate_groups"):
+            raise ValueError(f"head {self.model.config.head!r} has no group space to "
+                             "interpolate in (PPD and PAL do)")
+        if other.model is not self.model:
+            raise ValueError("both groups must be adapted by the same model")
+        if not 0 <= t <= 1:
+            raise ValueError(f"t must be in [0, 1], got {t}")
+        return AdaptedGroup(self.model, head.interpolate_groups(self.context, other.context, t))
+
     def predict(self, questions: Sequence) -> list[Prediction]:
         if not questions:
             return []

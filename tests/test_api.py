@@ -117,3 +117,12 @@ def test_ppd_head_trains_saves_and_reloads_through_the_same_code(run, tmp_path):
     np.testing.assert_array_equal(group.predict([q1.key])[0].probs,
                                   again.predict([q1.key])[0].probs)
     assert gpo.load(run[2]).adapt(context).group_embedding is None  # GPO has no z
+    # Interpolation: t = 0 and t = 1 give the end groups, halfway mixes z linearly.
+    other = model.adapt([(q0.key, survey.probs_GxQxO[5, 0, :len(q0.answer_options)])])
+    for t, end in ((0.0, group), (1.0, other)):
+        np.testing.assert_allclose(group.interpolate(other, t).predict([q1.key])[0].probs,
+                                   end.predict([q1.key])[0].probs, atol=1e-6)
+    np.testing.assert_allclose(group.interpolate(other, 0.5).group_embedding,
+                               (group.group_embedding + other.group_embedding) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="no group space"):
+        gpo.load(run[2]).adapt(context).interpolate(gpo.load(run[2]).adapt(context), 0.5)

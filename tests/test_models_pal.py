@@ -82,3 +82,9 @@ def test_pal_trains_with_per_group_weights_and_reloads(tmp_path):
         [(q0.key, survey.probs_GxQxO[0, 0, :len(q0.answer_options)])])
     np.testing.assert_array_equal(group.predict([q1.key])[0].probs,
                                   again.predict([q1.key])[0].probs)
+    other = model.adapt([(q0.key, survey.probs_GxQxO[7, 0, :len(q0.answer_options)])])
+    halfway = group.interpolate(other, 0.5)
+    np.testing.assert_allclose(halfway.mixture_weights,
+                               (group.mixture_weights + other.mixture_weights) / 2, atol=1e-5)
+    np.testing.assert_allclose(group.interpolate(other, 1.0).predict([q1.key])[0].probs,
+                               other.predict([q1.key])[0].probs, atol=1e-5)

@@ -98,6 +98,13 @@ class PAL(nnx.Module):
                                       length=self.config.inner_steps)
         return GroupWeights(logits)
 
+    @staticmethod
+    def interpolate_groups(a: GroupWeights, b: GroupWeights, t: float) -> GroupWeights:
+        """The group whose mixture weights are (1 - t) w_a + t w_b (its ideal point lies on the
+        segment between theirs)."""
+        w_BxK = (1 - t) * a.mixture_BxK + t * b.mixture_BxK
+        return GroupWeights(jnp.log(jnp.maximum(w_BxK, 1e-30)))
+
     def predict(self, group: GroupWeights, x_BxTxE, question_BxT, mask_BxT):
         prob = softmax_within_questions(self._scores(x_BxTxE, group.logits_BxK), question_BxT,
                                         mask_BxT)

@@ -76,6 +76,11 @@ class PPD(nnx.Module):
         queries = jnp.broadcast_to(self.queries[...], (tokens.shape[0], *self.queries.shape))
         return GroupEmbedding(self.pool(queries, tokens, mask_BxC))
 
+    @staticmethod
+    def interpolate_groups(a: GroupEmbedding, b: GroupEmbedding, t: float) -> GroupEmbedding:
+        """(1 - t) z_a + t z_b: a group between two others (PPD interpolates users this way)."""
+        return GroupEmbedding((1 - t) * a.z_BxMxD + t * b.z_BxMxD)
+
     def predict(self, group: GroupEmbedding, x_BxTxE, question_BxT, mask_BxT):
         tokens = self.option_embedder(x_BxTxE)
         z_mask = jnp.ones(group.z_BxMxD.shape[:2], bool)
