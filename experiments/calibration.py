@@ -19,11 +19,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gpo.api import load  # noqa: E402
-from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig  # noqa: E402
+from gpo.config import DataConfig, EmbedConfig, RunConfig  # noqa: E402
 from gpo.data.episodes import make_eval_task  # noqa: E402
 from gpo.evaluate import predict_task  # noqa: E402
 from gpo.experiment import (  # noqa: E402
     embed,
+    experiment_train_config,
     head_variants,
     load_survey,
     run_directory,
@@ -57,7 +58,7 @@ def main() -> None:
     for label in HEADS_WITH_STD:
         head, model = variants[label]
         config = RunConfig(head=head, model=model, data=data, embed=embed_config,
-                           train=TrainConfig.cpu(args.steps))
+                           train=experiment_train_config(head, args.steps))
         root = run_directory(args.runs, config, label)
         train_and_evaluate(config, survey, embeddings, root, (args.k,), args.seeds,
                            log=lambda _: None)

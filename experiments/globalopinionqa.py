@@ -16,10 +16,16 @@ from pathlib import Path
 
 from gpo.api import load
 from gpo.baselines import score_predictions
-from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
+from gpo.config import DataConfig, EmbedConfig, RunConfig
 from gpo.data.episodes import make_eval_task
 from gpo.evaluate import predict_task
-from gpo.experiment import embed, load_survey, run_directory, train_and_evaluate
+from gpo.experiment import (
+    embed,
+    experiment_train_config,
+    load_survey,
+    run_directory,
+    train_and_evaluate,
+)
 from gpo.report import format_table, write_json
 from gpo.train import EmbeddingTable, split_for
 
@@ -38,7 +44,7 @@ def main() -> None:
     parser.add_argument("--out", default="reports/globalopinionqa.json")
     args = parser.parse_args()
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
-    train_config = TrainConfig.cpu(args.steps)
+    train_config = experiment_train_config("gpo", args.steps)
 
     countries = DataConfig(dataset="globalopinionqa", data_dir=args.data_dir)
     survey = load_survey(countries)

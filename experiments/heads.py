@@ -7,7 +7,8 @@ against the number of context pairs).
         --embedders smollm2 minilm         # does the frozen embedder matter?
 
 Every head runs through the same episodes, train loop, checkpoints and evaluation, with the
-2-core budget `TrainConfig.cpu(steps)`; runs are kept under --runs and resumed, so rerunning
+2-core budget `experiment_train_config` (about equal CPU time per head: --steps for GPO,
+twice as many for PPD, ten times for PAL); runs are kept under --runs and resumed, so rerunning
 reprints the same tables. Writes a JSON report and the fitted PAL weights of a few groups.
 """
 
@@ -20,8 +21,16 @@ import time
 import numpy as np
 
 from gpo.api import load
-from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
-from gpo.experiment import embed, head_variants, load_survey, run_directory, train_and_evaluate
+from gpo.config import DataConfig, EmbedConfig, RunConfig
+from gpo.experiment import (
+    STEPS_PER_UNIT,
+    embed,
+    experiment_train_config,
+    head_variants,
+    load_survey,
+    run_directory,
+    train_and_evaluate,
+)
 from gpo.report import format_table, write_json
 
 SETTINGS = {  # name: (dataset, protocol, context sizes k)
@@ -51,8 +60,8 @@ def main() -> None:
     parser.add_argument("--pal-k", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--out", default="reports/heads.json")
     args = parser.parse_args()
-    report: dict = {"train": dataclasses.asdict(TrainConfig.cpu(args.steps)), "seeds": args.seeds,
-                    "tables": {}}
+    report: dict = {"train": {h: dataclasses.asdict(experiment_train_config(h, args.steps))
+                              for h in STEPS_PER_UNIT}, "seeds": args.seeds, "tables": {}}
     for setting in args.settings:
         data = setting_data(setting, args.data_dir)
         ks = SETTINGS[setting][2]
@@ -67,7 +76,7 @@ def main() -> None:
             validation, pal_dirs = {}, {}
             for label, (head, model) in head_variants(embeddings.shape[-1], args.pal_k).items():
                 config = RunConfig(head=head, model=model, data=data, embed=embed_config,
-                                   train=TrainConfig.cpu(args.steps))
+                                   train=experiment_train_config(head, args.steps))
                 run_dir = run_directory(args.runs, config, label)
                 scores = train_and_evaluate(config, survey, embeddings, run_dir, ks, args.seeds)
                 validation[label] = float(np.mean(scores.validation))

@@ -3,8 +3,8 @@ every head (PAL at the K its validation groups prefer) beside every baseline, th
 
     python experiments/sample_efficiency.py --data-dir ../shared/data/opinionqa
 
-Trains through the same run folders as experiments/heads.py (same names, same 2-core budget),
-so after that script nothing is retrained. Prints the table, writes a JSON report and
+Trains through the same run folders as experiments/heads.py (same names, same per-head
+budget), so after that script nothing is retrained. Prints the table, writes a JSON report and
 reports/sample_efficiency.png.
 """
 
@@ -14,8 +14,15 @@ import argparse
 
 import numpy as np
 
-from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
-from gpo.experiment import embed, head_variants, load_survey, run_directory, train_and_evaluate
+from gpo.config import DataConfig, EmbedConfig, RunConfig
+from gpo.experiment import (
+    embed,
+    experiment_train_config,
+    head_variants,
+    load_survey,
+    run_directory,
+    train_and_evaluate,
+)
 from gpo.plots import plot_alignment_vs_k
 from gpo.report import format_table, write_json
 
@@ -41,7 +48,7 @@ def main() -> None:
     pal_validation = {}
     for label, (head, model) in head_variants(embeddings.shape[-1]).items():
         config = RunConfig(head=head, model=model, data=data, embed=embed_config,
-                           train=TrainConfig.cpu(args.steps))
+                           train=experiment_train_config(head, args.steps))
         scores = train_and_evaluate(config, survey, embeddings,
                                     run_directory(args.runs, config, label), KS, args.seeds)
         for method in scores.per_k[KS[0]]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from gpo.api import load
 from gpo.baselines import BASELINES, USES_ONLY_CONTEXT, score_predictions
-from gpo.config import DataConfig, EmbedConfig, RunConfig
+from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data import data_dir, load_dataset, make_synthetic_survey
 from gpo.data.episodes import make_eval_task
 from gpo.data.persona import make_persona_preferences
@@ -97,6 +97,17 @@ def evaluate_run(run_dir: str | Path, survey: Survey, embeddings: np.ndarray,
                     results["per_group"][name] = score.per_group_G.tolist()
         results["k"][k] = per_method
     return results
+
+
+# Steps per unit of an experiment's --steps, by head: about the same CPU time each on 2 cores
+# (OpinionQA episodes: GPO ~0.4 s a step, PPD ~0.2 s, PAL ~0.02 s), so heads are compared at a
+# matched compute budget rather than at a step count that leaves the cheap ones unfinished.
+STEPS_PER_UNIT = {"gpo": 1, "ppd": 2, "pal": 10}
+
+
+def experiment_train_config(head: str, steps: int) -> TrainConfig:
+    """The 2-core budget of experiments/ for one head: `TrainConfig.cpu` at its step share."""
+    return TrainConfig.cpu(steps * STEPS_PER_UNIT[head])
 
 
 def head_variants(embedding_dim: int, pal_ks: Sequence[int] = (1, 2, 4, 8)
