@@ -2,7 +2,7 @@
 diagram), miscalibration area and the rank correlation of |error| with std, on OpinionQA
 protocol A test groups at k = 20, for the heads that predict a std per option (GPO, PPD).
 
-    python experiments/calibration.py --data-dir ../shared/data/opinionqa
+    python experiments/calibration.py --data-dir ../shared/data
 
 Uses the run folders of experiments/heads.py (trains them first if missing). Prints the table,
 writes a JSON report and reports/calibration.png.
@@ -39,7 +39,8 @@ HEADS_WITH_STD = ("GPO", "PPD")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--data-dir", required=True, help="folder holding opinionqa/ (the "
+                        "same as experiments/heads.py's, so its runs are reused)")
     parser.add_argument("--embedder", default="smollm2")
     parser.add_argument("--cache-dir", default="runs/embedding_cache")
     parser.add_argument("--runs", default="runs/heads")

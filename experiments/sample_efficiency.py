@@ -1,7 +1,7 @@
 """Alignment against the number of context questions k = 1 ... 100 on OpinionQA protocol A:
 every head (PAL at the K its validation groups prefer) beside every baseline, three splits.
 
-    python experiments/sample_efficiency.py --data-dir ../shared/data/opinionqa
+    python experiments/sample_efficiency.py --data-dir ../shared/data
 
 Trains through the same run folders as experiments/heads.py (same names, same per-head
 budget), so after that script nothing is retrained. Prints the table, writes a JSON report and
@@ -31,7 +31,8 @@ KS = (1, 2, 5, 10, 20, 50, 100)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--data-dir", required=True, help="folder holding opinionqa/ (the "
+                        "same as experiments/heads.py's, so its runs are reused)")
     parser.add_argument("--embedder", default="smollm2")
     parser.add_argument("--cache-dir", default="runs/embedding_cache")
     parser.add_argument("--runs", default="runs/heads")
