@@ -58,6 +58,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--pal-k", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--heads", nargs="+", default=["GPO", "PAL", "PPD"],
+                        choices=["GPO", "PAL", "PPD"])
     parser.add_argument("--out", default="reports/heads.json")
     args = parser.parse_args()
     report: dict = {"train": {h: dataclasses.asdict(experiment_train_config(h, args.steps))
@@ -74,7 +76,10 @@ def main() -> None:
                   f"({time.perf_counter() - start:.0f}s)")
             rows: dict[str, dict[str, list[float]]] = {}
             validation, pal_dirs = {}, {}
-            for label, (head, model) in head_variants(embeddings.shape[-1], args.pal_k).items():
+            variants = {label: v for label, v in head_variants(embeddings.shape[-1],
+                                                               args.pal_k).items()
+                        if label.split()[0] in args.heads}
+            for label, (head, model) in variants.items():
                 config = RunConfig(head=head, model=model, data=data, embed=embed_config,
                                    train=experiment_train_config(head, args.steps))
                 run_dir = run_directory(args.runs, config, label)
@@ -86,15 +91,19 @@ def main() -> None:
                     name = label if method == head.upper() else method
                     rows.setdefault(name, {}).update(
                         {f"k={k}": scores.per_k[k][method] for k in ks})
-            best_pal = max(pal_dirs, key=validation.get)
-            rows[f"PAL best ({best_pal[4:]})"] = rows[best_pal]
+            best_pal = max(pal_dirs, key=validation.get) if pal_dirs else None
+            if best_pal:
+                rows[f"PAL best ({best_pal[4:]})"] = rows[best_pal]
             metric = "accuracy (unseen users)" if data.dataset == "persona" else "alignment"
             print(format_table(f"\n{setting}, {embedder}: {metric}, mean ± std over splits "
                                f"{args.seeds}", _ordered(rows), [f"k={k}" for k in ks]))
             print("validation (mean over splits): " + ", ".join(
                 f"{label} {v:.4f}" for label, v in validation.items()))
-            print(f"PAL: best K by validation groups' score: {best_pal[4:]}")
-            weights = pal_weights(pal_dirs[best_pal] / str(args.seeds[0]), survey, embeddings)
+            weights = {}
+            if best_pal:
+                print(f"PAL: best K by validation groups' score: {best_pal[4:]}")
+                weights = pal_weights(pal_dirs[best_pal] / str(args.seeds[0]), survey,
+                                      embeddings)
             for group, w in list(weights.items())[:6]:
                 print(f"  {group:<40} weights {np.round(w.astype(float), 2).tolist()}")
             report["tables"][f"{setting}/{embedder}"] = {
