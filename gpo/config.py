@@ -74,12 +74,16 @@ class TrainConfig:
     checkpoint_every: int = 200
     seed: int = 0
     devices: int | None = None                  # default: all
+    group_mixup: float = 0.0                    # fraction of episodes from mixed groups
+    mixup_groups: int = 3                       # training groups per mix (see EpisodeSampler)
 
     def __post_init__(self):
         if self.loss not in ("gaussian_nll", "kl"):
             raise ValueError(f"loss must be 'gaussian_nll' or 'kl', got {self.loss!r}")
         if min(self.steps, self.batch_size, self.eval_every, self.checkpoint_every) < 1:
             raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
+        if not 0 <= self.group_mixup <= 1:
+            raise ValueError(f"group_mixup must be a fraction in [0, 1], got {self.group_mixup}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         object.__setattr__(self, "context_range", tuple(self.context_range))

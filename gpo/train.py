@@ -176,8 +176,12 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
     split = split_for(config, survey)
     train_groups, val_groups = validation_split(split, config.data.validation_fraction,
                                                 config.data.split_seed)
+    if t.group_mixup and hasattr(HEADS[config.head][1], "encode_training_groups"):
+        raise ValueError(f"train.group_mixup: head {config.head!r} learns one state per "
+                         "training group, and a mixed group has none")
     sampler = EpisodeSampler(survey, train_groups, split.train_questions, t.batch_size,
-                             t.context_range, t.target_range, seed=t.seed)
+                             t.context_range, t.target_range, seed=t.seed,
+                             mixup=t.group_mixup, mixup_groups=t.mixup_groups)
     mesh = make_mesh(t.devices)
     if embeddings_QxOxE.shape[:2] != survey.option_mask_QxO.shape:
         raise ValueError(f"embeddings have shape {embeddings_QxOxE.shape}, expected "

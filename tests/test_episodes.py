@@ -55,6 +55,32 @@ def test_sampler_shapes_masks_and_determinism(survey):
         assert np.all(a.context_prob_BxC[bi][~a.context_mask_BxC[bi]] == 0)
 
 
+
+def test_group_mixup_draws_convex_mixes_of_training_groups(survey):
+    kwargs = dict(batch_size=8, context_range=(3, 10), target_range=(2, 8), seed=7)
+    plain = EpisodeSampler(survey, np.arange(2), np.arange(60), **kwargs)
+    off = EpisodeSampler(survey, np.arange(2), np.arange(60), mixup=0.0, **kwargs)
+    np.testing.assert_array_equal(plain.sample(3).target_prob_BxT,
+                                  off.sample(3).target_prob_BxT)  # same stream when off
+    mixed = EpisodeSampler(survey, np.arange(2), np.arange(60), mixup=1.0, mixup_groups=2,
+                           **kwargs).sample(3)
+    O = survey.max_options
+    for part in ("context", "target"):
+        mask = getattr(mixed, f"{part}_mask_Bx{part[0].upper()}")
+        opt = getattr(mixed, f"{part}_option_Bx{part[0].upper()}")[mask]
+        prob = getattr(mixed, f"{part}_prob_Bx{part[0].upper()}")[mask]
+        a, b = (survey.probs_GxQxO[g, opt // O, opt % O] for g in (0, 1))
+        # Each point lies between the two groups' probabilities (a convex mix of them) ...
+        assert np.all(prob >= np.minimum(a, b) - 1e-6) and np.all(prob <= np.maximum(a, b) + 1e-6)
+        # ... one mix per episode (not per point), so every question still sums to 1.
+        question = opt // O
+        episode = np.nonzero(mask)[0]
+        for e, q in set(zip(episode, question)):
+            np.testing.assert_allclose(prob[(episode == e) & (question == q)].sum(), 1, atol=1e-5)
+    assert not np.allclose(mixed.target_prob_BxT, plain.sample(3).target_prob_BxT)
+    with pytest.raises(ValueError, match="mixup_groups"):
+        EpisodeSampler(survey, np.arange(2), np.arange(60), mixup=0.5, mixup_groups=3, **kwargs)
+
 def test_pack_rejects_unanswered_and_overflow(survey):
     with pytest.raises(ValueError, match="more than capacity"):
         pack_episodes(survey, [0], [np.arange(10)], [np.arange(10, 12)], 3, 20)

@@ -88,3 +88,15 @@ def test_pal_trains_with_per_group_weights_and_reloads(tmp_path):
                                (group.mixture_weights + other.mixture_weights) / 2, atol=1e-5)
     np.testing.assert_allclose(group.interpolate(other, 1.0).predict([q1.key])[0].probs,
                                other.predict([q1.key])[0].probs, atol=1e-5)
+
+
+def test_pal_refuses_group_mixup(tmp_path):
+    """A mixed training group has no learned weights of its own: say so, do not train."""
+    from gpo.data import make_synthetic_survey
+    survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
+    config = dataclasses.replace(tiny_config(steps=2), head="pal",
+                                 model=PALConfig(embedding_dim=8, prototypes=3))
+    config = config.override(["train.group_mixup=0.5"])
+    with pytest.raises(ValueError, match="group_mixup.*'pal'"):
+        train(config, survey, np.zeros((40, survey.max_options, 8), np.float32),
+              tmp_path / "pal", progress=False)

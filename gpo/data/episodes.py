@@ -138,9 +138,16 @@ def point_capacity(survey: Survey, questions: np.ndarray, n_questions: int) -> i
 
 def pack_episodes(survey: Survey, groups: Sequence[int], context: Sequence[np.ndarray],
                   target: Sequence[np.ndarray], context_capacity: int,
-                  target_capacity: int) -> EpisodeBatch:
-    """Lay out given (group, context questions, target questions) triples as padded points."""
+                  target_capacity: int, probs_BxQxO: np.ndarray | None = None
+                  ) -> EpisodeBatch:
+    """Lay out given (group, context questions, target questions) triples as padded points.
+
+    probs_BxQxO: each episode's answer distributions, where they are not the survey's own for
+    that group (mixed groups); the group index then only names the episode in messages.
+    """
     B, O = len(groups), survey.max_options
+    if probs_BxQxO is None:
+        probs_BxQxO = survey.probs_GxQxO[np.asarray(groups, int)]
     n_options = survey.n_options_Q
     out = {
         "context_option": np.zeros((B, context_capacity), np.int32),
@@ -168,7 +175,7 @@ def pack_episodes(survey: Survey, groups: Sequence[int], context: Sequence[np.nd
             if n > capacity:
                 raise ValueError(f"{part} has {n} points, more than capacity {capacity}")
             out[f"{part}_option"][b, :n] = q_P * O + o_P
-            out[f"{part}_prob"][b, :n] = survey.probs_GxQxO[g, q_P, o_P]
+            out[f"{part}_prob"][b, :n] = probs_BxQxO[b, q_P, o_P]
             out[f"{part}_mask"][b, :n] = True
             out[f"{part}_question"][b, :n] = q_P
     return EpisodeBatch(np.asarray(groups, np.int32),
@@ -182,6 +189,12 @@ class EpisodeSampler:
 
     Context and target question counts are drawn uniformly from their ranges (GPO: 10-100
     each), capped by what the group answered; context and target questions are disjoint.
+
+    Group mixup: a `mixup` fraction of episodes is drawn from a random convex mix of
+    `mixup_groups` training groups (Dirichlet(1) weights) instead of one group. With few
+    training groups (OpinionQA protocol A trains on ~10 of 36) the model otherwise meets the
+    same handful of groups over and over; mixes fill the space between them, where unseen
+    groups lie (the convex-mixture baseline is the strongest on OpinionQA).
     A batch is padded to its own largest episode (rounded up to `padded_size`), not to the
     worst case the ranges allow: with many-option questions that worst case is several times
     the typical episode, and every padded point costs as much compute as a real one.
@@ -194,9 +207,16 @@ class EpisodeSampler:
     context_range: tuple[int, int] = (10, 100)
     target_range: tuple[int, int] = (10, 100)
     seed: int = 0
+    mixup: float = 0.0
+    mixup_groups: int = 3
 
     def __post_init__(self):
         self.groups = np.asarray(self.groups, int)
+        if not 0 <= self.mixup <= 1:
+            raise ValueError(f"mixup must be a fraction in [0, 1], got {self.mixup}")
+        if self.mixup and not 2 <= self.mixup_groups <= len(self.groups):
+            raise ValueError(f"mixup_groups must be in [2, {len(self.groups)}] (the training "
+                             f"groups), got {self.mixup_groups}")
         self.questions = np.asarray(self.questions, int)
         for name, (lo, hi) in (("context_range", self.context_range),
                                ("target_range", self.target_range)):
@@ -215,9 +235,20 @@ class EpisodeSampler:
     def sample(self, step: int) -> EpisodeBatch:
         rng = np.random.default_rng((self.seed, step))
         groups = rng.choice(self.groups, size=self.batch_size)
+        probs_BxQxO = self.survey.probs_GxQxO[groups]
         contexts, targets = [], []
-        for g in groups:
-            mine = self.questions[self.survey.answered_GxQ[g, self.questions]]
+        for b, g in enumerate(groups):
+            answered_Q = self.survey.answered_GxQ[g, self.questions]
+            if self.mixup and rng.random() < self.mixup:
+                members = rng.choice(self.groups, size=self.mixup_groups, replace=False)
+                weights = rng.dirichlet(np.ones(len(members)))
+                shared_Q = self.survey.answered_GxQ[np.ix_(members, self.questions)].all(0)
+                if shared_Q.sum() >= 2:  # sparse surveys: members may share too few questions
+                    groups[b] = g = members[weights.argmax()]  # names the episode in errors
+                    probs_BxQxO[b] = np.einsum("m,mqo->qo", weights,
+                                               self.survey.probs_GxQxO[members])
+                    answered_Q = shared_Q
+            mine = self.questions[answered_Q]
             n_c = int(rng.integers(self.context_range[0], self.context_range[1] + 1))
             n_t = int(rng.integers(self.target_range[0], self.target_range[1] + 1))
             n_c = min(n_c, len(mine) - 1)
@@ -231,4 +262,4 @@ class EpisodeSampler:
         target_capacity = min(self.target_capacity,
                               padded_size(max(points[t].sum() for t in targets)))
         return pack_episodes(self.survey, groups, contexts, targets, context_capacity,
-                             target_capacity)
+                             target_capacity, probs_BxQxO)

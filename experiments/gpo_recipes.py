@@ -1,0 +1,70 @@
+"""Which GPO training recipe works best at the 2-core budget? Variants of `TrainConfig.cpu`
+(loss, group mixup, steps) on OpinionQA protocol A, scored like heads.py.
+
+    python experiments/gpo_recipes.py --data-dir ../shared/data [--steps 400] [--seeds 0 1 2]
+        [--variants base mixup50 ...]
+
+Runs live under --runs/<variant>/<seed> and are resumed. Prints validation alignment (what
+model selection may look at) and test alignment at k = 5, 10, 20, with the baselines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
+from gpo.experiment import embed, load_survey, train_and_evaluate
+from gpo.report import format_table, write_json
+
+# name: (TrainConfig.cpu overrides, multiple of --steps)
+VARIANTS = {
+    "base": ({}, 1),
+    "kl": ({"loss": "kl"}, 1),
+    "mixup50": ({"group_mixup": 0.5}, 1),
+    "mixup100": ({"group_mixup": 1.0}, 1),
+    "base_x3": ({}, 3),
+    "mixup50_x3": ({"group_mixup": 0.5}, 3),
+}
+BASELINES_SHOWN = ("population prior", "nearest group", "group mixture")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help="folder holding opinionqa/")
+    parser.add_argument("--cache-dir", default="runs/embedding_cache")
+    parser.add_argument("--runs", default="runs/gpo_recipes")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--out", default="reports/gpo_recipes.json")
+    args = parser.parse_args()
+
+    data = DataConfig(dataset="opinionqa", data_dir=args.data_dir, protocol="A")
+    survey = load_survey(data)
+    embeddings = embed(survey, EmbedConfig(cache_dir=args.cache_dir))
+    ks = (5, 10, 20)
+    rows, report = {}, {"seeds": args.seeds, "variants": {}}
+    for name in args.variants:
+        overrides, multiple = VARIANTS[name]
+        train = TrainConfig.cpu(args.steps * multiple, **overrides)
+        config = RunConfig(head="gpo", data=data, embed=EmbedConfig(cache_dir=args.cache_dir),
+                           train=train)
+        scores = train_and_evaluate(config, survey, embeddings, f"{args.runs}/{name}", ks,
+                                    args.seeds)
+        label = f"GPO {name} ({train.steps} steps)"
+        rows[label] = {"validation": scores.validation,
+                       **{f"k={k}": scores.per_k[k]["GPO"] for k in ks}}
+        for baseline in BASELINES_SHOWN:  # the same splits and tasks for every variant
+            rows[baseline] = {f"k={k}": scores.per_k[k][baseline] for k in ks}
+        report["variants"][name] = {"train": dataclasses.asdict(train),
+                                    "validation": scores.validation,
+                                    "per_k": scores.per_k}
+    columns = ["validation"] + [f"k={k}" for k in ks]
+    print("\n" + format_table(f"OpinionQA protocol A, splits {args.seeds}: alignment", rows,
+                              columns))
+    write_json(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
