@@ -10,8 +10,6 @@ writes a JSON report and reports/calibration.png.
 
 from __future__ import annotations
 
-import argparse
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -24,6 +22,7 @@ from gpo.data.episodes import make_eval_task  # noqa: E402
 from gpo.evaluate import predict_task  # noqa: E402
 from gpo.experiment import (  # noqa: E402
     embed,
+    experiment_parser,
     experiment_train_config,
     head_variants,
     load_survey,
@@ -38,16 +37,10 @@ HEADS_WITH_STD = ("GPO", "PPD")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, help="folder holding opinionqa/ (the "
-                        "same as experiments/heads.py's, so its runs are reused)")
-    parser.add_argument("--embedder", default="smollm2")
-    parser.add_argument("--cache-dir", default="runs/embedding_cache")
-    parser.add_argument("--runs", default="runs/heads")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=400)
+    parser = experiment_parser(__doc__, data_help="folder holding opinionqa/ (the same as "
+                               "experiments/heads.py's, so its runs are reused)",
+                               out="reports/calibration.json")
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--out", default="reports/calibration.json")
     args = parser.parse_args()
 
     data = DataConfig(dataset="opinionqa", data_dir=args.data_dir)

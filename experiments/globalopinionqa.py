@@ -10,7 +10,6 @@ Prints the table and writes a JSON report.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from gpo.data.episodes import make_eval_task
 from gpo.evaluate import predict_task
 from gpo.experiment import (
     embed,
+    experiment_parser,
     experiment_train_config,
     load_survey,
     run_directory,
@@ -33,15 +33,8 @@ KS = (5, 10, 20)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, help="folder holding globalopinionqa/ "
-                        "and opinionqa/")
-    parser.add_argument("--embedder", default="smollm2")
-    parser.add_argument("--cache-dir", default="runs/embedding_cache")
-    parser.add_argument("--runs", default="runs/heads")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--out", default="reports/globalopinionqa.json")
+    parser = experiment_parser(__doc__, data_help="folder holding globalopinionqa/ and "
+                               "opinionqa/", out="reports/globalopinionqa.json")
     args = parser.parse_args()
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
     train_config = experiment_train_config("gpo", args.steps)

@@ -10,11 +10,10 @@ model selection may look at) and test alignment at k = 5, 10, 20, with the basel
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
-from gpo.experiment import embed, load_survey, train_and_evaluate
+from gpo.experiment import embed, experiment_parser, load_survey, train_and_evaluate
 from gpo.report import format_table, write_json
 
 # name: (TrainConfig.cpu overrides, multiple of --steps)
@@ -30,25 +29,21 @@ BASELINES_SHOWN = ("population prior", "nearest group", "group mixture")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, help="folder holding opinionqa/")
-    parser.add_argument("--cache-dir", default="runs/embedding_cache")
-    parser.add_argument("--runs", default="runs/gpo_recipes")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=400)
+    parser = experiment_parser(__doc__, data_help="folder holding opinionqa/",
+                               out="reports/gpo_recipes.json", runs="runs/gpo_recipes")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--out", default="reports/gpo_recipes.json")
     args = parser.parse_args()
 
     data = DataConfig(dataset="opinionqa", data_dir=args.data_dir, protocol="A")
     survey = load_survey(data)
-    embeddings = embed(survey, EmbedConfig(cache_dir=args.cache_dir))
+    embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
+    embeddings = embed(survey, embed_config)
     ks = (5, 10, 20)
     rows, report = {}, {"seeds": args.seeds, "variants": {}}
     for name in args.variants:
         overrides, multiple = VARIANTS[name]
         train = TrainConfig.cpu(args.steps * multiple, **overrides)
-        config = RunConfig(head="gpo", data=data, embed=EmbedConfig(cache_dir=args.cache_dir),
+        config = RunConfig(head="gpo", data=data, embed=embed_config,
                            train=train)
         scores = train_and_evaluate(config, survey, embeddings, f"{args.runs}/{name}", ks,
                                     args.seeds)

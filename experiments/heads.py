@@ -14,7 +14,6 @@ reprints the same tables. Writes a JSON report and the fitted PAL weights of a f
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 
@@ -25,6 +24,7 @@ from gpo.config import DataConfig, EmbedConfig, RunConfig
 from gpo.experiment import (
     STEPS_PER_UNIT,
     embed,
+    experiment_parser,
     experiment_train_config,
     head_variants,
     load_survey,
@@ -48,19 +48,13 @@ def setting_data(name: str, data_dir: str) -> DataConfig:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, help="folder holding opinionqa/ and "
-                        "anthropic_persona/")
+    parser = experiment_parser(__doc__, data_help="folder holding opinionqa/ and "
+                               "anthropic_persona/", out="reports/heads.json",
+                               several_embedders=True)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
-    parser.add_argument("--embedders", nargs="+", default=["smollm2"])
-    parser.add_argument("--cache-dir", default="runs/embedding_cache")
-    parser.add_argument("--runs", default="runs/heads")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--pal-k", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--heads", nargs="+", default=["GPO", "PAL", "PPD"],
                         choices=["GPO", "PAL", "PPD"])
-    parser.add_argument("--out", default="reports/heads.json")
     args = parser.parse_args()
     report: dict = {"train": {h: dataclasses.asdict(experiment_train_config(h, args.steps))
                               for h in STEPS_PER_UNIT}, "seeds": args.seeds, "tables": {}}

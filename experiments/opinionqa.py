@@ -11,31 +11,24 @@ then prints mean ± std over splits and writes a JSON report.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
-from gpo.experiment import embed, load_survey, train_and_evaluate
+from gpo.experiment import embed, experiment_parser, load_survey, train_and_evaluate
 from gpo.report import format_table, write_json
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--embedder", default="smollm2")
-    parser.add_argument("--cache-dir", default="runs/embedding_cache")
-    parser.add_argument("--runs", default="runs/opinionqa")
+    parser = experiment_parser(__doc__, data_help="folder holding opinionqa/",
+                               out="reports/opinionqa.json", runs="runs/opinionqa", steps=1500)
     parser.add_argument("--protocols", nargs="+", default=["A"], choices=["A", "B"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20, 50])
-    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--questions-per-episode", type=int, nargs=2, default=[5, 30],
                         help="context and target question range (GPO: 10 100)")
     parser.add_argument("--loss", default="gaussian_nll", choices=["gaussian_nll", "kl"])
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--out", default="reports/opinionqa.json")
     args = parser.parse_args()
 
     data = DataConfig(dataset="opinionqa", data_dir=args.data_dir)

@@ -10,13 +10,12 @@ reports/sample_efficiency.png.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig
 from gpo.experiment import (
     embed,
+    experiment_parser,
     experiment_train_config,
     head_variants,
     load_survey,
@@ -30,15 +29,9 @@ KS = (1, 2, 5, 10, 20, 50, 100)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True, help="folder holding opinionqa/ (the "
-                        "same as experiments/heads.py's, so its runs are reused)")
-    parser.add_argument("--embedder", default="smollm2")
-    parser.add_argument("--cache-dir", default="runs/embedding_cache")
-    parser.add_argument("--runs", default="runs/heads")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--out", default="reports/sample_efficiency.json")
+    parser = experiment_parser(__doc__, data_help="folder holding opinionqa/ (the same as "
+                               "experiments/heads.py's, so its runs are reused)",
+                               out="reports/sample_efficiency.json")
     args = parser.parse_args()
 
     data = DataConfig(dataset="opinionqa", data_dir=args.data_dir)

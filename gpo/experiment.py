@@ -3,6 +3,7 @@ names, embed it, train, and score the trained head beside every baseline."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -22,6 +23,25 @@ from gpo.evaluate import predict_task
 from gpo.models import HEADS
 from gpo.train import EmbeddingTable, TrainResult, split_for, train
 
+
+def experiment_parser(doc: str, *, data_help: str, out: str, runs: str = "runs/heads",
+                      steps: int = 400, several_embedders: bool = False
+                      ) -> argparse.ArgumentParser:
+    """The arguments every training script in experiments/ shares: the data folder, the
+    embedder (or embedders), the embedding cache, the run folder (runs are resumed), the split
+    seeds, the step budget and the JSON report. Scripts add their own on top."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help=data_help)
+    if several_embedders:
+        parser.add_argument("--embedders", nargs="+", default=["smollm2"])
+    else:
+        parser.add_argument("--embedder", default="smollm2")
+    parser.add_argument("--cache-dir", default="runs/embedding_cache")
+    parser.add_argument("--runs", default=runs, help="run folders, kept and resumed")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="group splits")
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--out", default=out, help="JSON report")
+    return parser
 
 def load_survey(config: DataConfig) -> Survey:
     """The survey a data config names, filtered as experiments use it."""
