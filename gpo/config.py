@@ -46,7 +46,8 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EmbedConfig:
-    model: str = "lexical"     # 'lexical', 'smollm2', or a .gguf file / Hugging Face folder
+    model: str = "smollm2"     # 'smollm2' (the offline default LLM), 'minilm', a .gguf file,
+                               # a Hugging Face folder, or 'lexical' (hashed words: tests)
     dim: int = 1024            # lexical only: hashed feature width (an LLM fixes its own)
     pooling: str = "mean"      # LLMs: 'mean' over tokens (GPO) or 'last' token
     layer: int = -1            # LLMs: hidden layer, Hugging Face numbering (-1 = last, normed)

@@ -19,7 +19,6 @@ def run(tmp_path_factory):
     embeddings = embed_survey(survey, LexicalEmbedder(dim=32))
     run_dir = tmp_path_factory.mktemp("api") / "run"
     config = tiny_config(steps=20)
-    config = config.override(["embed.model=lexical", "embed.dim=32"])
     train(config, survey, embeddings, run_dir, progress=False)
     return survey, embeddings, run_dir
 
@@ -104,7 +103,6 @@ def test_ppd_head_trains_saves_and_reloads_through_the_same_code(run, tmp_path):
         tiny_config(steps=10), head="ppd",
         model=PPDConfig(embedding_dim=32, width=16, heads=2, feedforward=16, set_layers=1,
                         group_tokens=2, predictor_layers=1))
-    config = config.override(["embed.model=lexical", "embed.dim=32"])
     train(config, survey, embeddings, tmp_path / "ppd", progress=False)
     model = gpo.load(tmp_path / "ppd")
     assert model.config.head == "ppd"

@@ -67,7 +67,6 @@ def test_pal_trains_with_per_group_weights_and_reloads(tmp_path):
     config = dataclasses.replace(tiny_config(steps=20), head="pal",
                                  model=PALConfig(embedding_dim=32, prototypes=3, latent=8,
                                                  hidden=16, inner_steps=20))
-    config = config.override(["embed.model=lexical", "embed.dim=32"])
     result = train(config, survey, embeddings, tmp_path / "pal", progress=False)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     model = gpo.load(tmp_path / "pal")

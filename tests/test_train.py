@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from gpo.config import DataConfig, RunConfig, TrainConfig
+from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data import make_synthetic_survey
 from gpo.embed import LexicalEmbedder, embed_survey
 from gpo.models import GPOConfig
@@ -25,7 +25,8 @@ def tiny_config(steps=30, **train_overrides) -> RunConfig:
                      eval_every=10, checkpoint_every=10, learning_rate=3e-3, warmup_steps=2)
     train_cfg.update(train_overrides)
     return RunConfig(model=GPOConfig(embedding_dim=32, **TINY_MODEL),
-                     data=DataConfig(eval_k=5), train=TrainConfig(**train_cfg))
+                     data=DataConfig(eval_k=5), embed=EmbedConfig(model="lexical", dim=32),
+                     train=TrainConfig(**train_cfg))
 
 
 @pytest.fixture(scope="module")
