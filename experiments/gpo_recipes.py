@@ -18,20 +18,21 @@ from gpo.report import format_table, write_json
 
 # name: (TrainConfig.cpu overrides, multiple of --steps)
 VARIANTS = {
-    "base": ({}, 1),
+    "base": ({}, 1),                        # = experiments/heads.py's GPO
     "kl": ({"loss": "kl"}, 1),
     "mixup50": ({"group_mixup": 0.5}, 1),
     "mixup100": ({"group_mixup": 1.0}, 1),
     "base_x3": ({}, 3),
     "mixup50_x3": ({"group_mixup": 0.5}, 3),
 }
+DEFAULT_VARIANTS = ["base", "kl", "mixup50", "base_x3", "mixup50_x3"]
 BASELINES_SHOWN = ("population prior", "nearest group", "group mixture")
 
 
 def main() -> None:
     parser = experiment_parser(__doc__, data_help="folder holding opinionqa/",
                                out="reports/gpo_recipes.json", runs="runs/gpo_recipes")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=VARIANTS)
     args = parser.parse_args()
 
     data = DataConfig(dataset="opinionqa", data_dir=args.data_dir, protocol="A")
@@ -50,11 +51,11 @@ def main() -> None:
         label = f"GPO {name} ({train.steps} steps)"
         rows[label] = {"validation": scores.validation,
                        **{f"k={k}": scores.per_k[k]["GPO"] for k in ks}}
-        for baseline in BASELINES_SHOWN:  # the same splits and tasks for every variant
-            rows[baseline] = {f"k={k}": scores.per_k[k][baseline] for k in ks}
+        baselines = {b: {f"k={k}": scores.per_k[k][b] for k in ks} for b in BASELINES_SHOWN}
         report["variants"][name] = {"train": dataclasses.asdict(train),
                                     "validation": scores.validation,
                                     "per_k": scores.per_k}
+    rows.update(baselines)  # the same splits and tasks for every variant
     columns = ["validation"] + [f"k={k}" for k in ks]
     print("\n" + format_table(f"OpinionQA protocol A, splits {args.seeds}: alignment", rows,
                               columns))
