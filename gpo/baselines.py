@@ -96,6 +96,72 @@ def group_mixture(survey: Survey, split: Split, task: EvalTask, n_iter: int = 30
     return out
 
 
+RIDGE_PENALTIES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+
+
+def group_regression(survey: Survey, split: Split, task: EvalTask, metric: str = "wasserstein",
+                     penalty: float | None = None, **_) -> np.ndarray:
+    """An affine combination of training groups fitted to the context answers.
+
+    Unlike the group mixture, weights may be negative (they still sum to 1), so a prediction
+    can leave the training groups' convex hull: a group more extreme than any training group
+    is reachable. Ridge regression toward equal weights on the context probabilities; the
+    penalty (unless given) is picked by leave-one-out over the training groups, each predicted
+    from the others with the same context questions, so nothing beyond the test group's
+    context is read. Predictions are clipped at a small floor and renormalised.
+    """
+    comps = _train_components_SxQxO(survey, split)
+    mask = survey.option_mask_QxO
+    out = np.zeros((len(task.groups), *comps.shape[1:]))
+    penalties: dict[bytes, float] = {}  # one choice per distinct set of context questions
+    for row, g in enumerate(task.groups):
+        context_Q = task.context_GxQ[row]
+        if not context_Q.any():
+            out[row] = comps.mean(0)
+            continue
+        key = context_Q.tobytes()
+        if key not in penalties:
+            penalties[key] = penalty if penalty is not None else _leave_one_group_out_penalty(
+                survey, split, comps, context_Q, metric)
+        points = context_Q[:, None] & mask
+        w = _affine_weights(comps[:, points], survey.probs_GxQxO[g][points], penalties[key])
+        out[row] = _as_distributions(np.einsum("s,sqo->qo", w, comps), mask)
+    return out
+
+
+def _affine_weights(comp_SxN: np.ndarray, true_N: np.ndarray, penalty: float) -> np.ndarray:
+    """argmin_w |w A - y|^2 + penalty |w - 1/S|^2 subject to sum(w) = 1, in closed form."""
+    S = comp_SxN.shape[0]
+    gram = comp_SxN @ comp_SxN.T + penalty * np.eye(S)
+    free = np.linalg.solve(gram, comp_SxN @ true_N + penalty / S)
+    ones = np.linalg.solve(gram, np.ones(S))
+    return free + ones * (1 - free.sum()) / ones.sum()  # Lagrange step onto sum(w) = 1
+
+
+def _as_distributions(pred_QxO: np.ndarray, mask_QxO: np.ndarray) -> np.ndarray:
+    pred = np.where(mask_QxO, np.maximum(pred_QxO, 1e-4), 0.0)
+    return pred / pred.sum(1, keepdims=True)
+
+
+def _leave_one_group_out_penalty(survey: Survey, split: Split, comps_SxQxO: np.ndarray,
+                                 context_Q: np.ndarray, metric: str) -> float:
+    """The ridge penalty under which training groups are best predicted from the others."""
+    mask = survey.option_mask_QxO
+    answered_SxQ = survey.answered_GxQ[split.train_groups]
+    scores = np.zeros(len(RIDGE_PENALTIES))
+    for s, g in enumerate(split.train_groups):
+        points = (context_Q & answered_SxQ[s])[:, None] & mask
+        held_out_Q = answered_SxQ[s] & ~context_Q
+        if not points.any() or not held_out_Q.any():
+            continue
+        others = np.delete(comps_SxQxO, s, axis=0)
+        for i, penalty in enumerate(RIDGE_PENALTIES):
+            w = _affine_weights(others[:, points], survey.probs_GxQxO[g][points], penalty)
+            pred = _as_distributions(np.einsum("s,sqo->qo", w, others), mask)
+            scores[i] += _metric(metric)(survey, pred[None], survey.probs_GxQxO[g][None],
+                                         held_out_Q[None]).mean
+    return RIDGE_PENALTIES[int(scores.argmax())]
+
 def knn_options(survey: Survey, split: Split, task: EvalTask, option_embeddings_QxOxE=None,
                 k: int = 10, **_) -> np.ndarray:
     """The test group's own context answers, transferred to targets by embedding similarity.
@@ -141,6 +207,7 @@ BASELINES: dict[str, Callable[..., np.ndarray]] = {
     "population prior": population_prior,
     "nearest group": nearest_group,
     "group mixture": group_mixture,
+    "group regression": group_regression,
     "kNN options": knn_options,
 }
 
