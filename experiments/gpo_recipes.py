@@ -24,9 +24,10 @@ VARIANTS = {
     "mixup100": ({"group_mixup": 1.0}, 1),
     "base_x3": ({}, 3),
     "mixup50_x3": ({"group_mixup": 0.5}, 3),
+    "kl_x3": ({"loss": "kl"}, 3),
 }
-DEFAULT_VARIANTS = ["base", "kl", "mixup50", "base_x3", "mixup50_x3"]
-BASELINES_SHOWN = ("population prior", "nearest group", "group mixture")
+DEFAULT_VARIANTS = ["base", "kl", "mixup50", "base_x3", "mixup50_x3", "kl_x3"]
+BASELINES_SHOWN = ("population prior", "nearest group", "group mixture", "group regression")
 
 
 def main() -> None:
