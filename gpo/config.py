@@ -145,19 +145,26 @@ class RunConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def override(self, assignments: list[str]) -> RunConfig:
-        """Apply 'section.field=value' overrides (value parsed as JSON, else a string)."""
+        """Apply 'section.field=value' or 'head=name' overrides (value parsed as JSON, else a
+        string). Changing the head drops a model config written for the old one."""
         raw = self.to_dict()
         for item in assignments:
-            if "=" not in item or "." not in item.split("=", 1)[0]:
-                raise ValueError(f"override {item!r} is not section.field=value")
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not section.field=value or head=name")
             path, value = item.split("=", 1)
-            section, field = path.split(".", 1)
-            if section not in raw or not isinstance(raw[section], dict | type(None)):
-                raise ValueError(f"override {item!r}: unknown section {section!r}")
             try:
                 parsed = json.loads(value)
             except json.JSONDecodeError:
                 parsed = value
+            if path == "head":
+                if parsed != raw["head"]:
+                    raw["head"], raw["model"] = parsed, None
+                continue
+            if "." not in path:
+                raise ValueError(f"override {item!r} is not section.field=value or head=name")
+            section, field = path.split(".", 1)
+            if section not in raw or not isinstance(raw[section], dict | type(None)):
+                raise ValueError(f"override {item!r}: unknown section {section!r}")
             raw[section] = dict(raw[section] or {})
             raw[section][field] = parsed
         return RunConfig.from_dict(raw)

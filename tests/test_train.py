@@ -43,6 +43,23 @@ def params_of(run_dir: Path, which: str = "latest"):
     return step, restored.model
 
 
+def test_config_overrides_from_the_command_line():
+    config = tiny_config().override(["train.steps=7", "train.context_range=[3, 9]",
+                                     "embed.model=minilm", "data.dataset=opinionqa"])
+    assert config.train.steps == 7 and config.train.context_range == (3, 9)
+    assert config.embed.model == "minilm" and config.data.dataset == "opinionqa"
+    assert config.model == tiny_config().model  # untouched sections stay
+    pal = config.override(["head=pal"])  # a GPO model config cannot serve PAL: dropped
+    assert pal.head == "pal" and pal.model is None and pal.train == config.train
+    assert config.override(["head=gpo"]).model == config.model
+    for bad, match in (("train.steps", "not section.field=value"),
+                       ("steps=3", "not section.field=value"),
+                       ("optim.lr=1", "unknown section 'optim'"),
+                       ("train.stepz=3", "unknown fields \\['stepz'\\]"),
+                       ("head=bert", "unknown head 'bert'")):
+        with pytest.raises(ValueError, match=match):
+            config.override([bad])
+
 def test_training_learns_and_keeps_the_best(tiny_data, tmp_path):
     survey, emb = tiny_data
     result = train(tiny_config(steps=60), survey, emb, tmp_path / "run", progress=False)
