@@ -108,7 +108,7 @@ def group_regression(survey: Survey, split: Split, task: EvalTask, metric: str =
     is reachable. Ridge regression toward equal weights on the context probabilities; the
     penalty (unless given) is picked by leave-one-out over the training groups, each predicted
     from the others with the same context questions, so nothing beyond the test group's
-    context is read. Predictions are clipped at a small floor and renormalised.
+    context is read.
     """
     comps = _train_components_SxQxO(survey, split)
     mask = survey.option_mask_QxO
@@ -125,7 +125,7 @@ def group_regression(survey: Survey, split: Split, task: EvalTask, metric: str =
                 survey, split, comps, context_Q, metric)
         points = context_Q[:, None] & mask
         w = _affine_weights(comps[:, points], survey.probs_GxQxO[g][points], penalties[key])
-        out[row] = _as_distributions(np.einsum("s,sqo->qo", w, comps), mask)
+        out[row] = _affine_prediction(w, comps, mask)
     return out
 
 
@@ -138,8 +138,10 @@ def _affine_weights(comp_SxN: np.ndarray, true_N: np.ndarray, penalty: float) ->
     return free + ones * (1 - free.sum()) / ones.sum()  # Lagrange step onto sum(w) = 1
 
 
-def _as_distributions(pred_QxO: np.ndarray, mask_QxO: np.ndarray) -> np.ndarray:
-    pred = np.where(mask_QxO, np.maximum(pred_QxO, 1e-4), 0.0)
+def _affine_prediction(w_S: np.ndarray, comps_SxQxO: np.ndarray, mask_QxO: np.ndarray
+                       ) -> np.ndarray:
+    """The weighted groups, clipped at a small floor and renormalised into distributions."""
+    pred = np.where(mask_QxO, np.maximum(np.einsum("s,sqo->qo", w_S, comps_SxQxO), 1e-4), 0.0)
     return pred / pred.sum(1, keepdims=True)
 
 
@@ -157,10 +159,11 @@ def _leave_one_group_out_penalty(survey: Survey, split: Split, comps_SxQxO: np.n
         others = np.delete(comps_SxQxO, s, axis=0)
         for i, penalty in enumerate(RIDGE_PENALTIES):
             w = _affine_weights(others[:, points], survey.probs_GxQxO[g][points], penalty)
-            pred = _as_distributions(np.einsum("s,sqo->qo", w, others), mask)
+            pred = _affine_prediction(w, others, mask)
             scores[i] += _metric(metric)(survey, pred[None], survey.probs_GxQxO[g][None],
                                          held_out_Q[None]).mean
     return RIDGE_PENALTIES[int(scores.argmax())]
+
 
 def knn_options(survey: Survey, split: Split, task: EvalTask, option_embeddings_QxOxE=None,
                 k: int = 10, **_) -> np.ndarray:

@@ -43,6 +43,7 @@ def experiment_parser(doc: str, *, data_help: str, out: str, runs: str = "runs/h
     parser.add_argument("--out", default=out, help="JSON report")
     return parser
 
+
 def load_survey(config: DataConfig) -> Survey:
     """The survey a data config names, filtered as experiments use it."""
     if config.dataset == "synthetic":

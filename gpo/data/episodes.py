@@ -189,15 +189,15 @@ class EpisodeSampler:
 
     Context and target question counts are drawn uniformly from their ranges (GPO: 10-100
     each), capped by what the group answered; context and target questions are disjoint.
+    A batch is padded to its own largest episode (rounded up to `padded_size`), not to the
+    worst case the ranges allow: with many-option questions that worst case is several times
+    the typical episode, and every padded point costs as much compute as a real one.
 
     Group mixup: a `mixup` fraction of episodes is drawn from a random convex mix of
     `mixup_groups` training groups (Dirichlet(1) weights) instead of one group. With few
     training groups (OpinionQA protocol A trains on ~10 of 36) the model otherwise meets the
-    same handful of groups over and over; mixes fill the space between them, where unseen
-    groups lie (the convex-mixture baseline is the strongest on OpinionQA).
-    A batch is padded to its own largest episode (rounded up to `padded_size`), not to the
-    worst case the ranges allow: with many-option questions that worst case is several times
-    the typical episode, and every padded point costs as much compute as a real one.
+    same handful of groups over and over; mixes fill the space between them, where many
+    unseen groups lie.
     """
 
     survey: Survey
