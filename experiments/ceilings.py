@@ -37,9 +37,9 @@ def main() -> None:
         split = make_split(survey, "A", seed=seed)
         every_answer = np.ones((len(split.test_groups), len(survey.questions)), bool)
         in_sample = EvalTask(split.test_groups, every_answer, every_answer)
+        tasks = {k: make_eval_task(survey, split, k, seed=seed) for k in KS}  # shared by methods
         for name, predict in methods.items():
-            for k in KS:
-                task = make_eval_task(survey, split, k, seed=seed)
+            for k, task in tasks.items():
                 score = score_predictions(survey, task, predict(survey, split, task)).mean
                 rows[name].setdefault(f"k={k}", []).append(score)
             # With every answer as context no question is left to choose a penalty on: a tiny

@@ -45,8 +45,7 @@ def main() -> None:
     for name in args.variants:
         overrides, multiple = VARIANTS[name]
         train = TrainConfig.cpu(args.steps * multiple, **overrides)
-        config = RunConfig(head="gpo", data=data, embed=embed_config,
-                           train=train)
+        config = RunConfig(head="gpo", data=data, embed=embed_config, train=train)
         scores = train_and_evaluate(config, survey, embeddings, f"{args.runs}/{name}", ks,
                                     args.seeds)
         label = f"GPO {name} ({train.steps} steps)"
