@@ -39,14 +39,15 @@ HEADS_WITH_STD = ("GPO", "PPD")
 def main() -> None:
     parser = experiment_parser(__doc__, data_help="folder holding opinionqa/ (the same as "
                                "experiments/heads.py's, so its runs are reused)",
-                               out="reports/calibration.json")
+                               out="reports/calibration.json",
+                               precomputed=True)
     parser.add_argument("--k", type=int, default=20)
     args = parser.parse_args()
 
     data = DataConfig(dataset="opinionqa", data_dir=args.data_dir)
     survey = load_survey(data)
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
-    embeddings = embed(survey, embed_config)
+    embeddings = embed(survey, embed_config, args.embeddings)
     variants = head_variants(embeddings.shape[-1])
     rows, curves = {}, {}
     for label in HEADS_WITH_STD:

@@ -32,14 +32,15 @@ BASELINES_SHOWN = ("population prior", "nearest group", "group mixture", "group 
 
 def main() -> None:
     parser = experiment_parser(__doc__, data_help="folder holding opinionqa/",
-                               out="reports/gpo_recipes.json", runs="runs/gpo_recipes")
+                               out="reports/gpo_recipes.json", runs="runs/gpo_recipes",
+                               precomputed=True)
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=VARIANTS)
     args = parser.parse_args()
 
     data = DataConfig(dataset="opinionqa", data_dir=args.data_dir, protocol="A")
     survey = load_survey(data)
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
-    embeddings = embed(survey, embed_config)
+    embeddings = embed(survey, embed_config, args.embeddings)
     ks = (5, 10, 20)
     rows, report = {}, {"seeds": args.seeds, "variants": {}}
     for name in args.variants:

@@ -21,7 +21,8 @@ from gpo.report import format_table, write_json
 
 def main() -> None:
     parser = experiment_parser(__doc__, data_help="folder holding opinionqa/",
-                               out="reports/opinionqa.json", runs="runs/opinionqa", steps=1500)
+                               out="reports/opinionqa.json", runs="runs/opinionqa", steps=1500,
+                               precomputed=True)
     parser.add_argument("--protocols", nargs="+", default=["A"], choices=["A", "B"])
     parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20, 50])
     parser.add_argument("--batch-size", type=int, default=16)
@@ -35,7 +36,7 @@ def main() -> None:
     survey = load_survey(data)
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
     start = time.perf_counter()
-    embeddings = embed(survey, embed_config)
+    embeddings = embed(survey, embed_config, args.embeddings)
     print(f"{survey}; {args.embedder} embeddings {embeddings.shape} in "
           f"{time.perf_counter() - start:.0f}s")
     lo, hi = args.questions_per_episode

@@ -31,13 +31,14 @@ KS = (1, 2, 5, 10, 20, 50, 100)
 def main() -> None:
     parser = experiment_parser(__doc__, data_help="folder holding opinionqa/ (the same as "
                                "experiments/heads.py's, so its runs are reused)",
-                               out="reports/sample_efficiency.json")
+                               out="reports/sample_efficiency.json",
+                               precomputed=True)
     args = parser.parse_args()
 
     data = DataConfig(dataset="opinionqa", data_dir=args.data_dir)
     survey = load_survey(data)
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
-    embeddings = embed(survey, embed_config)
+    embeddings = embed(survey, embed_config, args.embeddings)
     rows: dict[str, dict[int, list[float]]] = {}
     pal_validation = {}
     for label, (head, model) in head_variants(embeddings.shape[-1]).items():

@@ -26,7 +26,8 @@ def cmd_embed(args) -> None:
     from gpo.experiment import embed, load_survey
     survey = load_survey(DataConfig(dataset=args.dataset, data_dir=args.data_dir))
     vectors = embed(survey, EmbedConfig(model=args.model, cache_dir=args.cache_dir))
-    np.savez_compressed(args.out, embeddings=vectors, keys=np.array(survey.question_keys))
+    np.savez_compressed(args.out, embeddings=vectors, keys=np.array(survey.question_keys),
+                        model=np.array(args.model))
     print(f"{survey}: embeddings {vectors.shape} -> {args.out}")
 
 

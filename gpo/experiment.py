@@ -25,11 +25,14 @@ from gpo.train import EmbeddingTable, TrainResult, split_for, train
 
 
 def experiment_parser(doc: str, *, data_help: str, out: str, runs: str = "runs/heads",
-                      steps: int = 400, several_embedders: bool = False
-                      ) -> argparse.ArgumentParser:
+                      steps: int = 400, several_embedders: bool = False,
+                      precomputed: bool = False) -> argparse.ArgumentParser:
     """The arguments every training script in experiments/ shares: the data folder, the
     embedder (or embedders), the embedding cache, the run folder (runs are resumed), the split
-    seeds, the step budget and the JSON report. Scripts add their own on top."""
+    seeds, the step budget and the JSON report. Scripts add their own on top.
+
+    precomputed: offer --embeddings, a `gpo embed` file of the script's survey, so a machine
+    without the LLM's weights (a GPU box, say) can train on embeddings made elsewhere."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help=data_help)
     if several_embedders:
@@ -37,6 +40,10 @@ def experiment_parser(doc: str, *, data_help: str, out: str, runs: str = "runs/h
     else:
         parser.add_argument("--embedder", default="smollm2")
     parser.add_argument("--cache-dir", default="runs/embedding_cache")
+    if precomputed:
+        parser.add_argument("--embeddings", metavar="NPZ",
+                            help="precomputed embeddings from `gpo embed --model <embedder>` "
+                                 "instead of running the embedder")
     parser.add_argument("--runs", default=runs, help="run folders, kept and resumed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="group splits")
     parser.add_argument("--steps", type=int, default=steps)
@@ -70,8 +77,32 @@ def load_survey(config: DataConfig) -> Survey:
     return survey.drop_sparse(config.min_group_answers)
 
 
-def embed(survey: Survey, config: EmbedConfig) -> np.ndarray:
-    return embed_survey(survey, make_embedder(config))
+def embed(survey: Survey, config: EmbedConfig, precomputed: str | Path | None = None
+          ) -> np.ndarray:
+    """The survey's option embeddings: from config's embedder, or read from `precomputed` (a
+    `gpo embed` file), which must hold this survey's questions embedded by config.model."""
+    if precomputed is None:
+        return embed_survey(survey, make_embedder(config))
+    saved = np.load(precomputed)
+    model = str(saved["model"]) if "model" in saved else None
+    if model != config.model:
+        raise ValueError(f"{precomputed}: embeddings made by {model!r}, but the run's "
+                         f"embedder is {config.model!r}")
+    keys = [str(k) for k in saved["keys"]]
+    expected = list(survey.question_keys)
+    if keys != expected:
+        at = next((i for i, (a, b) in enumerate(zip(keys, expected)) if a != b),
+                  min(len(keys), len(expected)))
+        found = keys[at] if at < len(keys) else "its end"
+        wanted = expected[at] if at < len(expected) else "the survey's end"
+        raise ValueError(f"{precomputed}: holds {len(keys)} questions, not the survey's "
+                         f"{len(expected)}; question {at} is {found!r}, the survey's is "
+                         f"{wanted!r}")
+    vectors = saved["embeddings"]
+    if vectors.shape[:2] != survey.option_mask_QxO.shape:
+        raise ValueError(f"{precomputed}: embeddings of shape {vectors.shape}, expected "
+                         f"{survey.option_mask_QxO.shape} + (width,)")
+    return vectors
 
 
 def train_run(config: RunConfig, run_dir: str | Path, progress: bool = True,
