@@ -51,9 +51,13 @@ class GroupPreferenceModel:
     """A trained head with its config, embedding statistics and embedder."""
 
     def __init__(self, config: RunConfig, model, table: EmbeddingTable, run_dir: Path,
-                 survey_keys: dict[str, tuple[tuple[str, ...], np.ndarray]] | None = None):
+                 survey_keys: dict[str, tuple[tuple[str, ...], np.ndarray]] | None = None,
+                 checkpoint_step: int | None = None,
+                 checkpoint_validation: float | None = None):
         self.config = config
         self.run_dir = run_dir
+        self.checkpoint_step = checkpoint_step              # the step whose weights these are
+        self.checkpoint_validation = checkpoint_validation  # its validation alignment, if any
         self.module = model        # the trained head (a Flax NNX module)
         self.table = table         # embedding standardisation fitted at training time
         self._graphdef, self._state = nnx.split(model)
@@ -235,7 +239,8 @@ def load(run_dir: str | Path) -> GroupPreferenceModel:
         options = json.loads(str(saved["options"]))
         for key, opts, emb in zip(saved["keys"], options, saved["embeddings"]):
             survey_keys[str(key)] = (tuple(opts), emb[: len(opts)])
-    return GroupPreferenceModel(config, model, table, run_dir, survey_keys)
+    return GroupPreferenceModel(config, model, table, run_dir, survey_keys,
+                                meta.get("step"), meta.get("validation"))
 
 
 __all__ = ["AdaptedGroup", "GroupPreferenceModel", "Prediction", "load"]

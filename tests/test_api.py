@@ -124,3 +124,11 @@ def test_ppd_head_trains_saves_and_reloads_through_the_same_code(run, tmp_path):
                                (group.group_embedding + other.group_embedding) / 2, atol=1e-6)
     with pytest.raises(ValueError, match="no group space"):
         gpo.load(run[2]).adapt(context).interpolate(gpo.load(run[2]).adapt(context), 0.5)
+
+
+def test_loaded_model_names_its_checkpoint(run):
+    """load() says which step's weights it holds and their validation alignment."""
+    _, _, run_dir = run
+    model = gpo.load(run_dir)
+    assert 1 <= model.checkpoint_step <= model.config.train.steps
+    assert 0 < model.checkpoint_validation <= 1
