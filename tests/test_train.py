@@ -12,6 +12,7 @@ import pytest
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data import make_synthetic_survey
+from gpo.data.synthetic import make_planted_agreement_survey
 from gpo.embed import LexicalEmbedder, embed_survey
 from gpo.models import GPOConfig
 from gpo.train import TrainingDiverged, train
@@ -112,6 +113,7 @@ def test_divergence_stops_the_run_naming_step_and_episodes(tiny_data, tmp_path):
 KILL_SCRIPT = """
 import sys
 from gpo.data import make_synthetic_survey
+from gpo.data.synthetic import make_planted_agreement_survey
 from gpo.embed import LexicalEmbedder, embed_survey
 from gpo.train import train
 sys.path.insert(0, {tests!r})
@@ -154,6 +156,7 @@ SHARDED_SCRIPT = """
 import json, sys
 import jax, numpy as np
 from gpo.data import make_synthetic_survey
+from gpo.data.synthetic import make_planted_agreement_survey
 from gpo.data.episodes import EpisodeSampler
 from gpo.embed import LexicalEmbedder, embed_survey
 from gpo.sharding import make_mesh, put_batch, replicated
@@ -197,6 +200,7 @@ import jax, numpy as np
 from gpo.sharding import maybe_initialize_distributed
 distributed = maybe_initialize_distributed()
 from gpo.data import make_synthetic_survey
+from gpo.data.synthetic import make_planted_agreement_survey
 from gpo.data.episodes import EpisodeSampler
 from gpo.embed import LexicalEmbedder, embed_survey
 from gpo.sharding import make_mesh, put_batch, replicated
@@ -249,26 +253,11 @@ def test_two_processes_on_localhost_match_one_process():
         assert out["loss"] == pytest.approx(one["loss"], abs=1e-5)
 
 
-def planted_agreement_survey(n_groups=24, n_questions=60, width=16, seed=0):
-    """Each group agrees with every question at its own rate: the population prior is no
-    use, a group's context says everything. Option identity is visible in the embeddings."""
-    from gpo.data.survey import Group, Question, survey_from_distributions
-    rng = np.random.default_rng(seed)
-    questions = [Question(f"Q{i:03d}", f"question {i}", ("agree", "disagree"), (False, False),
-                          (1.0, 2.0)) for i in range(n_questions)]
-    rate = rng.uniform(0.05, 0.95, n_groups)
-    survey = survey_from_distributions("planted agreement", questions, {
-        Group(f"g{g:02d}"): {q.key: [rate[g], 1 - rate[g]] for q in questions}
-        for g in range(n_groups)})
-    option_E = rng.normal(size=(1, 2, width))
-    return survey, (0.5 * rng.normal(size=(n_questions, 2, width)) + option_E).astype(np.float32)
-
-
 def test_gpo_reads_the_context(tmp_path):
     """At the paper's width and depth, a short meta-training run learns to read a group's
     rate from its context: far above the population prior on unseen groups."""
     from gpo.experiment import evaluate_run
-    survey, embeddings = planted_agreement_survey()
+    survey, embeddings = make_planted_agreement_survey()
     config = RunConfig(data=DataConfig(eval_k=10), embed=EmbedConfig(model="lexical"),
                        train=TrainConfig.cpu(150, learning_rate=3e-4, loss="kl"))
     train(config, survey, embeddings, tmp_path, progress=False)

@@ -82,3 +82,27 @@ def make_synthetic_survey(seed: int = 0, n_groups: int = 36, n_questions: int = 
     survey = builder.build()
     O = survey.max_options
     return SyntheticSurvey(survey, type_weights, mixtures, features[:, :O], type_probs[:, :, :O])
+
+
+def make_planted_agreement_survey(n_groups: int = 24, n_questions: int = 60, width: int = 16,
+                                  seed: int = 0) -> tuple[Survey, np.ndarray]:
+    """The smallest in-context task: every group agrees with every question at its own rate.
+
+    The population prior is of no use and a group's context says everything, so a head that
+    reads its context must beat the prior by far. Returns the survey and (questions x 2 x
+    width) option embeddings in which 'agree' and 'disagree' are told apart by a shared
+    direction (a head must know which option a point is)."""
+    rng = np.random.default_rng(seed)
+    questions = [Question(f"AGREE{i:03d}", f"Statement {i}: do you agree?",
+                          ("agree", "disagree"), (False, False), (1.0, 2.0))
+                 for i in range(n_questions)]
+    rate_G = rng.uniform(0.05, 0.95, n_groups)
+    builder = SurveyBuilder(f"planted agreement(seed={seed})")
+    for q in questions:
+        builder.add_question(q)
+    for g, rate in enumerate(rate_G):
+        for q in questions:
+            builder.add_answer(Group(f"group{g:02d}", "planted"), q.key, [rate, 1 - rate])
+    option_direction = rng.normal(size=(1, 2, width))
+    noise = 0.5 * rng.normal(size=(n_questions, 2, width))
+    return builder.build(), (noise + option_direction).astype(np.float32)
