@@ -25,6 +25,9 @@ VARIANTS = {
     "base_x3": ({}, 3),
     "mixup50_x3": ({"group_mixup": 0.5}, 3),
     "kl_x3": ({"loss": "kl"}, 3),
+    # The planted-agreement check (experiments/gpo_context_check.py) learns best with KL at 3e-4.
+    "kl_lr3e-4_x3": ({"loss": "kl", "learning_rate": 3e-4}, 3),
+    "kl_lr3e-4_mixup50_x3": ({"loss": "kl", "learning_rate": 3e-4, "group_mixup": 0.5}, 3),
 }
 DEFAULT_VARIANTS = ["base", "kl", "mixup50", "base_x3", "mixup50_x3", "kl_x3"]
 BASELINES_SHOWN = ("population prior", "nearest group", "group mixture", "group regression")
