@@ -13,6 +13,7 @@ and the alignment at each k, mean ± std over the runs, with the baselines on th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from gpo.api import load
@@ -40,10 +41,8 @@ def main() -> None:
     for run, config in zip(runs, configs):
         if (config.data.dataset, config.embed.model) != (first.data.dataset, first.embed.model):
             raise SystemExit(f"{run}: dataset/embedder differ from {runs[0]}'s")
-    data = first.data.__class__(**{**first.data.__dict__, "data_dir": args.data_dir})
-    survey = load_survey(data)
-    embed_config = first.embed.__class__(**{**first.embed.__dict__,
-                                            "cache_dir": args.cache_dir})
+    survey = load_survey(dataclasses.replace(first.data, data_dir=args.data_dir))
+    embed_config = dataclasses.replace(first.embed, cache_dir=args.cache_dir)
     embeddings = embed(survey, embed_config, args.embeddings)
 
     per_k: dict[int, dict[str, list[float]]] = {k: {} for k in args.ks}

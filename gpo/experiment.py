@@ -84,7 +84,10 @@ def embed(survey: Survey, config: EmbedConfig, precomputed: str | Path | None = 
     if precomputed is None:
         return embed_survey(survey, make_embedder(config))
     saved = np.load(precomputed)
-    model = str(saved["model"]) if "model" in saved else None
+    if "model" not in saved:
+        raise ValueError(f"{precomputed}: records no embedder; write it again with `gpo embed "
+                         f"--model {config.model}`")
+    model = str(saved["model"])
     if model != config.model:
         raise ValueError(f"{precomputed}: embeddings made by {model!r}, but the run's "
                          f"embedder is {config.model!r}")

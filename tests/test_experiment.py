@@ -20,3 +20,7 @@ def test_precomputed_embeddings_are_the_embedders_and_are_checked(tmp_path):
     other = load_survey(DataConfig(dataset="synthetic", synthetic_questions=50))
     with pytest.raises(ValueError, match=r"synthetic\.npz: holds 300 questions, not .* 50"):
         embed(other, lexical, path)
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, embeddings=embed(survey, lexical), keys=survey.question_keys)
+    with pytest.raises(ValueError, match="records no embedder"):
+        embed(survey, lexical, unlabelled)
