@@ -8,8 +8,10 @@
 #       --out opinionqa_smollm2.npz                      # where the LLM is
 #   DATA_DIR=data EMBEDDINGS=opinionqa_smollm2.npz bash experiments/gpu_opinionqa.sh
 #
-# Session 4 ran it on an H200 with LIMIT=420 (split 0 of each recipe finished), then splits 1
-# and 2 of A_nll_lr3e-4 with RECIPES=A_nll_lr3e-4 SEEDS="1" and SEEDS="2" side by side.
+# Session 4 ran these commands on an H200 from a throwaway harness that this script replaces:
+# all four recipes under a 420 s limit (split 0 of each finished), then splits 1 and 2 of
+# A_nll_lr3e-4 side by side under 300 s (the same as RECIPES=A_nll_lr3e-4 SEEDS=1 and SEEDS=2,
+# each with its own LOGS).
 set -u
 : "${DATA_DIR:?folder holding opinionqa/}" "${EMBEDDINGS:?gpo embed file of OpinionQA}"
 STEPS=${STEPS:-3000}; LIMIT=${LIMIT:-0}; SEEDS=${SEEDS:-"0 1 2"}; RUNS=${RUNS:-runs/gpu}
