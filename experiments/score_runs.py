@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from gpo.api import load
 from gpo.config import RunConfig
 from gpo.experiment import embed, evaluate_run, load_survey
 from gpo.report import format_table, write_json
@@ -48,15 +47,14 @@ def main() -> None:
     per_k: dict[int, dict[str, list[float]]] = {k: {} for k in args.ks}
     report = {"runs": {}}
     for run, config in zip(runs, configs):
-        model = load(run)
-        print(f"{run}: split {config.data.split_seed}, protocol {config.data.protocol}, "
-              f"{config.train.steps} steps planned; checkpoint at step {model.checkpoint_step}, "
-              f"validation {model.checkpoint_validation:.4f}")
         results = evaluate_run(run, survey, embeddings, args.ks,
                                eval_seeds=(config.data.split_seed,))
-        report["runs"][str(run)] = {"checkpoint_step": model.checkpoint_step,
-                                    "validation": model.checkpoint_validation,
-                                    "k": results["k"]}
+        checkpoint = results["checkpoint"]
+        validation = checkpoint["validation"]
+        print(f"{run}: split {config.data.split_seed}, protocol {config.data.protocol}, "
+              f"{config.train.steps} steps planned; checkpoint at step {checkpoint['step']}, "
+              f"validation {'none' if validation is None else f'{validation:.4f}'}")
+        report["runs"][str(run)] = {"checkpoint": checkpoint, "k": results["k"]}
         for k in args.ks:
             for method, values in results["k"][k].items():
                 per_k[k].setdefault(method, []).extend(values)

@@ -120,8 +120,9 @@ def evaluate_run(run_dir: str | Path, survey: Survey, embeddings: np.ndarray,
                  ks: Sequence[int] = (20,), eval_seeds: Sequence[int] = (0,)) -> dict:
     """Alignment of the run's head and of every baseline on the run's test groups, per k.
 
-    Returns {"k": {k: {method: [score per eval seed]}}, "per_group": {method: [...]}} where
-    per_group holds the first seed's per-group scores at the largest k.
+    Returns {"k": {k: {method: [score per eval seed]}}, "per_group": {method: [...]},
+    "checkpoint": {"step", "validation"}} where per_group holds the first seed's per-group
+    scores at the largest k and checkpoint names the weights scored.
     """
     model = load(run_dir)
     config = model.config
@@ -130,7 +131,9 @@ def evaluate_run(run_dir: str | Path, survey: Survey, embeddings: np.ndarray,
                                       model.table.mean_E, model.table.scale_E).table_NxE
     head = model.module
     results: dict = {"k": {}, "per_group": {}, "groups": [
-        survey.group_labels[g] for g in split.test_groups], "head": config.head}
+        survey.group_labels[g] for g in split.test_groups], "head": config.head,
+        "checkpoint": {"step": model.checkpoint_step,
+                       "validation": model.checkpoint_validation}}
     for k in ks:
         per_method: dict[str, list[float]] = {}
         for seed in eval_seeds:
