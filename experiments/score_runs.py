@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 
 from gpo.config import RunConfig
-from gpo.experiment import embed, evaluate_run, load_survey
+from gpo.experiment import add_scores, embed, evaluate_run, load_survey
 from gpo.report import format_table, write_json
 
 
@@ -55,9 +55,7 @@ def main() -> None:
               f"{config.train.steps} steps planned; checkpoint at step {checkpoint['step']}, "
               f"validation {'none' if validation is None else f'{validation:.4f}'}")
         report["runs"][str(run)] = {"checkpoint": checkpoint, "k": results["k"]}
-        for k in args.ks:
-            for method, values in results["k"][k].items():
-                per_k[k].setdefault(method, []).extend(values)
+        add_scores(per_k, results)
     rows = {m: {f"k={k}": per_k[k][m] for k in args.ks} for m in per_k[args.ks[0]]}
     title = (f"\n{first.data.dataset} protocol {first.data.protocol}: alignment, mean ± std "
              f"over {len(runs)} run{'s' * (len(runs) > 1)}")

@@ -213,7 +213,12 @@ def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray
             f"({time.perf_counter() - start:.0f}s), best validation "
             f"{result.best_validation:.4f} at step {result.best_step}")
         scores.validation.append(result.best_validation)
-        for k in ks:
-            for method, values in results["k"][k].items():
-                scores.per_k[k].setdefault(method, []).extend(values)
+        add_scores(scores.per_k, results)
     return scores
+
+
+def add_scores(per_k: dict[int, dict[str, list[float]]], results: dict) -> None:
+    """Append one run's evaluate_run scores to {k: {method: [score per run]}}."""
+    for k in per_k:
+        for method, values in results["k"][k].items():
+            per_k[k].setdefault(method, []).extend(values)

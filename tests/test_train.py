@@ -61,6 +61,7 @@ def test_config_overrides_from_the_command_line():
         with pytest.raises(ValueError, match=match):
             config.override([bad])
 
+
 def test_training_learns_and_keeps_the_best(tiny_data, tmp_path):
     survey, emb = tiny_data
     result = train(tiny_config(steps=60), survey, emb, tmp_path / "run", progress=False)
@@ -113,7 +114,6 @@ def test_divergence_stops_the_run_naming_step_and_episodes(tiny_data, tmp_path):
 KILL_SCRIPT = """
 import sys
 from gpo.data import make_synthetic_survey
-from gpo.data.synthetic import make_planted_agreement_survey
 from gpo.embed import LexicalEmbedder, embed_survey
 from gpo.train import train
 sys.path.insert(0, {tests!r})
@@ -156,7 +156,6 @@ SHARDED_SCRIPT = """
 import json, sys
 import jax, numpy as np
 from gpo.data import make_synthetic_survey
-from gpo.data.synthetic import make_planted_agreement_survey
 from gpo.data.episodes import EpisodeSampler
 from gpo.embed import LexicalEmbedder, embed_survey
 from gpo.sharding import make_mesh, put_batch, replicated
@@ -200,7 +199,6 @@ import jax, numpy as np
 from gpo.sharding import maybe_initialize_distributed
 distributed = maybe_initialize_distributed()
 from gpo.data import make_synthetic_survey
-from gpo.data.synthetic import make_planted_agreement_survey
 from gpo.data.episodes import EpisodeSampler
 from gpo.embed import LexicalEmbedder, embed_survey
 from gpo.sharding import make_mesh, put_batch, replicated
