@@ -3,8 +3,9 @@
 from gpo.api import AdaptedGroup, GroupPreferenceModel, Prediction, load
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data import Group, Question, Survey, load_globalopinionqa, load_opinionqa
-from gpo.models import GPOConfig
+from gpo.models import GPOConfig, Head, Points, register_head
 
 __all__ = ["AdaptedGroup", "DataConfig", "EmbedConfig", "GPOConfig", "Group",
-           "GroupPreferenceModel", "Prediction", "Question", "RunConfig", "Survey",
-           "TrainConfig", "load", "load_globalopinionqa", "load_opinionqa"]
+           "GroupPreferenceModel", "Head", "Points", "Prediction", "Question", "RunConfig",
+           "Survey", "TrainConfig", "load", "load_globalopinionqa", "load_opinionqa",
+           "register_head"]

@@ -11,7 +11,6 @@ run's embedder), or an `(options x E)` array of precomputed option embeddings.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,72 +18,105 @@ import jax
 import numpy as np
 from flax import nnx
 
-from gpo.checkpoint import EMBEDDINGS_FILE, Checkpoints
 from gpo.config import RunConfig
-from gpo.data.episodes import padded_size
+from gpo.data.episodes import pack_points, padded_size
 from gpo.embed import Embedder, make_embedder
-from gpo.train import EmbeddingTable, build_model
+from gpo.models import Head, OptionTable, gather_points
+from gpo.option_table import EmbeddingStats
+from gpo.run_dir import RunDir
 
 _CONTEXT_MULTIPLE = 16
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    question: str                # key or text
+    question: str                # the question's text (or its key, or "question i")
     options: tuple[str, ...]
     probs: np.ndarray            # sums to 1 over options
     std: np.ndarray              # the model's predictive std per option
+    key: str | None = None       # the survey key, when the question was given by key
 
     def as_dict(self) -> dict:
-        return {"question": self.question, "options": list(self.options),
-                "probs": self.probs.tolist(), "std": self.std.tolist()}
+        return {"question": self.question, "key": self.key, "options": list(self.options),
+                "probs": [round(float(p), 6) for p in self.probs],
+                "std": [round(float(s), 6) for s in self.std]}
+
+    def __str__(self) -> str:
+        width = max(len(o) for o in self.options)
+        lines = [self.question]
+        lines += [f"  {o:<{width}}  {p:6.1%}" for o, p in zip(self.options, self.probs)]
+        return "\n".join(lines)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Resolved:
-    name: str
+    name: str                    # text, key or "question i"
+    key: str | None
     options: tuple[str, ...]
-    embeddings_NxE: np.ndarray
+    embeddings_NxE: np.ndarray   # raw (unstandardised) option embeddings
+    reference_NxS: np.ndarray    # the reference groups' answers (0 where unknown)
+    reference_known_NxS: np.ndarray
 
 
 class GroupPreferenceModel:
-    """A trained head with its config, embedding statistics and embedder."""
+    """A trained head with its config, embedding statistics, reference answers and embedder."""
 
-    def __init__(self, config: RunConfig, model, table: EmbeddingTable, run_dir: Path,
-                 survey_keys: dict[str, tuple[tuple[str, ...], np.ndarray]] | None = None,
-                 checkpoint_step: int | None = None,
+    def __init__(self, config: RunConfig, head: Head, stats: EmbeddingStats,
+                 run: RunDir | None = None, checkpoint_step: int | None = None,
                  checkpoint_validation: float | None = None):
         self.config = config
-        self.run_dir = run_dir
+        self.run = run
+        self.run_dir = None if run is None else run.path
         self.checkpoint_step = checkpoint_step              # the step whose weights these are
         self.checkpoint_validation = checkpoint_validation  # its validation alignment, if any
-        self.module = model        # the trained head (a Flax NNX module)
-        self.table = table         # embedding standardisation fitted at training time
-        self._graphdef, self._state = nnx.split(model)
+        self.module = head         # the trained head (a Flax NNX module)
+        self.stats = stats         # embedding standardisation fitted at training time
+        self._graphdef, self._state = nnx.split(head)
         # Compiled once per model with the graph closed over: passing it as a static argument
         # would hash the whole module graph on every call (milliseconds per predict).
         graphdef = self._graphdef
-        self._encode = jax.jit(lambda state, x, y, mask, question: nnx.merge(
-            graphdef, state).encode_context(x, y, mask, question))
-        self._predict = jax.jit(lambda state, context, x, question, mask: nnx.merge(
-            graphdef, state).predict(context, x, question, mask))
-        self._survey_keys = survey_keys or {}
+        self._encode = jax.jit(lambda state, table, batch: nnx.merge(
+            graphdef, state).encode_context(gather_points(table, batch, "context")))
+        self._predict = jax.jit(lambda state, group, table, batch: nnx.merge(
+            graphdef, state).predict(group, gather_points(table, batch, "target")))
+        self._questions: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
+        self._texts: dict[str, str] = {}
+        self._reference_SxQxO = np.zeros((0, 0, 0), np.float32)
+        self._reference_known_SxQ = np.zeros((0, 0), bool)
+        self._row: dict[str, int] = {}
+        if run is not None:
+            self._questions = run.survey_questions()
+            self._texts = run.question_texts()
+            self._row = {key: q for q, key in enumerate(self._questions)}
+            references = run.references()
+            self._reference_SxQxO = references.probs_SxQxO
+            self._reference_known_SxQ = references.answered_SxQ
         self._embedder: Embedder | None = None
 
     @property
     def question_keys(self) -> list[str]:
         """Keys of the training survey's questions, usable in adapt() and predict()."""
-        return list(self._survey_keys)
+        return list(self._questions)
 
     def options(self, key: str) -> tuple[str, ...]:
         """The answer options of a training-survey question, in order."""
-        if key not in self._survey_keys:
+        if key not in self._questions:
             raise KeyError(f"unknown question key {key!r}")
-        return self._survey_keys[key][0]
+        return self._questions[key][0]
+
+    def text(self, key: str) -> str:
+        """The text of a training-survey question."""
+        if key not in self._questions:
+            raise KeyError(f"unknown question key {key!r}")
+        return self._texts.get(key, key)
 
     @property
     def embedding_dim(self) -> int:
         return self.config.model.embedding_dim
+
+    @property
+    def n_references(self) -> int:
+        return self._reference_SxQxO.shape[0]
 
     @property
     def embedder(self) -> Embedder:
@@ -92,52 +124,75 @@ class GroupPreferenceModel:
             self._embedder = make_embedder(self.config.embed)
         return self._embedder
 
-    def adapt(self, context: Sequence) -> AdaptedGroup:
-        """Encode a group's context answers once: [(question, distribution), ...]."""
+    def adapt(self, context: Sequence, respondents: Sequence[float] | None = None
+              ) -> AdaptedGroup:
+        """Encode a group's context answers once: [(question, distribution), ...].
+
+        respondents: optionally, how many people answered each context question (heads that
+        weigh answers by their sampling noise use it; others ignore it)."""
         if not context:
             raise ValueError("adapt() needs at least one (question, distribution) pair")
         for i, item in enumerate(context):
             if not (isinstance(item, tuple | list) and len(item) == 2):
                 raise ValueError(f"context item {i}: expected (question, distribution), got "
                                  f"{type(item).__name__}")
+        counts = _check_respondents(respondents, len(context))
         resolved = self._resolve([q for q, _ in context], where="context")  # one embed call
         distributions = [_check_distribution(d, len(r.options), f"context item {i} ({r.name!r})")
                          for i, (r, (_, d)) in enumerate(zip(resolved, context))]
-        x_NxE = self.table.standardize(np.concatenate([r.embeddings_NxE for r in resolved]))
-        y_N = np.concatenate(distributions).astype(np.float32)
-        n = len(y_N)
-        # Every target attends to every context slot, padding included: pad context finely.
-        C = padded_size(n, _CONTEXT_MULTIPLE)
-        x = np.zeros((1, C, self.embedding_dim), np.float32)
-        y = np.zeros((1, C), np.float32)
-        question = np.full((1, C), -1, np.int32)
-        x[0, :n], y[0, :n] = x_NxE, y_N
-        question[0, :n] = np.repeat(np.arange(len(resolved)), [len(r.options) for r in resolved])
-        state = self._encode(self._state, x, y, question >= 0, question)
-        return AdaptedGroup(self, state)
+        table, batch = self._pack("context", resolved, distributions, counts, _CONTEXT_MULTIPLE)
+        return AdaptedGroup(self, self._encode(self._state, table, batch))
+
+    def _pack(self, part: str, resolved: list[_Resolved], distributions=None, counts=None,
+              multiple: int | None = None):
+        """One episode of points through the shared packer, over a table of just its rows."""
+        sizes = [len(r.options) for r in resolved]
+        n = sum(sizes)
+        capacity = padded_size(n, multiple) if multiple else padded_size(n)
+        S = self.n_references
+        x = np.zeros((capacity, self.embedding_dim), np.float32)
+        reference = np.zeros((capacity, S), np.float32)
+        known = np.zeros((capacity, S), bool)
+        x[:n] = self.stats.apply(np.concatenate([r.embeddings_NxE for r in resolved]))
+        reference[:n] = np.concatenate([r.reference_NxS for r in resolved])
+        known[:n] = np.concatenate([r.reference_known_NxS for r in resolved])
+        table = OptionTable(x, reference, known, np.zeros(capacity, np.float32),
+                            np.zeros(capacity, np.float32))
+        question = np.repeat(np.arange(len(resolved)), sizes)
+        probs = np.concatenate(distributions) if distributions else np.zeros(n)
+        point_counts = np.repeat(counts, sizes) if counts is not None else np.zeros(n)
+        batch = pack_points(part, [np.arange(n)], [question], [probs], [point_counts],
+                            capacity)
+        batch["reference_mask_BxS"] = np.ones((1, S), bool)
+        return table, batch
 
     def _resolve(self, questions: Sequence, where: str) -> list[_Resolved]:
         out, to_embed = [], []
+        S = self.n_references
         for i, q in enumerate(questions):
             label = f"{where} item {i}"
             if isinstance(q, str):
-                if q not in self._survey_keys:
+                if q not in self._questions:
                     raise ValueError(f"{label}: unknown question key {q!r}; give (text, "
                                      "options) or option embeddings for new questions")
-                options, emb = self._survey_keys[q]
-                out.append(_Resolved(q, options, emb))
+                options, emb = self._questions[q]
+                row = self._row[q]
+                n = len(options)
+                out.append(_Resolved(self._texts.get(q, q), q, options, emb,
+                                     self._reference_SxQxO[:, row, :n].T,
+                                     np.repeat(self._reference_known_SxQ[:, row][None], n, 0)))
             elif isinstance(q, np.ndarray | jax.Array):
                 emb = np.asarray(q, np.float32)
                 if emb.ndim != 2 or emb.shape[1] != self.embedding_dim:
                     raise ValueError(f"{label}: option embeddings have shape {emb.shape}, "
                                      f"expected (options, {self.embedding_dim})")
-                out.append(_Resolved(f"question {i}", tuple(f"option {j}" for j in range(
-                    len(emb))), emb))
+                out.append(_unknown_to_references(f"question {i}", tuple(
+                    f"option {j}" for j in range(len(emb))), emb, S))
             elif isinstance(q, tuple | list) and len(q) == 2 and isinstance(q[0], str):
                 text, options = q[0], tuple(str(o) for o in q[1])
                 if len(options) < 2:
                     raise ValueError(f"{label}: {text[:60]!r} needs at least 2 options")
-                out.append(_Resolved(text, options, np.zeros(0)))
+                out.append(_unknown_to_references(text, options, np.zeros(0), S))
                 to_embed.append((len(out) - 1, text, options))
             else:
                 raise ValueError(f"{label}: a question is a key, (text, options) or an "
@@ -148,8 +203,16 @@ class GroupPreferenceModel:
                 if v.shape[1] != self.embedding_dim:
                     raise ValueError(f"embedder gives width {v.shape[1]}, the model expects "
                                      f"{self.embedding_dim}")
-                out[index] = _Resolved(text, options, v)
+                out[index] = _unknown_to_references(text, options, v, S)
         return out
+
+
+def _unknown_to_references(name: str, options: tuple[str, ...], embeddings: np.ndarray,
+                           S: int) -> _Resolved:
+    """A question no reference group answered (new to the run)."""
+    n = len(options)
+    return _Resolved(name, None, options, embeddings, np.zeros((n, S), np.float32),
+                     np.zeros((n, S), bool))
 
 
 class AdaptedGroup:
@@ -160,23 +223,27 @@ class AdaptedGroup:
         self.context = context_state
 
     @property
+    def features(self) -> dict[str, np.ndarray]:
+        """The head's named, interpretable parts of this group's state (may be empty)."""
+        described = self.model.module.describe_group(self.context)
+        return {name: np.asarray(value[0]) for name, value in described.items()}
+
+    @property
     def group_embedding(self) -> np.ndarray | None:
         """The group's embedding z `[M, D]` for heads that compute one (PPD), else None."""
-        z = getattr(self.context, "z_BxMxD", None)
-        return None if z is None else np.asarray(z[0])
+        return self.features.get("group_embedding")
 
     @property
     def mixture_weights(self) -> np.ndarray | None:
         """The group's weights over the K prototypes for PAL, else None."""
-        w = getattr(self.context, "mixture_BxK", None)
-        return None if w is None else np.asarray(w[0])
+        return self.features.get("mixture_weights")
 
     def interpolate(self, other: AdaptedGroup, t: float) -> AdaptedGroup:
         """A group between this one (t = 0) and `other` (t = 1) in the head's group space:
         PPD's embedding z, PAL's mixture weights. GPO keeps a set of context tokens, not a
         point in a group space, so it has no interpolation."""
         head = self.model.module
-        if not hasattr(head, "interpolate_groups"):
+        if not head.has_group_space:
             raise ValueError(f"head {self.model.config.head!r} has no group space to "
                              "interpolate in (PPD and PAL do)")
         if other.model is not self.model:
@@ -188,20 +255,15 @@ class AdaptedGroup:
     def predict(self, questions: Sequence) -> list[Prediction]:
         if not questions:
             return []
-        resolved = self.model._resolve(list(questions), where="predict")
         m = self.model
-        x_NxE = m.table.standardize(np.concatenate([r.embeddings_NxE for r in resolved]))
-        question_N = np.repeat(np.arange(len(resolved)), [len(r.options) for r in resolved])
-        n = len(question_N)
-        T = padded_size(n)
-        x = np.zeros((1, T, m.embedding_dim), np.float32)
-        q = np.full((1, T), -1, np.int32)
-        x[0, :n], q[0, :n] = x_NxE, question_N
-        prob, std = jax.device_get(m._predict(m._state, self.context, x, q, q >= 0))
+        resolved = m._resolve(list(questions), where="predict")
+        table, batch = m._pack("target", resolved)
+        prob, std = jax.device_get(m._predict(m._state, self.context, table, batch))
         out, start = [], 0
         for r in resolved:
             end = start + len(r.options)
-            out.append(Prediction(r.name, r.options, prob[0, start:end], std[0, start:end]))
+            out.append(Prediction(r.name, r.options, prob[0, start:end], std[0, start:end],
+                                  r.key))
             start = end
         return out
 
@@ -218,29 +280,24 @@ def _check_distribution(values, n_options: int, where: str) -> np.ndarray:
     return arr / arr.sum()
 
 
+def _check_respondents(values, n_items: int) -> np.ndarray | None:
+    if values is None:
+        return None
+    arr = np.asarray(values, np.float64)
+    if arr.shape != (n_items,):
+        raise ValueError(f"respondents: {arr.size} counts for {n_items} context items")
+    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+        raise ValueError(f"respondents must be finite and positive, got {arr.tolist()}")
+    return arr
+
+
 def load(run_dir: str | Path) -> GroupPreferenceModel:
-    """A trained run: config.json, the best checkpoint, the embedder spec."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"{run_dir}: no config.json; is this a gpo run directory?")
-    config = RunConfig.load(run_dir / "config.json")
-    graphdef, abstract = build_model(config, seed=0)
-    restored = Checkpoints(run_dir / "checkpoints").restore_model(abstract)
-    if restored is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint under checkpoints/")
-    state, meta = restored
-    model = nnx.merge(graphdef, state)
-    table = EmbeddingTable(np.zeros((0, config.model.embedding_dim), np.float32),
-                           np.asarray(meta["embedding_mean"], np.float32),
-                           np.asarray(meta["embedding_scale"], np.float32))
-    survey_keys = {}
-    if (run_dir / EMBEDDINGS_FILE).exists():
-        saved = np.load(run_dir / EMBEDDINGS_FILE)
-        options = json.loads(str(saved["options"]))
-        for key, opts, emb in zip(saved["keys"], options, saved["embeddings"]):
-            survey_keys[str(key)] = (tuple(opts), emb[: len(opts)])
-    return GroupPreferenceModel(config, model, table, run_dir, survey_keys,
-                                meta.get("step"), meta.get("validation"))
+    """A trained run: its config, best checkpoint, embedding statistics, the training survey's
+    questions and reference answers. Needs no data folder."""
+    run = RunDir(run_dir).require()
+    head, meta = run.restore_head()
+    return GroupPreferenceModel(run.config, head, run.stats(), run, meta.get("step"),
+                                meta.get("validation"))
 
 
 __all__ = ["AdaptedGroup", "GroupPreferenceModel", "Prediction", "load"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from gpo.data.episodes import EvalTask, Split, make_eval_task, make_split
 from gpo.data.survey import Survey
-from gpo.metrics import accuracy, alignment, js_alignment
+from gpo.metrics import metric_function, score_predictions
 
 _EPS = 1e-6
 
@@ -61,7 +61,7 @@ def nearest_group(survey: Survey, split: Split, task: EvalTask, metric: str = "w
     scores_GxS = np.zeros((len(task.groups), S))
     for s in range(S):
         pred = np.broadcast_to(comps[s], (len(task.groups), *comps.shape[1:]))
-        pair = _metric(metric)(survey, pred, survey.probs_GxQxO[task.groups],
+        pair = metric_function(metric)(survey, pred, survey.probs_GxQxO[task.groups],
                                task.context_GxQ).per_pair_GxQ
         scored = task.context_GxQ & np.isfinite(pair)
         scores_GxS[:, s] = np.where(scored, pair, 0.0).sum(1) / np.maximum(scored.sum(1), 1)
@@ -160,7 +160,7 @@ def _leave_one_group_out_penalty(survey: Survey, split: Split, comps_SxQxO: np.n
         for i, penalty in enumerate(RIDGE_PENALTIES):
             w = _affine_weights(others[:, points], survey.probs_GxQxO[g][points], penalty)
             pred = _affine_prediction(w, others, mask)
-            scores[i] += _metric(metric)(survey, pred[None], survey.probs_GxQxO[g][None],
+            scores[i] += metric_function(metric)(survey, pred[None], survey.probs_GxQxO[g][None],
                                          held_out_Q[None]).mean
     return RIDGE_PENALTIES[int(scores.argmax())]
 
@@ -213,23 +213,6 @@ BASELINES: dict[str, Callable[..., np.ndarray]] = {
     "group regression": group_regression,
     "kNN options": knn_options,
 }
-
-
-def _metric(name: str):
-    if name == "wasserstein":
-        return lambda s, pred, true, scored: alignment(pred, true, s.ordinals_QxO,
-                                                       s.option_mask_QxO, scored)
-    if name == "js":
-        return lambda s, pred, true, scored: js_alignment(pred, true, s.option_mask_QxO, scored)
-    if name == "accuracy":
-        return lambda s, pred, true, scored: accuracy(pred, true, s.option_mask_QxO, scored)
-    raise ValueError(f"unknown metric {name!r}; use 'wasserstein', 'js' or 'accuracy'")
-
-
-def score_predictions(survey: Survey, task: EvalTask, pred_GxQxO: np.ndarray,
-                      metric: str = "wasserstein"):
-    """Score predictions for the task's groups on their target questions."""
-    return _metric(metric)(survey, pred_GxQxO, survey.probs_GxQxO[task.groups], task.target_GxQ)
 
 
 def run_baselines(survey: Survey, protocol: str, seeds: tuple[int, ...] = (0, 1, 2), k: int = 20,

@@ -3,15 +3,10 @@ config) for resuming, and the best model by validation alignment for use."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orbax.checkpoint as ocp
-
-EMBEDDINGS_FILE = "survey_embeddings.npz"
 
 
 class Checkpoints:
@@ -62,11 +57,3 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
-
-
-def save_survey_embeddings(run_dir: Path, keys: Sequence[str], options: Sequence[Sequence[str]],
-                           embeddings_QxOxE: np.ndarray) -> None:
-    """Keep the training survey's option embeddings, so `adapt`/`predict` accept its keys."""
-    np.savez_compressed(run_dir / EMBEDDINGS_FILE, embeddings=embeddings_QxOxE,
-                        keys=np.array(keys), options=np.array(json.dumps(
-                            [list(o) for o in options])))

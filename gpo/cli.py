@@ -23,7 +23,7 @@ def cmd_embed(args) -> None:
     import numpy as np
 
     from gpo.config import DataConfig, EmbedConfig
-    from gpo.experiment import embed, load_survey
+    from gpo.pipeline import embed, load_survey
     survey = load_survey(DataConfig(dataset=args.dataset, data_dir=args.data_dir))
     vectors = embed(survey, EmbedConfig(model=args.model, cache_dir=args.cache_dir))
     np.savez_compressed(args.out, embeddings=vectors, keys=np.array(survey.question_keys),
@@ -32,7 +32,7 @@ def cmd_embed(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from gpo.experiment import train_run
+    from gpo.pipeline import train_run
     from gpo.sharding import maybe_initialize_distributed
     maybe_initialize_distributed()
     result = train_run(_config(args), args.run_dir, progress=not args.quiet)
@@ -42,23 +42,19 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from gpo.experiment import embed, evaluate_run, load_survey
+    from gpo.pipeline import evaluate_saved_run
     from gpo.plots import plot_alignment_vs_k, plot_per_group
-    from gpo.report import format_table, write_json
-    config = RunConfig.load(Path(args.run_dir) / "config.json")
-    if args.data_dir:
-        config = config.override([f"data.data_dir={args.data_dir}"])
-    survey = load_survey(config.data)
-    results = evaluate_run(args.run_dir, survey, embed(survey, config.embed), args.k,
-                           tuple(args.seeds))
-    methods = list(results["k"][args.k[0]])
-    rows = {m: {f"k={k}": results["k"][k][m] for k in args.k} for m in methods}
-    print(format_table(f"{survey.name}, protocol {config.data.protocol}, "
-                       f"split seed {config.data.split_seed}", rows, [f"k={k}" for k in args.k]))
+    from gpo.report import evaluation_table, write_json
+    evaluation, survey, what = evaluate_saved_run(args.run_dir, args.k, args.seeds,
+                                                   args.data_dir, args.all_questions)
+    title = (f"{survey.name}, protocol {evaluation.protocol}, split seed "
+             f"{evaluation.splits[0].seed}: {len(evaluation.splits[0].groups)} held-out groups, "
+             f"{what}")
+    print(evaluation_table(evaluation, title, args.k))
     out = Path(args.out or Path(args.run_dir) / "eval")
-    write_json(out / "report.json", {"config": config.to_dict(), **results})
-    plot_alignment_vs_k(results, out / "alignment_vs_k.png")
-    plot_per_group(results, out / "per_group.png")
+    write_json(out / "report.json", {"evaluated": what, **evaluation.to_json()})
+    plot_alignment_vs_k(evaluation, out / "alignment_vs_k.png", title)
+    plot_per_group(evaluation, max(args.k), out / "per_group.png", title)
     print(f"wrote {out}/report.json, alignment_vs_k.png, per_group.png")
 
 
@@ -112,10 +108,16 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("eval", help="score a run beside the baselines; JSON report and plots")
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--data-dir")
-    p.add_argument("--k", type=int, nargs="+", default=[5, 10, 20, 50])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--out")
+    p.add_argument("--data-dir", help="the dataset folder, if not where the run was trained "
+                   "(default: the folder the run recorded)")
+    p.add_argument("--k", type=int, nargs="+", default=[5, 10, 20, 50],
+                   help="context questions per test group (default: 5 10 20 50)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds drawing the context questions (default: the run's split seed)")
+    p.add_argument("--all-questions", action="store_true",
+                   help="score on every question of the dataset, not only the run's own "
+                   "(new ones are embedded)")
+    p.add_argument("--out", help="report folder (default: RUN_DIR/eval)")
     p.set_defaults(run=cmd_eval)
 
     p = sub.add_parser("predict", help="adapt to a group's answers and predict new questions")

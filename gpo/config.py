@@ -10,9 +10,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from gpo.models import HEADS
+from gpo.models.registry import head_class
 
 DATASETS = ("synthetic", "opinionqa", "globalopinionqa", "persona")
+LOSSES = ("gaussian_nll", "kl", "wasserstein")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +69,7 @@ class TrainConfig:
     learning_rate: float = 3e-4                 # GPO: Adam 3e-4, cosine decay
     warmup_steps: int = 50
     weight_decay: float = 0.0
-    loss: str = "gaussian_nll"                  # or 'kl'
+    loss: str = "gaussian_nll"                  # or 'kl', or 'wasserstein' (the W1 metric)
     context_range: tuple[int, int] = (10, 100)  # questions per episode (GPO: U[10, 100])
     target_range: tuple[int, int] = (10, 100)
     eval_every: int = 200
@@ -79,8 +80,8 @@ class TrainConfig:
     mixup_groups: int = 3                       # training groups per mix (see EpisodeSampler)
 
     def __post_init__(self):
-        if self.loss not in ("gaussian_nll", "kl"):
-            raise ValueError(f"loss must be 'gaussian_nll' or 'kl', got {self.loss!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if min(self.steps, self.batch_size, self.eval_every, self.checkpoint_every) < 1:
             raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
         if not 0 <= self.group_mixup <= 1:
@@ -114,9 +115,7 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self):
-        if self.head not in HEADS:
-            raise ValueError(f"unknown head {self.head!r}; have {sorted(HEADS)}")
-        config_cls = HEADS[self.head][0]
+        config_cls = head_class(self.head).config_class
         if self.model is not None and not isinstance(self.model, config_cls):
             raise ValueError(f"head {self.head!r} needs a {config_cls.__name__}, got "
                              f"{type(self.model).__name__}")
@@ -128,11 +127,10 @@ class RunConfig:
     def from_dict(cls, raw: dict) -> RunConfig:
         raw = dict(raw)
         head = raw.get("head", "gpo")
-        if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}; have {sorted(HEADS)}")
+        config_cls = head_class(head).config_class
         model = raw.pop("model", None)
         return cls(head=head,
-                   model=None if model is None else _build(HEADS[head][0], model, "model"),
+                   model=None if model is None else _build(config_cls, model, "model"),
                    data=_build(DataConfig, raw.get("data", {}), "data"),
                    embed=_build(EmbedConfig, raw.get("embed", {}), "embed"),
                    train=_build(TrainConfig, raw.get("train", {}), "train"))

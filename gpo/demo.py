@@ -13,13 +13,15 @@ import numpy as np
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data import data_dir, make_synthetic_survey
 from gpo.data.opinionqa import find_human_resp, load_opinionqa
-from gpo.experiment import embed, evaluate_run
+from gpo.evaluate import Evaluation, evaluate_run
+from gpo.pipeline import embed
 from gpo.plots import plot_alignment_vs_k, plot_per_group
-from gpo.report import format_table, write_json
+from gpo.report import evaluation_table, write_json
 from gpo.train import train
 
-DEMO_QUESTIONS = 240  # an OpinionQA subset: embedding all 624 takes ~6 minutes on 2 cores
+DEMO_QUESTIONS = 240  # an OpinionQA subset: embedding all 624 takes ~4 minutes on 2 cores
 DEMO_STEPS = 400
+DEMO_KS = (5, 10, 20)
 
 
 def _demo_survey(folder: Path | None):
@@ -32,16 +34,16 @@ def _demo_survey(folder: Path | None):
             survey = load_opinionqa(root).complete_questions()
             keep = np.random.default_rng(0).choice(len(survey.questions), DEMO_QUESTIONS,
                                                    replace=False)
-            return survey.select(questions=np.sort(keep)), "opinionqa"
-    return make_synthetic_survey(seed=0, n_groups=36, n_questions=150).survey, "synthetic"
+            return survey.select(questions=np.sort(keep)), "opinionqa", root
+    return make_synthetic_survey(seed=0, n_groups=36, n_questions=150).survey, "synthetic", None
 
 
 def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | None = None,
-             embedder: str = "smollm2") -> dict:
+             embedder: str = "smollm2") -> Evaluation:
     started = time.perf_counter()
     out_dir = Path(out)
     folder = _data_dir(data_dir)
-    survey, dataset = _demo_survey(folder)
+    survey, dataset, root = _demo_survey(folder)
     print(f"[demo] {survey} ({dataset})")
 
     config = RunConfig(
@@ -55,24 +57,43 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
 
     t = time.perf_counter()
     run_dir = out_dir / "run"
-    result = train(config, survey, embeddings, run_dir)
+    result = train(config, survey, embeddings, run_dir, data_dir=root)
     print(f"[demo] meta-trained {result.steps} steps in {time.perf_counter() - t:.0f}s; best "
           f"validation alignment {result.best_validation:.4f} at step {result.best_step}")
 
-    ks = (5, 10, 20)
-    results = evaluate_run(run_dir, survey, embeddings, ks)
-    rows = {m: {f"k={k}": results["k"][k][m] for k in ks} for m in results["k"][ks[-1]]}
+    evaluation = evaluate_run(run_dir, survey, DEMO_KS)
+    title = (f"{dataset}: alignment on {len(evaluation.splits[0].groups)} held-out groups "
+             f"({config.head.upper()} adapts in-context; baselines fit the same context "
+             "answers)")
     print()
-    print(format_table(f"{dataset}: alignment on {len(results['groups'])} held-out groups "
-                       "(GPO adapts in-context; baselines fit the same context answers)",
-                       rows, [f"k={k}" for k in ks]))
-    write_json(out_dir / "report.json", {"dataset": dataset, "embedder": embedder,
-                                         "config": config.to_dict(), **results})
-    plot_alignment_vs_k(results, out_dir / "alignment_vs_k.png")
-    plot_per_group(results, out_dir / "per_group.png")
+    print(evaluation_table(evaluation, title, DEMO_KS))
+    print()
+    print(summary(evaluation, max(DEMO_KS)))
+    write_json(out_dir / "report.json", {"embedder": embedder, "config": config.to_dict(),
+                                         **evaluation.to_json()})
+    plot_title = f"{dataset} demo, protocol A, {len(survey.questions)} questions"
+    plot_alignment_vs_k(evaluation, out_dir / "alignment_vs_k.png", plot_title)
+    plot_per_group(evaluation, max(DEMO_KS), out_dir / "per_group.png", plot_title)
     print(f"\n[demo] wrote {out_dir}/report.json, alignment_vs_k.png, per_group.png "
-          f"({time.perf_counter() - started:.0f}s in all)")
-    return results
+          f"({time.perf_counter() - started:.0f}s in all); `gpo eval --run-dir {run_dir}` "
+          "reprints this table")
+    return evaluation
+
+
+def summary(evaluation: Evaluation, k: int) -> str:
+    """Two plain sentences: who wins at k and by how much, and where the head stands."""
+    means = {m: float(np.mean(evaluation.per_split(m, k))) for m in evaluation.methods}
+    winner = max(means, key=means.get)
+    prior = means.get("population prior")
+    lines = [f"At k = {k}, {winner} predicts best ({means[winner]:.4f})"
+             + (f", {means[winner] - prior:+.4f} over the population prior." if prior is not None
+                and winner != "population prior" else ".")]
+    head = evaluation.head
+    if head in means and head != winner:
+        lines.append(f"{head} scores {means[head]:.4f}, {means[head] - means[winner]:+.4f} "
+                     f"against {winner}" + (f" and {means[head] - prior:+.4f} against the "
+                                            "population prior." if prior is not None else "."))
+    return "\n".join(lines)
 
 
 def _data_dir(flag: str | None) -> Path | None:

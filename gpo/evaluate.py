@@ -1,33 +1,47 @@
-"""Evaluate a trained head on unseen groups: adapt to each group's context questions, predict
-its target questions, score with the dataset's alignment metric.
+"""Evaluation: a trained head and every baseline on unseen groups, one typed result.
 
-Shapes: G groups, Q questions, O options, B groups per forward pass, T target points.
+A head adapts to each test group's k context answers and predicts its target questions; the
+baselines fit the same context answers; all are scored with the dataset's alignment metric.
+`Evaluation` holds the scores per method, per k, per split and per group, with the checkpoint
+scored; the CLI, the demo and experiments/ only format it.
+
+Shapes: G groups, Q questions, O options, B groups per forward pass, S reference groups.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
 from flax import nnx
 
-from gpo.baselines import score_predictions
-from gpo.data.episodes import EvalTask, pack_episodes, padded_size
+from gpo.baselines import BASELINES, USES_ONLY_CONTEXT
+from gpo.data.episodes import EvalTask, Split, make_eval_task, pack_episodes, padded_size
+from gpo.data.episodes import reference_mask as episode_reference_mask
 from gpo.data.survey import Survey
-from gpo.metrics import Score
-from gpo.models.common import forward_episodes
+from gpo.metrics import Score, score_predictions
+from gpo.models import Head, OptionTable, forward
+from gpo.option_table import EmbeddingStats, References, build_option_table
+from gpo.run_dir import RunDir
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _forward(graphdef, state, table_NxE, batch):
-    return forward_episodes(nnx.merge(graphdef, state), table_NxE, batch)
+def _forward(graphdef, state, table: OptionTable, batch):
+    return forward(nnx.merge(graphdef, state), table, batch)
 
 
-def predict_task(model, table_NxE: np.ndarray, survey: Survey, task: EvalTask,
+def predict_task(head: Head, table: OptionTable, survey: Survey, task: EvalTask,
+                 reference_groups_S: np.ndarray, usable_S: np.ndarray | None = None,
                  groups_per_pass: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """(probability, std) `[G, Q, O]` for the task's groups on their target questions."""
-    graphdef, state = nnx.split(model)
+    """(probability, std) `[G, Q, O]` for the task's groups on their target questions.
+
+    reference_groups_S: the survey groups behind the table's reference columns; a group never
+    reads its own column, and only `usable_S` columns are read (default: all)."""
+    graphdef, state = nnx.split(head)
     G, Q, O = len(task.groups), len(survey.questions), survey.max_options
     prob_GxQxO, std_GxQxO = np.zeros((G, Q, O), np.float32), np.zeros((G, Q, O), np.float32)
     n_options = survey.n_options_Q
@@ -36,11 +50,13 @@ def predict_task(model, table_NxE: np.ndarray, survey: Survey, task: EvalTask,
     for start in range(0, G, groups_per_pass):
         rows = np.arange(start, min(start + groups_per_pass, G))
         padded = np.resize(rows, groups_per_pass)  # fixed batch shape; extras are repeats
-        batch = pack_episodes(survey, task.groups[padded],
-                              [np.flatnonzero(task.context_GxQ[r]) for r in padded],
-                              [np.flatnonzero(task.target_GxQ[r]) for r in padded],
-                              context_capacity, target_capacity)
-        prob_BxT, std_BxT = jax.device_get(_forward(graphdef, state, table_NxE, batch.arrays()))
+        groups = task.groups[padded]
+        batch = pack_episodes(
+            survey, groups, [np.flatnonzero(task.context_GxQ[r]) for r in padded],
+            [np.flatnonzero(task.target_GxQ[r]) for r in padded], context_capacity,
+            target_capacity, episode_reference_mask(reference_groups_S, usable_S,
+                                                    [[g] for g in groups]))
+        prob_BxT, std_BxT = jax.device_get(_forward(graphdef, state, table, batch.arrays()))
         for b, row in enumerate(rows):
             mask = batch.target_mask_BxT[b]
             option = batch.target_option_BxT[b][mask]
@@ -49,8 +65,172 @@ def predict_task(model, table_NxE: np.ndarray, survey: Survey, task: EvalTask,
     return prob_GxQxO, std_GxQxO
 
 
-def evaluate_groups(model, table_NxE: np.ndarray, survey: Survey, task: EvalTask,
-                    metric: str = "wasserstein") -> Score:
-    prob, _ = predict_task(model, table_NxE, survey, task)
-    return score_predictions(survey, task, prob, metric)
+@dataclasses.dataclass
+class SplitResult:
+    """One group split: every method's score per k, overall and per test group."""
 
+    seed: int
+    groups: list[str]                                   # test group labels
+    checkpoint: dict | None                             # {"step", "validation"} of the head
+    scores: dict[str, dict[int, dict]] = dataclasses.field(default_factory=dict)
+    # scores[method][k] = {"mean": float, "per_group": [float per test group]}
+
+    def add(self, method: str, k: int, score: Score) -> None:
+        self.scores.setdefault(method, {})[k] = {
+            "mean": float(score.mean), "per_group": [float(v) for v in score.per_group_G]}
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Scores of a head and the baselines over one or more splits (see module docstring)."""
+
+    dataset: str
+    protocol: str
+    metric: str
+    head: str | None = None                             # the head's method name
+    splits: list[SplitResult] = dataclasses.field(default_factory=list)
+
+    @property
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(m for s in self.splits for m in s.scores))
+
+    @property
+    def ks(self) -> list[int]:
+        return sorted({k for s in self.splits for per_k in s.scores.values() for k in per_k})
+
+    def per_split(self, method: str, k: int) -> list[float]:
+        """The method's mean score on each split (NaN-free: splits without it are skipped)."""
+        return [s.scores[method][k]["mean"] for s in self.splits
+                if k in s.scores.get(method, {})]
+
+    def per_group(self, method: str, k: int) -> tuple[list[str], np.ndarray]:
+        """(group labels, scores) over all splits' test groups, in split order."""
+        labels, values = [], []
+        for s in self.splits:
+            if k in s.scores.get(method, {}):
+                labels += s.groups
+                values += s.scores[method][k]["per_group"]
+        return labels, np.asarray(values, np.float64)
+
+    def rows(self, ks: Sequence[int] | None = None, methods: Iterable[str] | None = None,
+             rename: dict[str, str] | None = None) -> dict[str, dict[str, list[float]]]:
+        """{method: {"k=K": per-split scores}}: what `gpo.report.format_table` prints."""
+        ks = self.ks if ks is None else ks
+        rename = rename or {}
+        return {rename.get(m, m): {f"k={k}": self.per_split(m, k) for k in ks}
+                for m in (self.methods if methods is None else methods)}
+
+    def extend(self, other: Evaluation) -> Evaluation:
+        """Add another evaluation's splits (same dataset, protocol and metric)."""
+        if (other.dataset, other.protocol, other.metric) != (self.dataset, self.protocol,
+                                                             self.metric):
+            raise ValueError(f"cannot combine {other.dataset}/{other.protocol}/{other.metric} "
+                             f"with {self.dataset}/{self.protocol}/{self.metric}")
+        self.splits += other.splits
+        self.head = self.head or other.head
+        return self
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict) -> Evaluation:
+        splits = [SplitResult(s["seed"], s["groups"], s["checkpoint"],
+                              {m: {int(k): v for k, v in per_k.items()}
+                               for m, per_k in s["scores"].items()}) for s in raw["splits"]]
+        return cls(raw["dataset"], raw["protocol"], raw["metric"], raw.get("head"), splits)
+
+
+def head_label(head_name: str) -> str:
+    """A head's name in tables: its registry name in capitals ('gpo' -> 'GPO')."""
+    return head_name.upper()
+
+
+def score_baselines(result: SplitResult, survey: Survey, split: Split, task: EvalTask, k: int,
+                    metric: str, embeddings_QxOxE: np.ndarray | None = None) -> None:
+    """Every baseline that applies to the split's protocol, scored into `result`. Under
+    protocol B those that read training groups' answers to held-out questions are marked *."""
+    for name, predict in BASELINES.items():
+        if name == "kNN options" and (split.protocol == "A" or embeddings_QxOxE is None):
+            continue
+        pred = predict(survey, split, task, metric=metric,
+                       option_embeddings_QxOxE=embeddings_QxOxE)
+        label = name if split.protocol == "A" or name in USES_ONLY_CONTEXT else f"{name} *"
+        result.add(label, k, score_predictions(survey, task, pred, metric))
+
+
+def evaluate_head(head: Head, table: OptionTable, survey: Survey, split: Split,
+                  ks: Sequence[int], metric: str, eval_seed: int,
+                  label: str | None = None, checkpoint: dict | None = None,
+                  baselines: bool = True, embeddings_QxOxE: np.ndarray | None = None
+                  ) -> SplitResult:
+    """A head (and, unless told not to, the baselines) on one split's test groups at each k.
+    The table's reference columns are the split's training groups."""
+    result = SplitResult(split.seed, [survey.group_labels[g] for g in split.test_groups],
+                         checkpoint)
+    for k in ks:
+        task = make_eval_task(survey, split, k, seed=eval_seed)
+        prob, _ = predict_task(head, table, survey, task, split.train_groups)
+        result.add(label or head_label(head.name), k,
+                   score_predictions(survey, task, prob, metric))
+        if baselines:
+            score_baselines(result, survey, split, task, k, metric, embeddings_QxOxE)
+    return result
+
+
+def survey_table(stats: EmbeddingStats, survey: Survey, split: Split,
+                 embeddings_QxOxE: np.ndarray) -> OptionTable:
+    """The device option table a head reads for `survey`: embeddings standardised with the
+    run's statistics, the split's training groups as references (on its training questions)."""
+    references = References.from_survey(survey, split.train_groups, split.train_questions)
+    return jax.device_put(build_option_table(embeddings_QxOxE, stats, survey, references))
+
+
+def run_table(run: RunDir, survey: Survey, split: Split,
+              embeddings_QxOxE: np.ndarray | None = None) -> OptionTable:
+    """A run's option table for `survey` (its own questions unless other embeddings are
+    given)."""
+    embeddings = run.embeddings() if embeddings_QxOxE is None else embeddings_QxOxE
+    return survey_table(run.stats(), survey, split, embeddings)
+
+
+def run_predictions(run_dir: str | Path | RunDir, survey: Survey, k: int,
+                    eval_seed: int | None = None) -> tuple[EvalTask, np.ndarray, np.ndarray]:
+    """(task, probability, std `[G, Q, O]`) of a run's head on its own test groups after k
+    context questions, for analyses beyond the alignment (calibration, say)."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    split, _ = run.require().split.resolve(survey)
+    head, _ = run.restore_head()
+    task = make_eval_task(survey, split, k, seed=split.seed if eval_seed is None else eval_seed)
+    prob, std = predict_task(head, run_table(run, survey, split), survey, task,
+                             split.train_groups)
+    return task, prob, std
+
+
+def evaluate_run(run_dir: str | Path | RunDir, survey: Survey, ks: Sequence[int] = (20,),
+                 eval_seeds: Sequence[int] | None = None,
+                 embeddings_QxOxE: np.ndarray | None = None,
+                 baselines: bool = True) -> Evaluation:
+    """A trained run beside the baselines on its own test groups, at each k.
+
+    `survey` must hold the run's questions in the run's order (`RunDir.select`) unless
+    `embeddings_QxOxE` embeds the given survey's questions with the run's embedder. Context
+    questions are drawn with each eval seed (default: the run's split seed)."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run.require()
+    config = run.config
+    if embeddings_QxOxE is None and survey.question_keys != run.question_keys:
+        raise ValueError(f"{survey.name} is not the run's question set; select it with "
+                         "RunDir.select or pass its embeddings")
+    split, _ = run.split.resolve(survey)
+    head, meta = run.restore_head()
+    table = run_table(run, survey, split, embeddings_QxOxE)
+    checkpoint = {"step": meta.get("step"), "validation": meta.get("validation")}
+    evaluation = Evaluation(config.data.dataset, split.protocol, config.data.metric,
+                            head_label(config.head))
+    embeddings = run.embeddings() if embeddings_QxOxE is None else embeddings_QxOxE
+    for seed in (split.seed,) if eval_seeds is None else eval_seeds:
+        evaluation.splits.append(evaluate_head(
+            head, table, survey, split, ks, config.data.metric, seed, checkpoint=checkpoint,
+            baselines=baselines, embeddings_QxOxE=embeddings))
+    return evaluation

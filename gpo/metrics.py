@@ -14,6 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
+from gpo.data.episodes import EvalTask
+from gpo.data.survey import Survey
+
 
 @dataclasses.dataclass(frozen=True)
 class Score:
@@ -141,3 +144,25 @@ def calibration(mean_N: np.ndarray, std_N: np.ndarray, true_N: np.ndarray,
     observed = inside.mean(1)
     corr = stats.spearmanr(np.abs(true_N - mean_N), std_N).statistic if mean_N.size > 2 else np.nan
     return Calibration(levels, observed, float(np.mean(np.abs(observed - levels))), float(corr))
+
+
+METRICS = ("wasserstein", "js", "accuracy")
+
+
+def metric_function(name: str):
+    """(survey, pred_GxQxO, true_GxQxO, scored_GxQ) -> Score for a dataset's metric name."""
+    if name == "wasserstein":
+        return lambda s, pred, true, scored: alignment(pred, true, s.ordinals_QxO,
+                                                       s.option_mask_QxO, scored)
+    if name == "js":
+        return lambda s, pred, true, scored: js_alignment(pred, true, s.option_mask_QxO, scored)
+    if name == "accuracy":
+        return lambda s, pred, true, scored: accuracy(pred, true, s.option_mask_QxO, scored)
+    raise ValueError(f"unknown metric {name!r}; use one of {METRICS}")
+
+
+def score_predictions(survey: Survey, task: EvalTask, pred_GxQxO: np.ndarray,
+                      metric: str = "wasserstein") -> Score:
+    """Score predictions for the task's groups on their target questions."""
+    return metric_function(metric)(survey, pred_GxQxO, survey.probs_GxQxO[task.groups],
+                                   task.target_GxQ)

@@ -1,4 +1,4 @@
-"""Matplotlib figures for evaluation reports (PNG, no display needed)."""
+"""Matplotlib figures of an `Evaluation` (PNG, no display needed)."""
 
 from __future__ import annotations
 
@@ -10,48 +10,81 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+# Far below every fitted method: drawn as a note, not a line that squeezes the y-axis.
+OFF_SCALE = ("uniform", "kNN options")
 
-def plot_alignment_vs_k(results: dict, path: str | Path) -> Path:
-    """Alignment against the number of context questions, one line per method."""
-    ks = sorted(int(k) for k in results["k"])
-    methods = list(results["k"][ks[0]] if ks[0] in results["k"] else results["k"][str(ks[0])])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method in methods:
-        values = [results["k"][k][method] for k in ks]
-        mean = [np.mean(v) for v in values]
-        std = [np.std(v) for v in values]
-        ax.errorbar(ks, mean, yerr=std, marker="o", capsize=3, label=method)
+
+def plot_alignment_vs_k(evaluation, path: str | Path, title: str) -> Path:
+    """Mean alignment against k context questions, one line per method, error bars = std
+    over splits (or eval seeds); uniform and kNN are named in a note, not drawn."""
+    ks = evaluation.ks
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    notes = []
+    for i, method in enumerate(evaluation.methods):
+        values = [evaluation.per_split(method, k) for k in ks]
+        mean = np.array([np.mean(v) for v in values])
+        if method.rstrip(" *") in OFF_SCALE:
+            notes.append(f"{method}: {mean.mean():.3f}")
+            continue
+        std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
+        shift = 1 + 0.015 * (i - len(evaluation.methods) / 2)  # keep error bars apart
+        ax.errorbar(np.array(ks) * shift, mean, yerr=std, marker="o", ms=4, capsize=4,
+                    elinewidth=1.5, label=_escape(method),
+                    lw=2.5 if method == evaluation.head else 1.2)
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("context questions k")
-    ax.set_ylabel("alignment")
+    ax.set_ylabel(f"alignment ({evaluation.metric})")
+    n = len(evaluation.splits)
+    ax.set_title(_escape(f"{title}\nmean ± std over {n} split{'s' * (n > 1)}"), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if notes:
+        fig.text(0.01, 0.01, "not drawn (far below): " + "; ".join(notes), fontsize=7)
     return _save(fig, path)
 
 
-def plot_per_group(results: dict, path: str | Path) -> Path:
-    """Per test group alignment of each method at the largest k."""
-    groups = results["groups"]
-    methods = list(results["per_group"])
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(groups)), 4))
-    width = 0.8 / max(len(methods), 1)
-    x = np.arange(len(groups))
-    for i, method in enumerate(methods):
-        ax.bar(x + i * width, results["per_group"][method], width, label=method)
-    ax.set_xticks(x + 0.4 - width / 2, groups, rotation=75, ha="right", fontsize=7)
-    ax.set_ylabel("alignment")
-    lows = [v for m in methods for v in results["per_group"][m] if np.isfinite(v)]
-    ax.set_ylim(max(0.0, min(lows) - 0.02), 1.0)
-    ax.legend(fontsize=7)
+def plot_per_group(evaluation, k: int, path: str | Path, title: str,
+                   methods: tuple[str, ...] | None = None) -> Path:
+    """Each test group's alignment at k for the head and the strongest baselines, groups
+    sorted by the head's margin over the best of the others."""
+    head = evaluation.head
+    chosen = [m for m in (methods or evaluation.methods) if m.rstrip(" *") not in OFF_SCALE]
+    labels, _ = evaluation.per_group(chosen[0], k)
+    values = {m: evaluation.per_group(m, k)[1] for m in chosen}
+    others = [m for m in chosen if m != head]
+    if head in values and others:
+        margin = values[head] - np.max([values[m] for m in others], axis=0)
+        order = np.argsort(margin)
+        sort_note = f"sorted by {head}'s margin over the best other method"
+    else:
+        order = np.argsort(values[chosen[0]])
+        sort_note = f"sorted by {chosen[0]}"
+    fig, ax = plt.subplots(figsize=(8, max(4, 0.26 * len(labels) + 1.5)))
+    height = 0.8 / len(chosen)
+    y = np.arange(len(labels))
+    for i, method in enumerate(chosen):
+        ax.barh(y + i * height, values[method][order], height, label=_escape(method))
+    ax.set_yticks(y + 0.4 - height / 2, [_escape(labels[i]) for i in order], fontsize=7)
+    finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
+    ax.set_xlim(max(0.0, finite.min() - 0.01), min(1.0, finite.max() + 0.005))
+    ax.set_xlabel(f"alignment ({evaluation.metric}) at k = {k}")
+    ax.set_title(_escape(f"{title}\nper test group at k = {k}, {sort_note}"), fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
+
+
+def _escape(text: str) -> str:
+    """Matplotlib reads '$...$' as math: income labels must show their dollars."""
+    return text.replace("$", r"\$")
 
 
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path

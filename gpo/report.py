@@ -45,3 +45,9 @@ def _to_builtin(value):
     if isinstance(value, np.generic | np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def evaluation_table(evaluation, title: str, ks=None, rename: dict | None = None) -> str:
+    """An `Evaluation` as a table: one row per method, 'mean ± std' over splits per k."""
+    ks = evaluation.ks if ks is None else ks
+    return format_table(title, evaluation.rows(ks, rename=rename), [f"k={k}" for k in ks])

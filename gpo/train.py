@@ -1,13 +1,12 @@
 """Meta-training: episodes from training groups, a pure jitted train step sharded over the
 mesh's "data" axis, validation alignment on held-out training groups, orbax checkpoints.
 
-Shapes: B episodes, C context points, T target points, N = Q * O option-table rows, E width.
+Shapes: B episodes, C context points, T target points, R option-table rows, E width.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from pathlib import Path
@@ -20,13 +19,16 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from gpo.checkpoint import Checkpoints, save_survey_embeddings
 from gpo.config import RunConfig
 from gpo.data.episodes import EpisodeSampler, Split, make_eval_task, make_split
 from gpo.data.survey import Survey
-from gpo.evaluate import evaluate_groups
-from gpo.models import HEADS
-from gpo.models.common import cross_entropy, forward_episodes, gaussian_nll
+from gpo.evaluate import predict_task
+from gpo.metrics import score_predictions
+from gpo.models import forward, gather_points
+from gpo.models.common import cross_entropy, gaussian_nll, wasserstein
+from gpo.models.registry import abstract_head, build_head, head_class
+from gpo.option_table import EmbeddingStats, References, build_option_table
+from gpo.run_dir import RunDir, RunSplit
 from gpo.sharding import make_mesh, put_batch, replicated
 
 
@@ -34,64 +36,23 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the message names the step and the episodes' groups."""
 
 
-@dataclasses.dataclass(frozen=True)
-class EmbeddingTable:
-    """Option embeddings as one `[Q * O, E]` table, standardised per dimension.
-
-    Frozen-LLM embeddings share large constant components; standardising with statistics of the
-    training survey's options keeps the inputs on a unit scale. The statistics are saved with
-    the run and applied to every new embedding (`standardize`).
-    """
-
-    table_NxE: np.ndarray
-    mean_E: np.ndarray
-    scale_E: np.ndarray
-
-    @classmethod
-    def fit(cls, embeddings_QxOxE: np.ndarray, option_mask_QxO: np.ndarray,
-            question_keys: list[str] | None = None) -> EmbeddingTable:
-        emb = np.asarray(embeddings_QxOxE, np.float64)
-        bad = ~np.isfinite(emb).all(-1) & option_mask_QxO
-        if bad.any():
-            q, o = np.argwhere(bad)[0]
-            name = question_keys[q] if question_keys else f"question {q}"
-            raise ValueError(f"embeddings of {int(bad.sum())} options are not finite, first "
-                             f"{name!r} option {o}")
-        valid = emb[option_mask_QxO]
-        mean, scale = valid.mean(0), valid.std(0) + 1e-6
-        return cls.with_stats(embeddings_QxOxE, mean, scale)
-
-    @classmethod
-    def with_stats(cls, embeddings_QxOxE, mean_E, scale_E) -> EmbeddingTable:
-        emb = np.asarray(embeddings_QxOxE, np.float32)
-        table = ((emb - mean_E) / scale_E).reshape(-1, emb.shape[-1]).astype(np.float32)
-        return cls(table, np.asarray(mean_E, np.float32), np.asarray(scale_E, np.float32))
-
-    def standardize(self, x_NxE: np.ndarray) -> np.ndarray:
-        return ((np.asarray(x_NxE, np.float32) - self.mean_E) / self.scale_E).astype(np.float32)
-
-
-def episode_loss(loss_name: str, prob_BxT, std_BxT, batch) -> jax.Array:
+def episode_loss(loss_name: str, prob_BxT, std_BxT, targets) -> jax.Array:
+    true, mask = targets.prob_BxN, targets.mask_BxN
     if loss_name == "gaussian_nll":
-        return gaussian_nll(prob_BxT, std_BxT, batch["target_prob_BxT"], batch["target_mask_BxT"])
-    return cross_entropy(prob_BxT, batch["target_prob_BxT"], batch["target_mask_BxT"])
-
-
-def build_model(config: RunConfig, seed: int):
-    """The head's module, built abstractly (no weights yet): (graphdef, abstract state)."""
-    _, module_cls = HEADS[config.head]
-    abstract = nnx.eval_shape(lambda: module_cls(config.model, rngs=nnx.Rngs(seed)))
-    return nnx.split(abstract)
+        return gaussian_nll(prob_BxT, std_BxT, true, mask)
+    if loss_name == "wasserstein":
+        return wasserstein(prob_BxT, true, targets.question_BxN, mask, targets.ordinal_BxN,
+                           targets.gap_BxN)
+    return cross_entropy(prob_BxT, true, mask)
 
 
 def init_model_state(config: RunConfig, seed: int, mesh) -> tuple[Any, Any]:
     """Materialise the weights directly with their (replicated) sharding."""
-    _, module_cls = HEADS[config.head]
-    graphdef, abstract_state = build_model(config, seed)
+    graphdef, abstract_state = abstract_head(config.head, config.model, seed)
 
     @jax.jit
     def init():
-        return nnx.state(module_cls(config.model, rngs=nnx.Rngs(seed)))
+        return nnx.state(build_head(config.head, config.model, rngs=nnx.Rngs(seed)))
 
     shardings = jax.tree.map(lambda _: replicated(mesh), abstract_state)
     return graphdef, jax.jit(init, out_shardings=shardings)()
@@ -109,8 +70,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_name: str, 
     state and optimiser replicated and donated, episodes split over "data"."""
 
     def loss_fn(state, table, batch):
-        prob, std = forward_episodes(nnx.merge(graphdef, state), table, batch, training=True)
-        loss = episode_loss(loss_name, prob, std, batch)
+        prob, std = forward(nnx.merge(graphdef, state), table, batch, training=True)
+        loss = episode_loss(loss_name, prob, std, gather_points(table, batch, "target"))
         return loss, {"loss": loss, "nonfinite_B": _nonfinite_episodes(prob, std)}
 
     def train_step(state, opt_state, table, batch):
@@ -158,50 +119,58 @@ def validation_split(split: Split, fraction: float, seed: int) -> tuple[np.ndarr
 
 
 def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_dir: str | Path,
-          progress: bool = True, stop_after: int | None = None) -> TrainResult:
+          progress: bool = True, stop_after: int | None = None,
+          data_dir: str | Path | None = None) -> TrainResult:
     """Meta-train `config.head` on `survey`; resumes from run_dir's latest checkpoint.
 
+    The reference groups every head may read are the split's training groups; while training
+    and validating, only the non-validation ones, minus the episode's own group.
+    data_dir: the folder the survey came from, recorded so the run can be evaluated later.
     stop_after: end after this many steps of this call (for tests of interrupted runs).
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    E = embeddings_QxOxE.shape[-1]
-    config = _fit_model_config(config, E, len(survey.groups))
-    _check_same_config(run_dir, config)
-    config.save(run_dir / "config.json")
-    save_survey_embeddings(run_dir, survey.question_keys,
-                           [q.answer_options for q in survey.questions], embeddings_QxOxE)
-
+    head_cls = head_class(config.head)
+    config = dataclasses.replace(config, model=head_cls.config_for_data(
+        config.model, embeddings_QxOxE.shape[-1], len(survey.groups)))
     t = config.train
     split = split_for(config, survey)
     train_groups, val_groups = validation_split(split, config.data.validation_fraction,
                                                 config.data.split_seed)
-    if t.group_mixup and hasattr(HEADS[config.head][1], "encode_training_groups"):
+    if t.group_mixup and head_cls.learns_training_groups:
         raise ValueError(f"train.group_mixup: head {config.head!r} learns one state per "
                          "training group, and a mixed group has none")
+    stats = EmbeddingStats.fit(embeddings_QxOxE, survey.option_mask_QxO, survey.question_keys)
+    references = References.from_survey(survey, split.train_groups, split.train_questions)
+    run = RunDir(run_dir)
+    run.start(config, survey, RunSplit.of(split, val_groups, survey), embeddings_QxOxE, stats,
+              references, None if data_dir is None else str(Path(data_dir).absolute()))
+    usable_references = ~np.isin(split.train_groups, val_groups)
     sampler = EpisodeSampler(survey, train_groups, split.train_questions, t.batch_size,
                              t.context_range, t.target_range, seed=t.seed,
-                             mixup=t.group_mixup, mixup_groups=t.mixup_groups)
+                             mixup=t.group_mixup, mixup_groups=t.mixup_groups,
+                             reference_groups=split.train_groups,
+                             usable_references=usable_references)
     mesh = make_mesh(t.devices)
-    if embeddings_QxOxE.shape[:2] != survey.option_mask_QxO.shape:
-        raise ValueError(f"embeddings have shape {embeddings_QxOxE.shape}, expected "
-                         f"{survey.option_mask_QxO.shape} + (E,) for {survey}")
-    emb = EmbeddingTable.fit(embeddings_QxOxE, survey.option_mask_QxO, survey.question_keys)
-    table = jax.device_put(emb.table_NxE, replicated(mesh))
+    table = jax.device_put(build_option_table(embeddings_QxOxE, stats, survey, references),
+                           replicated(mesh))
 
     graphdef, state = init_model_state(config, t.seed, mesh)
     tx = make_optimizer(config)
     opt_state = jax.jit(tx.init, out_shardings=jax.tree.map(
         lambda _: replicated(mesh), jax.eval_shape(tx.init, state)))(state)
-    checkpoints = Checkpoints(run_dir / "checkpoints")
+    checkpoints = run.checkpoints()
     restored = checkpoints.restore_latest(state, opt_state)
     meta = {"step": 0, "best_validation": -math.inf, "best_step": 0, "history": []}
     if restored is not None:
         state, opt_state, meta = restored
     start = int(meta["step"])
-    base_meta = {"config": config.to_dict(), "split": _split_meta(split, val_groups),
-                 "embedding_mean": emb.mean_E.tolist(), "embedding_scale": emb.scale_E.tolist()}
     train_step = make_train_step(graphdef, tx, t.loss, mesh)
+
+    def validate(state) -> float:
+        val_split = dataclasses.replace(split, test_groups=val_groups)
+        task = make_eval_task(survey, val_split, config.data.eval_k, seed=config.data.split_seed)
+        prob, _ = predict_task(nnx.merge(graphdef, state), table, survey, task,
+                               split.train_groups, usable_references)
+        return score_predictions(survey, task, prob, config.data.metric).mean
 
     end = t.steps if stop_after is None else min(t.steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=t.steps, disable=not progress,
@@ -220,46 +189,24 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
             _check_finite(*pending, survey)
             record = {"step": done, "loss": float(metrics["loss"])}
             if len(val_groups):
-                record["validation"] = _validate(graphdef, state, emb, survey, split,
-                                                 val_groups, config)
+                record["validation"] = validate(state)
                 if record["validation"] > meta["best_validation"]:
                     meta["best_validation"], meta["best_step"] = record["validation"], done
-                    checkpoints.save_best(done, state, {**base_meta, "step": done,
+                    checkpoints.save_best(done, state, {"step": done,
                                                         "validation": record["validation"]})
             meta["history"].append(record)
             bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
         if done % t.checkpoint_every == 0 or done == end:
             meta["step"] = done
-            checkpoints.save_latest(done, state, opt_state, {**base_meta, **meta})
+            checkpoints.save_latest(done, state, opt_state, meta)
     if pending is not None:
         _check_finite(*pending, survey)
     if not len(val_groups) and end == t.steps:  # nothing to select on: the final model is best
-        checkpoints.save_best(end, state, {**base_meta, "step": end, "validation": None})
+        checkpoints.save_best(end, state, {"step": end, "validation": None})
     checkpoints.wait()
     checkpoints.close()
-    return TrainResult(run_dir, end, meta["best_validation"], meta["best_step"],
+    return TrainResult(run.path, end, meta["best_validation"], meta["best_step"],
                        meta["history"], time.perf_counter() - started)
-
-
-def _fit_model_config(config: RunConfig, embedding_dim: int, n_groups: int) -> RunConfig:
-    """Fill the fields the data decides: input width, and the group table size of heads that
-    keep one state per training group."""
-    model = config.model or HEADS[config.head][0].paper(embedding_dim)
-    fields = {"embedding_dim": embedding_dim}
-    if "n_groups" in {f.name for f in dataclasses.fields(model)}:
-        fields["n_groups"] = n_groups
-    return dataclasses.replace(config, model=dataclasses.replace(model, **fields))
-
-
-def _check_same_config(run_dir: Path, config: RunConfig) -> None:
-    """Resuming with a different config would silently mix two runs: refuse."""
-    path = run_dir / "config.json"
-    if path.exists() and (run_dir / "checkpoints").exists():
-        # Parsed, so fields added since (with their defaults) do not count as a change.
-        old = RunConfig.load(path).to_dict()
-        if json.loads(json.dumps(old)) != json.loads(json.dumps(config.to_dict())):
-            raise ValueError(f"{run_dir} holds a run with a different config; use a new run "
-                             "directory or delete the old one")
 
 
 def _check_finite(step: int, metrics: dict, groups_B: np.ndarray, survey: Survey) -> None:
@@ -269,19 +216,3 @@ def _check_finite(step: int, metrics: dict, groups_B: np.ndarray, survey: Survey
         labels = [survey.group_labels[groups_B[b]] for b in bad] or ["(none singled out)"]
         raise TrainingDiverged(f"loss is {loss} at step {step}; episodes {bad.tolist()} "
                                f"(groups {labels[:5]}) produced non-finite predictions")
-
-
-def _validate(graphdef, state, emb: EmbeddingTable, survey: Survey, split: Split,
-              val_groups: np.ndarray, config: RunConfig) -> float:
-    val_split = dataclasses.replace(split, test_groups=val_groups)
-    task = make_eval_task(survey, val_split, config.data.eval_k, seed=config.data.split_seed)
-    model = nnx.merge(graphdef, state)
-    return evaluate_groups(model, emb.table_NxE, survey, task, config.data.metric).mean
-
-
-def _split_meta(split: Split, val_groups: np.ndarray) -> dict:
-    return {"protocol": split.protocol, "seed": split.seed,
-            "train_groups": split.train_groups.tolist(), "test_groups": split.test_groups.tolist(),
-            "validation_groups": val_groups.tolist(),
-            "train_questions": split.train_questions.tolist(),
-            "test_questions": split.test_questions.tolist()}

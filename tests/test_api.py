@@ -8,9 +8,12 @@ from gpo.cli import main as cli_main
 from gpo.data import make_synthetic_survey
 from gpo.data.episodes import make_eval_task, make_split
 from gpo.embed import LexicalEmbedder, embed_survey
-from gpo.evaluate import predict_task
-from gpo.train import EmbeddingTable, train
+from gpo.evaluate import predict_task, run_table
+from gpo.run_dir import RunDir
+from gpo.train import train
 from tests.test_train import tiny_config
+
+TRAINED = {}  # the fixture's TrainResult
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +22,7 @@ def run(tmp_path_factory):
     embeddings = embed_survey(survey, LexicalEmbedder(dim=32))
     run_dir = tmp_path_factory.mktemp("api") / "run"
     config = tiny_config(steps=20)
-    train(config, survey, embeddings, run_dir, progress=False)
+    TRAINED["result"] = train(config, survey, embeddings, run_dir, progress=False)
     return survey, embeddings, run_dir
 
 
@@ -45,8 +48,8 @@ def test_api_matches_batch_evaluation_and_survives_reload(run):
     model = gpo.load(run_dir)
     split = make_split(survey, "A", seed=0)
     task = make_eval_task(survey, split, k=5)
-    table = EmbeddingTable.with_stats(embeddings, model.table.mean_E, model.table.scale_E)
-    prob_GxQxO, _ = predict_task(model.module, table.table_NxE, survey, task)
+    table = run_table(RunDir(run_dir), survey, split)
+    prob_GxQxO, _ = predict_task(model.module, table, survey, task, split.train_groups)
     g = task.groups[0]
     context = [(survey.questions[q].key,
                 survey.probs_GxQxO[g, q, :survey.n_options_Q[q]])
@@ -130,5 +133,6 @@ def test_loaded_model_names_its_checkpoint(run):
     """load() says which step's weights it holds and their validation alignment."""
     _, _, run_dir = run
     model = gpo.load(run_dir)
-    assert 1 <= model.checkpoint_step <= model.config.train.steps
-    assert 0 < model.checkpoint_validation <= 1
+    best = max(TRAINED["result"].history, key=lambda record: record["validation"])
+    assert (model.checkpoint_step, model.checkpoint_validation) == (best["step"],
+                                                                    best["validation"])

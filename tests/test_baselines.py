@@ -10,12 +10,12 @@ from gpo.baselines import (
     nearest_group,
     population_prior,
     run_baselines,
-    score_predictions,
     uniform,
 )
 from gpo.data import Survey, make_synthetic_survey
 from gpo.data.episodes import make_eval_task, make_split
 from gpo.embed import LexicalEmbedder, embed_survey
+from gpo.metrics import score_predictions
 
 
 @pytest.fixture(scope="module")

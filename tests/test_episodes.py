@@ -82,8 +82,36 @@ def test_group_mixup_draws_convex_mixes_of_training_groups(survey):
         EpisodeSampler(survey, np.arange(2), np.arange(60), mixup=0.5, mixup_groups=3, **kwargs)
 
 def test_pack_rejects_unanswered_and_overflow(survey):
+    no_references = np.zeros((1, 0), bool)
     with pytest.raises(ValueError, match="more than capacity"):
-        pack_episodes(survey, [0], [np.arange(10)], [np.arange(10, 12)], 3, 20)
+        pack_episodes(survey, [0], [np.arange(10)], [np.arange(10, 12)], 3, 20, no_references)
+    answered = survey.answered_GxQ.copy()
+    answered[0, 4] = False
+    sparse = type(survey)(survey.questions, survey.groups, survey.probs_GxQxO, answered,
+                          survey.respondents_GxQ, "sparse")
+    with pytest.raises(ValueError, match=r"group 'synthetic=group00' did not answer context "
+                                         r"questions \['SYN0004'\]"):
+        pack_episodes(sparse, [0], [np.arange(10)], [np.arange(10, 12)], 64, 64, no_references)
+
+
+def test_episodes_never_read_their_own_group_as_a_reference(survey):
+    """The reference mask of an episode excludes its own group (every member of a mix) and
+    the columns that are not usable (validation groups while training)."""
+    references = np.arange(6)
+    usable = np.array([True, True, True, True, True, False])
+    sampler = EpisodeSampler(survey, np.arange(5), np.arange(60), batch_size=16, seed=3,
+                             context_range=(2, 4), target_range=(2, 4), mixup=0.5,
+                             reference_groups=references, usable_references=usable)
+    for step in range(5):
+        batch = sampler.sample(step)
+        assert batch.reference_mask_BxS.shape == (16, 6)
+        assert not batch.reference_mask_BxS[:, 5].any()  # never a validation column
+        for b, g in enumerate(batch.group_B):
+            assert not batch.reference_mask_BxS[b, g]  # never its own (or a member's)
+        mixed = batch.reference_mask_BxS.sum(1) < 4
+        assert mixed.any() and (batch.reference_mask_BxS.sum(1)[mixed] == 2).all()
+        # A mix has no respondent count of its own; a plain group's count is the survey's.
+        assert (batch.context_respondents_BxC[mixed] == 0).all()
 
 
 def test_split_protocols(survey):

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gpo.models import GPO, GPOConfig
-from gpo.models.common import cross_entropy, gaussian_nll, softmax_within_questions
+from gpo.models import GPO, GPOConfig, Points, head_class
+from gpo.models.common import cross_entropy, gaussian_nll, softmax_within_questions, wasserstein
 
 E = 12
 
@@ -26,7 +26,16 @@ def episode(seed=0, B=2, C=7, T=9):
     return x_c, y_c, m_c, x_t, q_t, q_t >= 0
 
 
-def test_paper_preset():
+def run(model, x_c, y_c, m_c, x_t, q_t, m_t):
+    """(prob, std) of the targets after encoding the context: the head protocol's two calls."""
+    q_c = np.where(m_c, np.arange(m_c.shape[1])[None], -1)
+    group = model.encode_context(Points.of(x_c, q_c, m_c, y_c))
+    return model.predict(group, Points.of(x_t, q_t, m_t))
+
+
+def test_registered_and_paper_preset():
+    assert head_class("gpo") is GPO and GPO.config_class is GPOConfig
+    assert not (GPO.learns_training_groups or GPO.has_group_space or GPO.reads_references)
     c = GPOConfig.paper(4096)
     assert (c.layers, c.width, c.heads, c.feedforward, c.embed_depth) == (6, 128, 4, 128, 4)
     with pytest.raises(ValueError, match="divisible"):
@@ -35,7 +44,7 @@ def test_paper_preset():
 
 def test_probabilities_sum_to_one_within_each_question(model):
     x_c, y_c, m_c, x_t, q_t, m_t = episode()
-    prob, std = model(x_c, y_c, m_c, x_t, q_t, m_t)
+    prob, std = run(model, x_c, y_c, m_c, x_t, q_t, m_t)
     prob = np.asarray(prob)
     for b in range(2):
         for q in set(q_t[b][m_t[b]]):
@@ -46,55 +55,56 @@ def test_probabilities_sum_to_one_within_each_question(model):
 
 def test_permuting_context_changes_nothing(model):
     x_c, y_c, m_c, x_t, q_t, m_t = episode()
-    base = np.asarray(model(x_c, y_c, m_c, x_t, q_t, m_t)[0])
+    base = np.asarray(run(model, x_c, y_c, m_c, x_t, q_t, m_t)[0])
     perm = np.random.default_rng(1).permutation(x_c.shape[1])
-    out = np.asarray(model(x_c[:, perm], y_c[:, perm], m_c[:, perm], x_t, q_t, m_t)[0])
+    out = np.asarray(run(model, x_c[:, perm], y_c[:, perm], m_c[:, perm], x_t, q_t, m_t)[0])
     np.testing.assert_allclose(out, base, atol=1e-5)
 
 
 def test_permuting_targets_permutes_only_them(model):
     x_c, y_c, m_c, x_t, q_t, m_t = episode()
-    base = np.asarray(model(x_c, y_c, m_c, x_t, q_t, m_t)[0])
+    base = np.asarray(run(model, x_c, y_c, m_c, x_t, q_t, m_t)[0])
     perm = np.random.default_rng(2).permutation(x_t.shape[1])
-    out = np.asarray(model(x_c, y_c, m_c, x_t[:, perm], q_t[:, perm], m_t[:, perm])[0])
+    out = np.asarray(run(model, x_c, y_c, m_c, x_t[:, perm], q_t[:, perm], m_t[:, perm])[0])
     np.testing.assert_allclose(out, base[:, perm], atol=1e-5)
 
 
 def test_padding_changes_nothing(model):
     x_c, y_c, m_c, x_t, q_t, m_t = episode()
-    base = np.asarray(model(x_c, y_c, m_c, x_t, q_t, m_t)[0])
+    base = np.asarray(run(model, x_c, y_c, m_c, x_t, q_t, m_t)[0])
     pad = lambda a, n, v: np.concatenate([a, np.full(a.shape[:1] + (n,) + a.shape[2:], v,  # noqa: E731
                                                      a.dtype)], 1)
-    out = np.asarray(model(pad(x_c, 5, 3.0), pad(y_c, 5, 0.7), pad(m_c, 5, False),
+    out = np.asarray(run(model, pad(x_c, 5, 3.0), pad(y_c, 5, 0.7), pad(m_c, 5, False),
                            pad(x_t, 4, -2.0), pad(q_t, 4, -1), pad(m_t, 4, False))[0])
     np.testing.assert_allclose(out[:, :9], base, atol=1e-5)
     # The masked-out context of episode 1 (points 5, 6) does not matter either.
     x_c2 = x_c.copy()
     x_c2[1, 5:] = 100.0
-    out2 = np.asarray(model(x_c2, y_c, m_c, x_t, q_t, m_t)[0])
+    out2 = np.asarray(run(model, x_c2, y_c, m_c, x_t, q_t, m_t)[0])
     np.testing.assert_allclose(out2, base, atol=1e-5)
 
 
 def test_targets_do_not_see_each_other_but_context_matters(model):
     x_c, y_c, m_c, x_t, q_t, m_t = episode()
-    base = np.asarray(model(x_c, y_c, m_c, x_t, q_t, m_t)[0])
+    base = np.asarray(run(model, x_c, y_c, m_c, x_t, q_t, m_t)[0])
     x_t2 = x_t.copy()
     x_t2[0, 5:7] += 1.0  # change question 2's options only
-    out = np.asarray(model(x_c, y_c, m_c, x_t2, q_t, m_t)[0])
+    out = np.asarray(run(model, x_c, y_c, m_c, x_t2, q_t, m_t)[0])
     np.testing.assert_allclose(out[0, :5], base[0, :5], atol=1e-6)
     assert not np.allclose(out[0, 5:7], base[0, 5:7])
     y_c2 = y_c.copy()
     y_c2[0] = 1 - y_c2[0]
-    assert not np.allclose(np.asarray(model(x_c, y_c2, m_c, x_t, q_t, m_t)[0])[0], base[0])
+    assert not np.allclose(np.asarray(run(model, x_c, y_c2, m_c, x_t, q_t, m_t)[0])[0], base[0])
 
 
-def test_cached_context_equals_full_forward(model):
+def test_one_encoded_context_serves_any_targets(model):
+    """predict() reuses an encoded context: targets predicted in two calls equal one call."""
     x_c, y_c, m_c, x_t, q_t, m_t = episode()
-    full = model(x_c, y_c, m_c, x_t, q_t, m_t)
-    context = model.encode_context(x_c, y_c, m_c)
-    cached = model.predict(context, x_t, q_t, m_t)
-    for a, b in zip(full, cached):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    q_c = np.where(m_c, np.arange(m_c.shape[1])[None], -1)
+    group = model.encode_context(Points.of(x_c, q_c, m_c, y_c))
+    both = np.asarray(model.predict(group, Points.of(x_t, q_t, m_t))[0])
+    first = np.asarray(model.predict(group, Points.of(x_t[:, :5], q_t[:, :5], m_t[:, :5]))[0])
+    np.testing.assert_allclose(first, both[:, :5], atol=1e-6)
 
 
 def test_losses():
@@ -109,3 +119,19 @@ def test_losses():
     # -log N at the mean is log(std) + log(2 pi)/2 per point; 4 real points.
     expected = 4 * (np.log(0.1) + 0.5 * np.log(2 * np.pi))
     assert float(gaussian_nll(true, std, true, m)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_wasserstein_loss_is_the_metric():
+    """The Wasserstein loss equals 1 - alignment summed over an episode's ordinal questions."""
+    from gpo.metrics import alignment
+    rng = np.random.default_rng(0)
+    ordinals = np.array([[1.0, 3.0, 2.0], [1.0, 2.0, 2.0]])  # unsorted; a nominal-ish tie
+    pred, true = rng.dirichlet(np.ones(3), size=(1, 2)), rng.dirichlet(np.ones(3), size=(1, 2))
+    mask = np.ones((2, 3), bool)
+    expected = (1 - alignment(pred, true, ordinals, mask, np.ones((1, 2), bool)).per_pair_GxQ)
+    from gpo.option_table import ordinal_positions
+    position, gap = ordinal_positions(ordinals, mask)
+    q = np.repeat(np.arange(2), 3)[None]
+    loss = wasserstein(jnp.asarray(pred.reshape(1, 6)), jnp.asarray(true.reshape(1, 6)), q,
+                       q >= 0, jnp.asarray(position.reshape(1, 6)), jnp.asarray(gap.reshape(1, 6)))
+    assert float(loss) == pytest.approx(expected.sum(), abs=1e-5)

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 import gpo
-from gpo.models import HEADS, PAL, PALConfig
+from gpo.models import PAL, PALConfig, Points, head_class
 from gpo.models.pal import GroupWeights
 from gpo.train import train
 from tests.test_train import tiny_config
@@ -27,10 +27,15 @@ def questions(seed, n_questions=40, n_options=4):
     return x, q, q >= 0
 
 
+def predict(model, weights, x, q, m):
+    return model.predict(weights, Points.of(x, q, m))
+
+
 def test_registered_and_normalised(model):
-    assert HEADS["pal"] == (PALConfig, PAL)
+    assert head_class("pal") is PAL and PAL.config_class is PALConfig
+    assert PAL.learns_training_groups and PAL.has_group_space
     x, q, m = questions(0)
-    prob, std = model.predict(GroupWeights(jnp.zeros((1, 4))), x, q, m)
+    prob, std = predict(model, GroupWeights(jnp.zeros((1, 4))), x, q, m)
     np.testing.assert_allclose(np.asarray(prob).reshape(40, 4).sum(1), 1.0, atol=1e-5)
     assert np.all(np.asarray(std) > 0)
 
@@ -40,9 +45,9 @@ def test_adaptation_recovers_planted_mixture_weights(model, planted):
     """Context answers drawn from a known mixture: fitting only the K weights finds it."""
     x, q, m = questions(1, n_questions=60)
     truth = jnp.log(jnp.asarray([planted], jnp.float32) + 1e-6)
-    y, _ = model.predict(GroupWeights(truth), x, q, m)
-    fitted = model.encode_context(x, y, m, q)
-    fitted_y, _ = model.predict(fitted, x, q, m)
+    y, _ = predict(model, GroupWeights(truth), x, q, m)
+    fitted = model.encode_context(Points.of(x, q, m, y))
+    fitted_y, _ = predict(model, fitted, x, q, m)
     np.testing.assert_allclose(np.asarray(fitted_y), np.asarray(y), atol=0.02)
     # Ideal points agree (mixture weights are identifiable up to the prototypes' geometry).
     prototypes = np.asarray(model.prototypes[...])
@@ -53,10 +58,13 @@ def test_adaptation_recovers_planted_mixture_weights(model, planted):
 def test_adapting_many_groups_is_one_batched_call(model):
     x, q, m = questions(2)
     y = np.random.default_rng(0).dirichlet(np.ones(4), size=(3, 40)).reshape(3, 160)
-    fitted = model.encode_context(np.repeat(x, 3, 0), y.astype(np.float32),
-                                  np.repeat(m, 3, 0), np.repeat(q, 3, 0))
+    fitted = model.encode_context(Points.of(np.repeat(x, 3, 0), np.repeat(q, 3, 0),
+                                            np.repeat(m, 3, 0), y.astype(np.float32)))
     assert fitted.logits_BxK.shape == (3, 4)
     assert not np.allclose(fitted.logits_BxK[0], fitted.logits_BxK[1])
+    # Each group's weights are what fitting it alone gives: groups do not leak into each other.
+    alone = model.encode_context(Points.of(x, q, m, y[1:2].astype(np.float32)))
+    np.testing.assert_allclose(fitted.mixture_BxK[1], alone.mixture_BxK[0], atol=1e-5)
 
 
 def test_pal_trains_with_per_group_weights_and_reloads(tmp_path):

@@ -30,6 +30,14 @@ def tiny_config(steps=30, **train_overrides) -> RunConfig:
                      train=TrainConfig(**train_cfg))
 
 
+def tiny_table(survey, embeddings, reference_groups):
+    """The option table a run over `survey` reads, references = `reference_groups`."""
+    from gpo.option_table import EmbeddingStats, References, build_option_table
+    return build_option_table(embeddings, EmbeddingStats.fit(embeddings, survey.option_mask_QxO),
+                              survey, References.from_survey(survey, reference_groups,
+                                                             np.arange(len(survey.questions))))
+
+
 @pytest.fixture(scope="module")
 def tiny_data():
     survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
@@ -159,20 +167,21 @@ from gpo.data import make_synthetic_survey
 from gpo.data.episodes import EpisodeSampler
 from gpo.embed import LexicalEmbedder, embed_survey
 from gpo.sharding import make_mesh, put_batch, replicated
-from gpo.train import EmbeddingTable, init_model_state, make_optimizer, make_train_step
+from gpo.train import init_model_state, make_optimizer, make_train_step
 sys.path.insert(0, {tests!r})
-from test_train import tiny_config
+from test_train import tiny_config, tiny_table
 cfg = tiny_config()
 survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-emb = EmbeddingTable.fit(embed_survey(survey, LexicalEmbedder(dim=32)), survey.option_mask_QxO)
-batch = EpisodeSampler(survey, np.arange(8), np.arange(40), 8, (2, 6), (2, 6)).sample(0)
+table_host = tiny_table(survey, embed_survey(survey, LexicalEmbedder(dim=32)), np.arange(8))
+batch = EpisodeSampler(survey, np.arange(8), np.arange(40), 8, (2, 6), (2, 6),
+                       reference_groups=np.arange(8)).sample(0)
 out = {{"devices": len(jax.devices())}}
 for n in (1, 8):
     mesh = make_mesh(n)
     graphdef, state = init_model_state(cfg, 0, mesh)
     tx = make_optimizer(cfg)
     step = make_train_step(graphdef, tx, "gaussian_nll", mesh)
-    state, _, metrics = step(state, tx.init(state), jax.device_put(emb.table_NxE,
+    state, _, metrics = step(state, tx.init(state), jax.device_put(table_host,
                              replicated(mesh)), put_batch(batch.arrays(), mesh))
     out[n] = {{"loss": float(metrics["loss"]),
                "param": float(np.asarray(jax.tree.leaves(state)[0]).sum())}}
@@ -202,21 +211,22 @@ from gpo.data import make_synthetic_survey
 from gpo.data.episodes import EpisodeSampler
 from gpo.embed import LexicalEmbedder, embed_survey
 from gpo.sharding import make_mesh, put_batch, replicated
-from gpo.train import EmbeddingTable, init_model_state, make_optimizer, make_train_step
+from gpo.train import init_model_state, make_optimizer, make_train_step
 sys.path.insert(0, {tests!r})
-from test_train import tiny_config
+from test_train import tiny_config, tiny_table
 cfg = tiny_config()
 survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-emb = EmbeddingTable.fit(embed_survey(survey, LexicalEmbedder(dim=32)), survey.option_mask_QxO)
-batch = EpisodeSampler(survey, np.arange(8), np.arange(40), 8, (2, 6), (2, 6)).sample(0)
+table_host = tiny_table(survey, embed_survey(survey, LexicalEmbedder(dim=32)), np.arange(8))
+batch = EpisodeSampler(survey, np.arange(8), np.arange(40), 8, (2, 6), (2, 6),
+                       reference_groups=np.arange(8)).sample(0)
 mesh = make_mesh()
 graphdef, state = init_model_state(cfg, 0, mesh)
 tx = make_optimizer(cfg)
 opt = jax.jit(tx.init, out_shardings=jax.tree.map(lambda _: replicated(mesh),
               jax.eval_shape(tx.init, state)))(state)
 step = make_train_step(graphdef, tx, "gaussian_nll", mesh)
-table = jax.make_array_from_callback(emb.table_NxE.shape, replicated(mesh),
-                                     lambda index: emb.table_NxE[index])
+table = jax.tree.map(lambda a: jax.make_array_from_callback(
+    a.shape, replicated(mesh), lambda index: a[index]), table_host)
 state, _, metrics = step(state, opt, table, put_batch(batch.arrays(), mesh))
 print(json.dumps({{"distributed": distributed, "processes": jax.process_count(),
                   "devices": len(jax.devices()), "loss": float(metrics["loss"])}}))
@@ -254,12 +264,12 @@ def test_two_processes_on_localhost_match_one_process():
 def test_gpo_reads_the_context(tmp_path):
     """At the paper's width and depth, a short meta-training run learns to read a group's
     rate from its context: far above the population prior on unseen groups."""
-    from gpo.experiment import evaluate_run
+    from gpo.evaluate import evaluate_run
     survey, embeddings = make_planted_agreement_survey()
     config = RunConfig(data=DataConfig(eval_k=10), embed=EmbedConfig(model="lexical"),
                        train=TrainConfig.cpu(150, learning_rate=3e-4, loss="kl"))
     train(config, survey, embeddings, tmp_path, progress=False)
-    scores = {m: v[0] for m, v in evaluate_run(tmp_path, survey, embeddings, (10,))["k"][10]
-              .items()}
+    evaluation = evaluate_run(tmp_path, survey, (10,))
+    scores = {m: evaluation.per_split(m, 10)[0] for m in evaluation.methods}
     assert scores["population prior"] < 0.8
     assert scores["GPO"] > scores["population prior"] + 0.1, scores

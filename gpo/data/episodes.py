@@ -109,14 +109,17 @@ def make_eval_task(survey: Survey, split: Split, k: int, seed: int = 0) -> EvalT
 @dataclasses.dataclass(frozen=True)
 class EpisodeBatch:
     group_B: np.ndarray              # int32 group index
-    context_option_BxC: np.ndarray   # int32 flat option index (question * O + option)
+    reference_mask_BxS: np.ndarray   # bool: which reference groups an episode may read
+    context_option_BxC: np.ndarray   # int32 option-table row (question * O + option)
     context_prob_BxC: np.ndarray     # float32 the group's probability of that option
     context_mask_BxC: np.ndarray     # bool, False on padding
     context_question_BxC: np.ndarray  # int32 question index; -1 on padding
+    context_respondents_BxC: np.ndarray  # float32 the group's respondents; 0 when unknown
     target_option_BxT: np.ndarray
     target_prob_BxT: np.ndarray
     target_mask_BxT: np.ndarray
     target_question_BxT: np.ndarray  # int32 question index (softmax groups); -1 on padding
+    target_respondents_BxT: np.ndarray
 
     def arrays(self) -> dict[str, np.ndarray]:
         return dataclasses.asdict(self)
@@ -136,51 +139,78 @@ def point_capacity(survey: Survey, questions: np.ndarray, n_questions: int) -> i
     return int(counts[:n_questions].sum())
 
 
+def pack_points(part: str, rows: Sequence[np.ndarray], questions: Sequence[np.ndarray],
+                probs: Sequence[np.ndarray], respondents: Sequence[np.ndarray],
+                capacity: int) -> dict[str, np.ndarray]:
+    """The one point packer: each episode's points (option-table row, question id, the group's
+    probability and respondent count) laid out in rows padded to `capacity`, with a mask.
+    Training, evaluation and the API all pack through here."""
+    B, n = len(rows), "C" if part == "context" else "T"
+    out = {f"{part}_option_Bx{n}": np.zeros((B, capacity), np.int32),
+           f"{part}_prob_Bx{n}": np.zeros((B, capacity), np.float32),
+           f"{part}_mask_Bx{n}": np.zeros((B, capacity), bool),
+           f"{part}_question_Bx{n}": np.full((B, capacity), -1, np.int32),
+           f"{part}_respondents_Bx{n}": np.zeros((B, capacity), np.float32)}
+    for b, (row, question, prob, count) in enumerate(zip(rows, questions, probs, respondents)):
+        size = len(row)
+        if size > capacity:
+            raise ValueError(f"{part} has {size} points, more than capacity {capacity}")
+        out[f"{part}_option_Bx{n}"][b, :size] = row
+        out[f"{part}_prob_Bx{n}"][b, :size] = prob
+        out[f"{part}_mask_Bx{n}"][b, :size] = True
+        out[f"{part}_question_Bx{n}"][b, :size] = question
+        out[f"{part}_respondents_Bx{n}"][b, :size] = np.nan_to_num(count, nan=0.0)
+    return out
+
+
+def reference_mask(reference_groups_S: np.ndarray, usable_S: np.ndarray | None,
+                   excluded: Sequence[Sequence[int]]) -> np.ndarray:
+    """`[B, S]`: the reference groups each episode may read: the usable ones, minus the groups
+    an episode is made of (a group never reads its own answers as a reference)."""
+    reference_groups_S = np.asarray(reference_groups_S, int)
+    usable = np.ones(len(reference_groups_S), bool) if usable_S is None else np.asarray(
+        usable_S, bool)
+    return np.stack([usable & ~np.isin(reference_groups_S, list(members))
+                     for members in excluded]) if len(excluded) else np.zeros(
+        (0, len(reference_groups_S)), bool)
+
+
 def pack_episodes(survey: Survey, groups: Sequence[int], context: Sequence[np.ndarray],
                   target: Sequence[np.ndarray], context_capacity: int,
-                  target_capacity: int, probs_BxQxO: np.ndarray | None = None
-                  ) -> EpisodeBatch:
+                  target_capacity: int, reference_mask_BxS: np.ndarray,
+                  probs_BxQxO: np.ndarray | None = None,
+                  respondents_BxQ: np.ndarray | None = None) -> EpisodeBatch:
     """Lay out given (group, context questions, target questions) triples as padded points.
 
-    probs_BxQxO: each episode's answer distributions, where they are not the survey's own for
-    that group (mixed groups); the group index then only names the episode in messages.
+    probs_BxQxO, respondents_BxQ: each episode's answer distributions and respondent counts,
+    where they are not the survey's own for that group (mixed groups: the group index then
+    only names the episode in messages).
     """
-    B, O = len(groups), survey.max_options
+    groups = np.asarray(groups, int)
+    O, n_options = survey.max_options, survey.n_options_Q
     if probs_BxQxO is None:
-        probs_BxQxO = survey.probs_GxQxO[np.asarray(groups, int)]
-    n_options = survey.n_options_Q
-    out = {
-        "context_option": np.zeros((B, context_capacity), np.int32),
-        "context_prob": np.zeros((B, context_capacity), np.float32),
-        "context_mask": np.zeros((B, context_capacity), bool),
-        "context_question": np.full((B, context_capacity), -1, np.int32),
-        "target_option": np.zeros((B, target_capacity), np.int32),
-        "target_prob": np.zeros((B, target_capacity), np.float32),
-        "target_mask": np.zeros((B, target_capacity), bool),
-        "target_question": np.full((B, target_capacity), -1, np.int32),
-    }
-    for b, (g, ctx_q, tgt_q) in enumerate(zip(groups, context, target)):
-        for part, questions, capacity in (("context", ctx_q, context_capacity),
-                                          ("target", tgt_q, target_capacity)):
-            questions = np.asarray(questions, int)
-            if not survey.answered_GxQ[g, questions].all():
-                missing = [survey.questions[q].key for q in questions
-                           if not survey.answered_GxQ[g, q]]
+        probs_BxQxO = survey.probs_GxQxO[groups]
+    if respondents_BxQ is None:
+        respondents_BxQ = survey.respondents_GxQ[groups]
+    parts = {}
+    for part, chosen, capacity in (("context", context, context_capacity),
+                                   ("target", target, target_capacity)):
+        rows, questions, probs, counts = [], [], [], []
+        for b, (g, qs) in enumerate(zip(groups, chosen)):
+            qs = np.asarray(qs, int)
+            if not survey.answered_GxQ[g, qs].all():
+                missing = [survey.questions[q].key for q in qs if not survey.answered_GxQ[g, q]]
                 raise ValueError(f"group {survey.group_labels[g]!r} did not answer {part} "
                                  f"questions {missing[:5]}")
-            q_P = np.repeat(questions, n_options[questions])
-            o_P = np.concatenate([np.arange(n_options[q]) for q in questions]) if len(
-                questions) else np.zeros(0, int)
-            n = len(q_P)
-            if n > capacity:
-                raise ValueError(f"{part} has {n} points, more than capacity {capacity}")
-            out[f"{part}_option"][b, :n] = q_P * O + o_P
-            out[f"{part}_prob"][b, :n] = probs_BxQxO[b, q_P, o_P]
-            out[f"{part}_mask"][b, :n] = True
-            out[f"{part}_question"][b, :n] = q_P
-    return EpisodeBatch(np.asarray(groups, np.int32),
-                        **{f"{k}_Bx{'C' if k.startswith('context') else 'T'}": v
-                           for k, v in out.items()})
+            q_P = np.repeat(qs, n_options[qs])
+            o_P = np.concatenate([np.arange(n_options[q]) for q in qs]) if len(qs) else \
+                np.zeros(0, int)
+            rows.append(q_P * O + o_P)
+            questions.append(q_P)
+            probs.append(probs_BxQxO[b, q_P, o_P])
+            counts.append(respondents_BxQ[b, q_P])
+        parts.update(pack_points(part, rows, questions, probs, counts, capacity))
+    return EpisodeBatch(groups.astype(np.int32), np.asarray(reference_mask_BxS, bool), **parts)
 
 
 @dataclasses.dataclass
@@ -209,9 +239,13 @@ class EpisodeSampler:
     seed: int = 0
     mixup: float = 0.0
     mixup_groups: int = 3
+    reference_groups: np.ndarray | None = None  # the option table's reference columns
+    usable_references: np.ndarray | None = None  # bool per column (default: all)
 
     def __post_init__(self):
         self.groups = np.asarray(self.groups, int)
+        if self.reference_groups is None:
+            self.reference_groups = np.zeros(0, int)
         if not 0 <= self.mixup <= 1:
             raise ValueError(f"mixup must be a fraction in [0, 1], got {self.mixup}")
         if self.mixup and not 2 <= self.mixup_groups <= len(self.groups):
@@ -236,7 +270,8 @@ class EpisodeSampler:
         rng = np.random.default_rng((self.seed, step))
         groups = rng.choice(self.groups, size=self.batch_size)
         probs_BxQxO = self.survey.probs_GxQxO[groups]
-        contexts, targets = [], []
+        respondents_BxQ = self.survey.respondents_GxQ[groups]
+        contexts, targets, members_B = [], [], [[g] for g in groups]
         for b, g in enumerate(groups):
             answered_Q = self.survey.answered_GxQ[g, self.questions]
             if self.mixup and rng.random() < self.mixup:
@@ -245,6 +280,8 @@ class EpisodeSampler:
                 shared_Q = self.survey.answered_GxQ[np.ix_(members, self.questions)].all(0)
                 if shared_Q.sum() >= 2:  # sparse surveys: members may share too few questions
                     groups[b] = g = members[weights.argmax()]  # names the episode in errors
+                    members_B[b] = list(members)
+                    respondents_BxQ[b] = np.nan  # a mix has no respondents of its own
                     probs_BxQxO[b] = np.einsum("m,mqo->qo", weights,
                                                self.survey.probs_GxQxO[members])
                     answered_Q = shared_Q
@@ -261,5 +298,6 @@ class EpisodeSampler:
                                padded_size(max(points[c].sum() for c in contexts)))
         target_capacity = min(self.target_capacity,
                               padded_size(max(points[t].sum() for t in targets)))
+        references = reference_mask(self.reference_groups, self.usable_references, members_B)
         return pack_episodes(self.survey, groups, contexts, targets, context_capacity,
-                             target_capacity, probs_BxQxO)
+                             target_capacity, references, probs_BxQxO, respondents_BxQ)

@@ -72,18 +72,13 @@ def cross_entropy(prob_BxT, true_BxT, mask_BxT) -> jax.Array:
     return jnp.mean(jnp.sum(jnp.where(mask_BxT, kl, 0.0), axis=-1))
 
 
-def forward_episodes(model, table_NxE: jax.Array, batch: dict[str, jax.Array],
-                     training: bool = False):
-    """(probability, std) per target point; embeddings are gathered on the device.
-
-    Every head encodes a group from its context points; a head that learns one state per
-    training group (PAL) uses that state instead while training.
-    """
-    if training and hasattr(model, "encode_training_groups"):
-        group = model.encode_training_groups(batch["group_B"])
-    else:
-        group = model.encode_context(table_NxE[batch["context_option_BxC"]],
-                                     batch["context_prob_BxC"], batch["context_mask_BxC"],
-                                     batch["context_question_BxC"])
-    return model.predict(group, table_NxE[batch["target_option_BxT"]],
-                         batch["target_question_BxT"], batch["target_mask_BxT"])
+def wasserstein(prob_BxT, true_BxT, question_BxT, mask_BxT, ordinal_BxT, gap_BxT
+                ) -> jax.Array:
+    """The alignment metric's distance as a loss: per question, the integral of
+    |CDF_pred - CDF_true| over its ordinal scale (scaled to [0, 1]), summed over an episode's
+    questions, averaged over episodes. Nominal questions (no scale) have zero gaps: no loss."""
+    same = same_question_BxTxT(question_BxT, mask_BxT)
+    at_or_below = same & (ordinal_BxT[:, None, :] <= ordinal_BxT[:, :, None])
+    diff_BxT = jnp.where(mask_BxT, prob_BxT - true_BxT, 0.0)
+    cdf_BxT = jnp.einsum("bts,bs->bt", at_or_below.astype(diff_BxT.dtype), diff_BxT)
+    return jnp.mean(jnp.sum(jnp.where(mask_BxT, jnp.abs(cdf_BxT) * gap_BxT, 0.0), axis=-1))

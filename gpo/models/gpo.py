@@ -19,6 +19,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gpo.models.common import _NEG, MLP, predictive_std, softmax_within_questions
+from gpo.models.head import Head, Points
+from gpo.models.registry import register_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +84,10 @@ class ContextState:
     mask_BxC: jax.Array
 
 
-class GPO(nnx.Module):
+@register_head("gpo")
+class GPO(Head):
+    config_class = GPOConfig
+
     def __init__(self, config: GPOConfig, *, rngs: nnx.Rngs):
         self.config = config
         c = config
@@ -91,25 +96,22 @@ class GPO(nnx.Module):
                                 for _ in range(c.layers)])
         self.predictor = MLP(c.width, c.feedforward, 2, 2, rngs=rngs)
 
-    def encode_context(self, x_BxCxE, y_BxC, mask_BxC, question_BxC=None) -> ContextState:
-        tokens = self.embedder(jnp.concatenate([x_BxCxE, y_BxC[..., None]], axis=-1))
+    def encode_context(self, context: Points) -> ContextState:
+        tokens = self.embedder(jnp.concatenate([context.x_BxNxE, context.prob_BxN[..., None]],
+                                               axis=-1))
         per_layer = []
         for layer in self.layers:
             per_layer.append(tokens)
-            tokens = layer(tokens, tokens, mask_BxC)
-        return ContextState(jnp.stack(per_layer), mask_BxC)
+            tokens = layer(tokens, tokens, context.mask_BxN)
+        return ContextState(jnp.stack(per_layer), context.mask_BxN)
 
-    def predict(self, context: ContextState, x_BxTxE, question_BxT, mask_BxT):
-        """(probability, std) of each target point; probabilities sum to 1 within a question."""
+    def predict(self, group: ContextState, targets: Points):
+        x_BxTxE = targets.x_BxNxE
         zeros = jnp.zeros(x_BxTxE.shape[:-1] + (1,), x_BxTxE.dtype)
         tokens = self.embedder(jnp.concatenate([x_BxTxE, zeros], axis=-1))
-        for layer, context_tokens in zip(self.layers, context.tokens_LxBxCxD):
-            tokens = layer(tokens, context_tokens, context.mask_BxC)
+        for layer, context_tokens in zip(self.layers, group.tokens_LxBxCxD):
+            tokens = layer(tokens, context_tokens, group.mask_BxC)
         out_BxTx2 = self.predictor(tokens)
-        prob_BxT = softmax_within_questions(out_BxTx2[..., 0], question_BxT, mask_BxT)
+        prob_BxT = softmax_within_questions(out_BxTx2[..., 0], targets.question_BxN,
+                                            targets.mask_BxN)
         return prob_BxT, predictive_std(out_BxTx2[..., 1], self.config.bound_std)
-
-    def __call__(self, x_context, y_context, mask_context, x_target, question_target,
-                 mask_target):
-        context = self.encode_context(x_context, y_context, mask_context)
-        return self.predict(context, x_target, question_target, mask_target)

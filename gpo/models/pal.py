@@ -21,6 +21,8 @@ import optax
 from flax import nnx
 
 from gpo.models.common import MLP, softmax_within_questions
+from gpo.models.head import Head, Points
+from gpo.models.registry import register_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +56,17 @@ class GroupWeights:
         return jax.nn.softmax(self.logits_BxK, -1)
 
 
-class PAL(nnx.Module):
+@register_head("pal")
+class PAL(Head):
+    config_class = PALConfig
+    learns_training_groups = True
+    has_group_space = True
+
+    @classmethod
+    def config_for_data(cls, config, embedding_dim: int, n_groups: int) -> PALConfig:
+        config = super().config_for_data(config, embedding_dim, n_groups)
+        return dataclasses.replace(config, n_groups=n_groups)
+
     def __init__(self, config: PALConfig, *, rngs: nnx.Rngs):
         c = self.config = config
         self.projector = MLP(c.embedding_dim, c.hidden, c.latent, c.depth, rngs=rngs)
@@ -72,10 +84,10 @@ class PAL(nnx.Module):
         """Training: each episode's group uses its own learned logits."""
         return GroupWeights(self.group_logits[...][group_B])
 
-    def encode_context(self, x_BxCxE, y_BxC, mask_BxC, question_BxC=None) -> GroupWeights:
+    def encode_context(self, context: Points) -> GroupWeights:
         """Adaptation: fit a new group's K logits to its context (the rest stays frozen)."""
-        if question_BxC is None:
-            raise ValueError("PAL needs the context points' question ids to fit a group")
+        x_BxCxE, y_BxC = context.x_BxNxE, context.prob_BxN
+        mask_BxC, question_BxC = context.mask_BxN, context.question_BxN
         f_BxCxL = jax.lax.stop_gradient(self.projector(x_BxCxE))
         frozen = jax.lax.stop_gradient
 
@@ -98,14 +110,16 @@ class PAL(nnx.Module):
                                       length=self.config.inner_steps)
         return GroupWeights(logits)
 
-    @staticmethod
-    def interpolate_groups(a: GroupWeights, b: GroupWeights, t: float) -> GroupWeights:
+    def interpolate_groups(self, a: GroupWeights, b: GroupWeights, t: float) -> GroupWeights:
         """The group whose mixture weights are (1 - t) w_a + t w_b (its ideal point lies on the
         segment between theirs)."""
         w_BxK = (1 - t) * a.mixture_BxK + t * b.mixture_BxK
         return GroupWeights(jnp.log(jnp.maximum(w_BxK, 1e-30)))
 
-    def predict(self, group: GroupWeights, x_BxTxE, question_BxT, mask_BxT):
-        prob = softmax_within_questions(self._scores(x_BxTxE, group.logits_BxK), question_BxT,
-                                        mask_BxT)
+    def describe_group(self, group: GroupWeights) -> dict[str, jax.Array]:
+        return {"mixture_weights": group.mixture_BxK}
+
+    def predict(self, group: GroupWeights, targets: Points):
+        prob = softmax_within_questions(self._scores(targets.x_BxNxE, group.logits_BxK),
+                                        targets.question_BxN, targets.mask_BxN)
         return prob, jnp.broadcast_to(jnp.exp(self.log_std[...]), prob.shape)

@@ -20,6 +20,8 @@ from flax import nnx
 
 from gpo.models.common import MLP, predictive_std, softmax_within_questions
 from gpo.models.gpo import ContextAttentionLayer
+from gpo.models.head import Head, Points
+from gpo.models.registry import register_head
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +55,11 @@ class GroupEmbedding:
     z_BxMxD: jax.Array
 
 
-class PPD(nnx.Module):
+@register_head("ppd")
+class PPD(Head):
+    config_class = PPDConfig
+    has_group_space = True
+
     def __init__(self, config: PPDConfig, *, rngs: nnx.Rngs):
         c = self.config = config
         self.point_embedder = MLP(c.embedding_dim + 1, c.width, c.width, c.embed_depth, rngs=rngs)
@@ -69,28 +75,28 @@ class PPD(nnx.Module):
                                           for _ in range(c.predictor_layers)])
         self.head = MLP(c.width, c.feedforward, 2, 2, rngs=rngs)
 
-    def encode_context(self, x_BxCxE, y_BxC, mask_BxC, question_BxC=None) -> GroupEmbedding:
-        tokens = self.point_embedder(jnp.concatenate([x_BxCxE, y_BxC[..., None]], -1))
+    def encode_context(self, context: Points) -> GroupEmbedding:
+        tokens = self.point_embedder(jnp.concatenate([context.x_BxNxE,
+                                                      context.prob_BxN[..., None]], -1))
         for layer in self.set_layers:
-            tokens = layer(tokens, tokens, mask_BxC)
+            tokens = layer(tokens, tokens, context.mask_BxN)
         queries = jnp.broadcast_to(self.queries[...], (tokens.shape[0], *self.queries.shape))
-        return GroupEmbedding(self.pool(queries, tokens, mask_BxC))
+        return GroupEmbedding(self.pool(queries, tokens, context.mask_BxN))
 
-    @staticmethod
-    def interpolate_groups(a: GroupEmbedding, b: GroupEmbedding, t: float) -> GroupEmbedding:
+    def describe_group(self, group: GroupEmbedding) -> dict[str, jax.Array]:
+        return {"group_embedding": group.z_BxMxD}
+
+    def interpolate_groups(self, a: GroupEmbedding, b: GroupEmbedding, t: float
+                           ) -> GroupEmbedding:
         """(1 - t) z_a + t z_b: a group between two others (PPD interpolates users this way)."""
         return GroupEmbedding((1 - t) * a.z_BxMxD + t * b.z_BxMxD)
 
-    def predict(self, group: GroupEmbedding, x_BxTxE, question_BxT, mask_BxT):
-        tokens = self.option_embedder(x_BxTxE)
+    def predict(self, group: GroupEmbedding, targets: Points):
+        tokens = self.option_embedder(targets.x_BxNxE)
         z_mask = jnp.ones(group.z_BxMxD.shape[:2], bool)
         for layer in self.predictor_layers:
             tokens = layer(tokens, group.z_BxMxD, z_mask)
         out_BxTx2 = self.head(tokens)
-        prob = softmax_within_questions(out_BxTx2[..., 0], question_BxT, mask_BxT)
+        prob = softmax_within_questions(out_BxTx2[..., 0], targets.question_BxN,
+                                        targets.mask_BxN)
         return prob, predictive_std(out_BxTx2[..., 1], self.config.bound_std)
-
-    def __call__(self, x_context, y_context, mask_context, x_target, question_target,
-                 mask_target):
-        group = self.encode_context(x_context, y_context, mask_context)
-        return self.predict(group, x_target, question_target, mask_target)

@@ -3,7 +3,7 @@ import pytest
 
 from gpo.cli import main as cli_main
 from gpo.config import DataConfig, EmbedConfig
-from gpo.experiment import embed, load_survey
+from gpo.pipeline import embed, load_survey
 
 
 def test_precomputed_embeddings_are_the_embedders_and_are_checked(tmp_path):

@@ -1,0 +1,128 @@
+"""End-to-end steps the CLI, the demo and experiments/ share: load the survey a config names,
+embed it, train a run, and evaluate a saved run on the data it was trained on."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gpo.config import DataConfig, EmbedConfig, RunConfig
+from gpo.data import data_dir, load_dataset, make_synthetic_survey
+from gpo.data.persona import make_persona_preferences
+from gpo.data.survey import Survey
+from gpo.embed import embed_survey, make_embedder
+from gpo.evaluate import Evaluation, evaluate_run
+from gpo.option_table import check_finite
+from gpo.run_dir import RunDir
+from gpo.train import TrainResult, train
+
+
+def dataset_folder(config: DataConfig) -> Path | None:
+    """The folder a data config reads (None for generated data)."""
+    if config.dataset == "synthetic":
+        return None
+    root = data_dir(config.data_dir)
+    if root is None:
+        needed = "the anthropic_persona folder or its parent" if config.dataset == "persona" \
+            else "see data_cards/"
+        raise FileNotFoundError(f"dataset {config.dataset!r} needs data.data_dir or "
+                                f"$GPO_DATA_DIR ({needed})")
+    folder = "anthropic_persona" if config.dataset == "persona" else config.dataset
+    return root / folder if (root / folder).is_dir() else root
+
+
+def load_survey(config: DataConfig) -> Survey:
+    """The survey a data config names, filtered as experiments use it."""
+    if config.dataset == "synthetic":
+        return make_synthetic_survey(seed=config.synthetic_seed, n_groups=config.synthetic_groups,
+                                     n_questions=config.synthetic_questions).survey
+    folder = dataset_folder(config)
+    if config.dataset == "persona":
+        return make_persona_preferences(folder, seed=config.synthetic_seed,
+                                        n_types=config.persona_types,
+                                        n_users=config.synthetic_groups,
+                                        n_pairs=config.synthetic_questions).survey
+    survey = load_dataset(folder, config.dataset)
+    if config.dataset == "opinionqa":
+        return survey.complete_questions()
+    return survey.drop_sparse(config.min_group_answers)
+
+
+def embed(survey: Survey, config: EmbedConfig, precomputed: str | Path | None = None
+          ) -> np.ndarray:
+    """The survey's option embeddings: from config's embedder, or read from `precomputed` (a
+    `gpo embed` file), which must hold this survey's questions embedded by config.model."""
+    if precomputed is None:
+        vectors = embed_survey(survey, make_embedder(config))
+    else:
+        vectors = read_embeddings(precomputed, survey, config.model)
+    check_finite(vectors, survey.option_mask_QxO, survey.question_keys)
+    return vectors
+
+
+def read_embeddings(path: str | Path, survey: Survey, model: str) -> np.ndarray:
+    """A `gpo embed` file's vectors, checked against the survey and the embedder."""
+    saved = np.load(path)
+    if "model" not in saved:
+        raise ValueError(f"{path}: records no embedder; write it again with `gpo embed "
+                         f"--model {model}`")
+    if str(saved["model"]) != model:
+        raise ValueError(f"{path}: embeddings made by {str(saved['model'])!r}, but the run's "
+                         f"embedder is {model!r}")
+    keys = [str(k) for k in saved["keys"]]
+    expected = list(survey.question_keys)
+    if keys != expected:
+        at = next((i for i, (a, b) in enumerate(zip(keys, expected)) if a != b),
+                  min(len(keys), len(expected)))
+        found = keys[at] if at < len(keys) else "its end"
+        wanted = expected[at] if at < len(expected) else "the survey's end"
+        raise ValueError(f"{path}: holds {len(keys)} questions, not the survey's "
+                         f"{len(expected)}; question {at} is {found!r}, the survey's is "
+                         f"{wanted!r}")
+    vectors = saved["embeddings"]
+    if vectors.shape[:2] != survey.option_mask_QxO.shape:
+        raise ValueError(f"{path}: embeddings of shape {vectors.shape}, expected "
+                         f"{survey.option_mask_QxO.shape} + (width,)")
+    return vectors
+
+
+def train_run(config: RunConfig, run_dir: str | Path, progress: bool = True,
+              survey: Survey | None = None, embeddings: np.ndarray | None = None
+              ) -> TrainResult:
+    """Load (unless given), embed (unless given) and meta-train; the run records its data."""
+    survey = load_survey(config.data) if survey is None else survey
+    embeddings = embed(survey, config.embed) if embeddings is None else embeddings
+    return train(config, survey, embeddings, run_dir, progress=progress,
+                 data_dir=dataset_folder(config.data))
+
+
+def run_survey(run: RunDir, data_dir_override: str | Path | None = None) -> Survey:
+    """The survey a run was trained on, read again: its own questions in its own order."""
+    config = run.config
+    folder = data_dir_override if data_dir_override is not None else run.data_dir
+    data = dataclasses.replace(config.data, data_dir=None if folder is None else str(folder))
+    return run.select(load_survey(data))
+
+
+def evaluate_saved_run(run_dir: str | Path, ks: Sequence[int], eval_seeds: Sequence[int] | None,
+                       data_dir_override: str | Path | None = None,
+                       all_questions: bool = False) -> tuple[Evaluation, Survey, str]:
+    """(evaluation, survey, what was evaluated) of a saved run: on its own questions and
+    embeddings (nothing is embedded again), or with `all_questions` on every question of its
+    dataset (the new ones embedded with the run's embedder)."""
+    run = RunDir(run_dir).require()
+    if not all_questions:
+        survey = run_survey(run, data_dir_override)
+        what = f"the run's {len(survey.questions)} questions"
+        return evaluate_run(run, survey, ks, eval_seeds), survey, what
+    config = run.config
+    folder = data_dir_override if data_dir_override is not None else run.data_dir
+    data = dataclasses.replace(config.data, data_dir=None if folder is None else str(folder))
+    survey = load_survey(data)
+    embeddings = embed(survey, config.embed)
+    what = (f"all {len(survey.questions)} questions of {survey.name} (the run trained on "
+            f"{len(run.question_keys)})")
+    return evaluate_run(run, survey, ks, eval_seeds, embeddings_QxOxE=embeddings), survey, what

@@ -1,0 +1,213 @@
+"""A run folder and its one owner, `RunDir`: nothing else opens a run's files.
+
+    config.json         the RunConfig (the source of truth for how the run was made)
+    run.json            the data it was trained on: dataset, data folder, question keys in
+                        order, texts, options, the group split (labels) and question
+                        split (keys)
+    arrays.npz          the questions' option embeddings, the standardisation statistics and
+                        the reference groups' answers (the run's training groups)
+    checkpoints/        orbax: latest (resume) and best (use)
+
+A run is self-contained for inference: `gpo.load` needs no data folder, and evaluation reads
+back exactly the questions and split the run was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from gpo.checkpoint import Checkpoints
+from gpo.config import RunConfig
+from gpo.data.episodes import Split
+from gpo.data.survey import Survey
+from gpo.models import Head
+from gpo.models.registry import abstract_head
+from gpo.option_table import EmbeddingStats, References
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSplit:
+    """A split by names (group labels, question keys), valid in any survey holding them."""
+
+    protocol: str
+    seed: int
+    train_groups: tuple[str, ...]      # every training group, validation groups included
+    validation_groups: tuple[str, ...]
+    test_groups: tuple[str, ...]
+    train_questions: tuple[str, ...]
+    test_questions: tuple[str, ...]
+
+    @classmethod
+    def of(cls, split: Split, validation_groups: np.ndarray, survey: Survey) -> RunSplit:
+        labels, keys = survey.group_labels, survey.question_keys
+        return cls(split.protocol, split.seed, *(tuple(labels[g] for g in groups) for groups in (
+            split.train_groups, validation_groups, split.test_groups)),
+            *(tuple(keys[q] for q in qs) for qs in (split.train_questions,
+                                                    split.test_questions)))
+
+    def resolve(self, survey: Survey) -> tuple[Split, np.ndarray]:
+        """(Split, validation group indices) in `survey`, which must hold the run's groups.
+        Questions the run never saw are test questions (under protocol A, training too:
+        protocol A shares every question)."""
+        groups = {label: i for i, label in enumerate(survey.group_labels)}
+        missing = [g for g in self.train_groups + self.test_groups if g not in groups]
+        if missing:
+            raise ValueError(f"{survey.name}: the run's groups {missing[:3]} are not in this "
+                             "survey")
+        indices = lambda names: np.array(sorted(groups[n] for n in names), int)  # noqa: E731
+        keys = survey.question_keys
+        seen = set(self.train_questions)
+        new = {k for k in keys if k not in seen and k not in set(self.test_questions)}
+        shared = self.protocol == "A"
+        train_q = np.array([q for q, k in enumerate(keys) if k in seen or (shared and k in new)],
+                           int)
+        test_q = np.array([q for q, k in enumerate(keys)
+                           if k in set(self.test_questions) or k in new], int)
+        split = Split(self.protocol, indices(self.train_groups), indices(self.test_groups),
+                      train_q, test_q, self.seed)
+        return split, indices(self.validation_groups)
+
+
+class RunDir:
+    """Reads and writes one run folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- writing (training) -------------------------------------------------------------
+
+    def start(self, config: RunConfig, survey: Survey, split: RunSplit,
+              embeddings_QxOxE: np.ndarray, stats: EmbeddingStats, references: References,
+              data_dir: str | None) -> None:
+        """Record a run before its first step; a run folder resumed with another config or
+        other data is refused rather than silently mixed."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        record = {"dataset": config.data.dataset, "survey": survey.name,
+                  "data_dir": data_dir, "questions": survey.question_keys,
+                  "texts": [q.text for q in survey.questions],
+                  "options": [list(q.answer_options) for q in survey.questions],
+                  "split": dataclasses.asdict(split)}
+        if self.has_checkpoints():
+            self._check_same(config, record)
+        config.save(self.path / "config.json")
+        (self.path / "run.json").write_text(json.dumps(record, indent=1))
+        np.savez_compressed(self.path / "arrays.npz", embeddings=embeddings_QxOxE,
+                            embedding_mean=stats.mean_E, embedding_scale=stats.scale_E,
+                            reference_labels=np.array(references.labels),
+                            reference_probs=references.probs_SxQxO,
+                            reference_answered=references.answered_SxQ,
+                            reference_respondents=references.respondents_SxQ)
+
+    def _check_same(self, config: RunConfig, record: dict) -> None:
+        old = RunConfig.load(self.path / "config.json").to_dict()  # parsed: new defaults match
+        if json.loads(json.dumps(old)) != json.loads(json.dumps(config.to_dict())):
+            raise ValueError(f"{self.path} holds a run with a different config; use a new run "
+                             "directory or delete the old one")
+        if (self.path / "run.json").exists():
+            old_record = self.record
+            for field in ("questions", "split"):
+                if old_record.get(field) != json.loads(json.dumps(record[field])):
+                    raise ValueError(f"{self.path} holds a run trained on other {field}; use a "
+                                     "new run directory or delete the old one")
+
+    # -- reading ------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return (self.path / "config.json").exists()
+
+    def require(self) -> RunDir:
+        if not self.exists():
+            raise FileNotFoundError(f"{self.path}: no config.json; is this a gpo run directory?")
+        if not (self.path / "run.json").exists():
+            raise FileNotFoundError(f"{self.path}: no run.json; the run was made by an older "
+                                    "gpo and must be trained again")
+        return self
+
+    def has_checkpoints(self) -> bool:
+        return (self.path / "checkpoints").exists()
+
+    @property
+    def config(self) -> RunConfig:
+        return RunConfig.load(self.path / "config.json")
+
+    @property
+    def record(self) -> dict:
+        return json.loads((self.path / "run.json").read_text())
+
+    @property
+    def question_keys(self) -> list[str]:
+        return self.record["questions"]
+
+    @property
+    def data_dir(self) -> str | None:
+        """The data folder the run's survey was read from (None: generated data)."""
+        return self.record["data_dir"]
+
+    @property
+    def split(self) -> RunSplit:
+        raw = self.record["split"]
+        return RunSplit(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        with np.load(self.path / "arrays.npz") as arrays:  # read each array once
+            return dict(arrays)
+
+    def survey_questions(self) -> dict[str, tuple[tuple[str, ...], np.ndarray]]:
+        """Question key -> (answer options, option embeddings `[options, E]`), in run order."""
+        embeddings, record = self.embeddings(), self.record
+        return {key: (tuple(options), embeddings[q, :len(options)])
+                for q, (key, options) in enumerate(zip(record["questions"],
+                                                       record["options"]))}
+
+    def question_texts(self) -> dict[str, str]:
+        record = self.record
+        return dict(zip(record["questions"], record["texts"]))
+
+    def embeddings(self) -> np.ndarray:
+        return self._arrays()["embeddings"]
+
+    def stats(self) -> EmbeddingStats:
+        arrays = self._arrays()
+        return EmbeddingStats(arrays["embedding_mean"], arrays["embedding_scale"])
+
+    def references(self) -> References:
+        arrays = self._arrays()
+        return References(tuple(str(x) for x in arrays["reference_labels"]),
+                          arrays["reference_probs"], arrays["reference_answered"],
+                          arrays["reference_respondents"])
+
+    def checkpoints(self) -> Checkpoints:
+        return Checkpoints(self.path / "checkpoints")
+
+    def restore_head(self) -> tuple[Head, dict]:
+        """The trained head (best checkpoint, else latest) and that checkpoint's metadata
+        (`step`, `validation`)."""
+        config = self.config
+        graphdef, abstract = abstract_head(config.head, config.model)
+        checkpoints = self.checkpoints()
+        try:
+            restored = checkpoints.restore_model(abstract)
+        finally:
+            checkpoints.close()
+        if restored is None:
+            raise FileNotFoundError(f"{self.path}: no checkpoint under checkpoints/")
+        state, meta = restored
+        return nnx.merge(graphdef, state), meta
+
+    def select(self, survey: Survey) -> Survey:
+        """The run's questions, in the run's order, from a survey that holds them all."""
+        index = {key: i for i, key in enumerate(survey.question_keys)}
+        keys = self.question_keys
+        missing = [k for k in keys if k not in index]
+        if missing:
+            raise ValueError(f"{survey.name} lacks {len(missing)} of the run's {len(keys)} "
+                             f"questions, first {missing[0]!r}; is this the run's data folder?")
+        return survey.select(questions=[index[k] for k in keys])
