@@ -21,17 +21,24 @@ from gpo.report import write_json
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--questions", type=int, default=48)
-    parser.add_argument("--train-steps", type=int, default=5)
-    parser.add_argument("--out", default="reports/bench_all.json")
+    parser.add_argument("--data-dir", required=True, help="the OpinionQA folder")
+    parser.add_argument("--questions", type=int, default=48,
+                        help="OpinionQA questions to embed (default: 48)")
+    parser.add_argument("--train-steps", type=int, default=5,
+                        help="timed training steps (default: 5)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="training episodes a step (default: 32, the paper's)")
+    parser.add_argument("--repeats", type=int, default=50,
+                        help="timed calls of adapt + predict and of each metric (default: 50)")
+    parser.add_argument("--out", default="reports/bench_all.json",
+                        help="JSON report (default: reports/bench_all.json)")
     args = parser.parse_args()
 
     embed = bench_embed.measure(args.data_dir, args.questions)
-    one = bench_train.throughput(1, args.train_steps)["steps_per_s"]
-    eight = bench_train.throughput(8, args.train_steps)["steps_per_s"]
-    latency = bench_train.latency()
-    metrics = bench_metrics.measure()
+    one = bench_train.throughput(1, args.train_steps, args.batch_size)["steps_per_s"]
+    eight = bench_train.throughput(8, args.train_steps, args.batch_size)["steps_per_s"]
+    latency = bench_train.latency(args.repeats)
+    metrics = bench_metrics.measure(min(args.repeats, 20))
 
     texts = {name: m["texts_per_s"] for name, m in embed["methods"].items()}
     torch = texts["transformers + torch"]

@@ -24,19 +24,23 @@ from gpo.config import RunConfig, TrainConfig
 from gpo.data import make_synthetic_survey
 from gpo.data.episodes import EpisodeSampler
 from gpo.models import GPOConfig
+from gpo.option_table import EmbeddingStats, References, build_option_table
 from gpo.sharding import make_mesh, put_batch, replicated
-from gpo.train import EmbeddingTable, init_model_state, make_optimizer, make_train_step
+from gpo.train import init_model_state, make_optimizer, make_train_step
 survey = make_synthetic_survey(seed=0, n_groups=36, n_questions=300).survey
 emb = np.random.default_rng(0).normal(size=survey.option_mask_QxO.shape + (576,))
-cfg = RunConfig(model=GPOConfig.paper(576), train=TrainConfig(batch_size=32))
+cfg = RunConfig(model=GPOConfig.paper(576), train=TrainConfig(batch_size={batch}))
 mesh = make_mesh()
-table = jax.device_put(EmbeddingTable.fit(emb, survey.option_mask_QxO).table_NxE, replicated(mesh))
+references = References.from_survey(survey, np.arange(14), np.arange(300))
+table = jax.device_put(build_option_table(emb, EmbeddingStats.fit(emb, survey.option_mask_QxO),
+                                          survey, references), replicated(mesh))
 graphdef, state = init_model_state(cfg, 0, mesh)
 tx = make_optimizer(cfg)
 opt = jax.jit(tx.init, out_shardings=jax.tree.map(lambda _: replicated(mesh),
               jax.eval_shape(tx.init, state)))(state)
 step = make_train_step(graphdef, tx, "gaussian_nll", mesh)
-sampler = EpisodeSampler(survey, np.arange(14), np.arange(300), 32, (10, 100), (10, 100))
+sampler = EpisodeSampler(survey, np.arange(14), np.arange(300), {batch}, (10, 100), (10, 100),
+                         reference_groups=np.arange(14))
 batches = [put_batch(sampler.sample(i).arrays(), mesh) for i in range({steps} + 2)]
 for b in batches[:2]:  # compile (the first donated call recompiles once)
     state, opt, m = step(state, opt, table, b)
@@ -50,12 +54,16 @@ print(json.dumps({{"devices": len(jax.devices()), "steps_per_s": {steps} / secon
 """
 
 
-def throughput(devices: int, steps: int) -> dict:
+def throughput(devices: int, steps: int, batch_size: int = 32) -> dict:
+    """Steps/s at the paper's episode sizes, in a fresh process with `devices` devices."""
     env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    done = subprocess.run([sys.executable, "-c", THROUGHPUT.format(steps=steps)], env=env,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", THROUGHPUT.format(steps=steps,
+                                                                  batch=batch_size)],
+                          env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"throughput run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -67,13 +75,12 @@ def latency(repeats: int = 50) -> dict:
     from gpo.api import GroupPreferenceModel
     from gpo.config import RunConfig
     from gpo.models import GPO, GPOConfig
-    from gpo.train import EmbeddingTable
+    from gpo.option_table import EmbeddingStats
 
     E = 576
     config = RunConfig(model=GPOConfig.paper(E))
-    table = EmbeddingTable(np.zeros((0, E), np.float32), np.zeros(E, np.float32),
-                           np.ones(E, np.float32))
-    model = GroupPreferenceModel(config, GPO(config.model, rngs=nnx.Rngs(0)), table, None)
+    stats = EmbeddingStats(np.zeros(E, np.float32), np.ones(E, np.float32))
+    model = GroupPreferenceModel(config, GPO(config.model, rngs=nnx.Rngs(0)), stats)
     rng = np.random.default_rng(0)
     context = [(rng.normal(size=(4, E)).astype(np.float32), rng.dirichlet(np.ones(4)))
                for _ in range(20)]
@@ -90,15 +97,20 @@ def latency(repeats: int = 50) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (default: 5)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="episodes a step (default: 32, the paper's)")
+    parser.add_argument("--repeats", type=int, default=50,
+                        help="adapt + predict calls timed (default: 50)")
     args = parser.parse_args()
-    one = throughput(1, args.steps)
-    eight = throughput(8, args.steps)
-    lat = latency()
+    one = throughput(1, args.steps, args.batch_size)
+    eight = throughput(8, args.steps, args.batch_size)
+    lat = latency(args.repeats)
     rows = [("1 device", one["steps_per_s"]), ("8 simulated CPU devices", eight["steps_per_s"])]
-    print("GPO meta-training, paper config (32 episodes/step, 10-100 + 10-100 questions)")
+    print(f"GPO meta-training, paper config ({args.batch_size} episodes/step, 10-100 + 10-100 "
+          "questions)")
     for name, sps in rows:
-        print(f"  {name:<26} {sps:6.3f} steps/s  {32 * sps:7.2f} episodes/s")
+        print(f"  {name:<26} {sps:6.3f} steps/s  {args.batch_size * sps:7.2f} episodes/s")
     print(f"  ratio 8 / 1 devices        {eight['steps_per_s'] / one['steps_per_s']:.2f}x "
           "(simulated devices share the same cores: no speed-up is expected on CPU)")
     print(f"adapt + predict, 20 context questions, 500 target options: median "

@@ -1,8 +1,8 @@
 """Does a head's predicted std track its error? Central-interval coverage (reliability
 diagram), miscalibration area and the rank correlation of |error| with std, on OpinionQA
-protocol A test groups at k = 20, for the heads that predict a std per option (GPO, PPD).
+protocol A test groups at k = 20, for the heads that predict a std per option.
 
-    python experiments/calibration.py --data-dir ../shared/data
+    python experiments/calibration.py --data-dir ../shared/data [--heads GPO PPD REFERENCE]
 
 Uses the run folders of experiments/heads.py (trains them first if missing). Prints the table,
 writes a JSON report and reports/calibration.png.
@@ -15,56 +15,46 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
-from gpo.api import load  # noqa: E402
-from gpo.config import DataConfig, EmbedConfig, RunConfig  # noqa: E402
-from gpo.data.episodes import make_eval_task  # noqa: E402
-from gpo.evaluate import predict_task  # noqa: E402
-from gpo.experiment import (  # noqa: E402
+from common import (  # noqa: E402
     embed,
     experiment_parser,
-    experiment_train_config,
     head_variants,
     load_survey,
-    run_directory,
+    main_guard,
     train_and_evaluate,
+    variant_run,
 )
+
+from gpo.config import DataConfig, EmbedConfig  # noqa: E402
+from gpo.evaluate import run_predictions  # noqa: E402
 from gpo.metrics import calibration  # noqa: E402
 from gpo.report import format_table, write_json  # noqa: E402
-from gpo.train import EmbeddingTable, split_for  # noqa: E402
-
-HEADS_WITH_STD = ("GPO", "PPD")
 
 
 def main() -> None:
     parser = experiment_parser(__doc__, data_help="folder holding opinionqa/ (the same as "
                                "experiments/heads.py's, so its runs are reused)",
-                               out="reports/calibration.json",
-                               precomputed=True)
-    parser.add_argument("--k", type=int, default=20)
+                               out="reports/calibration.json", precomputed=True)
+    parser.add_argument("--k", type=int, default=20, help="context questions (default: 20)")
+    parser.add_argument("--heads", nargs="+", default=["GPO", "PPD"],
+                        choices=["GPO", "PPD", "REFERENCE"],
+                        help="heads that predict a std per option (default: GPO PPD)")
+    parser.add_argument("--plot", default="reports/calibration.png",
+                        help="figure path (default: reports/calibration.png)")
     args = parser.parse_args()
 
     data = DataConfig(dataset="opinionqa", data_dir=args.data_dir)
     survey = load_survey(data)
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
     embeddings = embed(survey, embed_config, args.embeddings)
-    variants = head_variants(embeddings.shape[-1])
     rows, curves = {}, {}
-    for label in HEADS_WITH_STD:
-        head, model = variants[label]
-        config = RunConfig(head=head, model=model, data=data, embed=embed_config,
-                           train=experiment_train_config(head, args.steps))
-        root = run_directory(args.runs, config, label)
+    for label, (head, model) in head_variants(embeddings.shape[-1], heads=args.heads).items():
+        config, root = variant_run(args, label, head, model, data, embed_config)
         train_and_evaluate(config, survey, embeddings, root, (args.k,), args.seeds,
-                           log=lambda _: None)
+                           log=lambda _: None, baselines=False)
         mean, std, true = [], [], []
         for seed in args.seeds:
-            run = load(root / str(seed))
-            split = split_for(run.config, survey)
-            task = make_eval_task(survey, split, args.k, seed=seed)
-            table = EmbeddingTable.with_stats(embeddings, run.table.mean_E,
-                                              run.table.scale_E).table_NxE
-            prob_GxQxO, std_GxQxO = predict_task(run.module, table, survey, task)
+            task, prob_GxQxO, std_GxQxO = run_predictions(root / str(seed), survey, args.k)
             scored = task.target_GxQ[..., None] & survey.option_mask_QxO[None]
             mean.append(prob_GxQxO[scored])
             std.append(std_GxQxO[scored])
@@ -80,7 +70,7 @@ def main() -> None:
     print(format_table(f"OpinionQA protocol A, {args.embedder}, k={args.k}: calibration of the "
                        f"predicted std, target options of test groups pooled over splits "
                        f"{args.seeds}", rows, columns))
-    path = plot_reliability(curves, "reports/calibration.png")
+    path = plot_reliability(curves, args.plot)
     print(f"\nwrote {write_json(args.out, {'k': args.k, 'rows': rows})}, {path}")
 
 
@@ -91,6 +81,7 @@ def plot_reliability(curves: dict, path: str) -> str:
         ax.plot(c.levels, c.observed, marker="o", label=label)
     ax.set_xlabel("nominal coverage of mean ± z·std")
     ax.set_ylabel("observed coverage")
+    ax.set_title("OpinionQA protocol A: predicted std", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -100,4 +91,4 @@ def plot_reliability(curves: dict, path: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from common import main_guard
 
-from gpo.baselines import group_mixture, group_regression, score_predictions
+from gpo.baselines import group_mixture, group_regression
 from gpo.config import DataConfig
 from gpo.data.episodes import EvalTask, make_eval_task, make_split
-from gpo.experiment import load_survey
+from gpo.metrics import score_predictions
+from gpo.pipeline import load_survey
 from gpo.report import format_table, write_json
 
 KS = (5, 10, 20)
@@ -26,8 +28,10 @@ KS = (5, 10, 20)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, help="folder holding opinionqa/")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", default="reports/ceilings.json")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="group split seeds (default: 0 1 2)")
+    parser.add_argument("--out", default="reports/ceilings.json",
+                        help="JSON report (default: reports/ceilings.json)")
     args = parser.parse_args()
     survey = load_survey(DataConfig(dataset="opinionqa", data_dir=args.data_dir))
     methods = {"group mixture (convex)": group_mixture,
@@ -55,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from common import main_guard, train_and_evaluate
+
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data.synthetic import make_planted_agreement_survey
-from gpo.experiment import train_and_evaluate
 from gpo.models import GPOConfig
 from gpo.report import format_table, write_json
 
@@ -38,28 +39,37 @@ def run_folder(root: str, variant: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="group splits")
-    parser.add_argument("--k", type=int, default=10, help="context questions per test group")
-    parser.add_argument("--runs", default="runs/gpo_context_check")
-    parser.add_argument("--out", default="reports/gpo_context_check.json")
+    parser.add_argument("--steps", type=int, default=150, help="steps per run (default: 150)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="group split seeds (default: 0 1 2)")
+    parser.add_argument("--k", type=int, default=10,
+                        help="context questions per test group (default: 10)")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        metavar="VARIANT", help="which (loss, learning rate, std) variants "
+                        "(default: all)")
+    parser.add_argument("--runs", default="runs/gpo_context_check",
+                        help="run folders, kept and resumed (default: runs/gpo_context_check)")
+    parser.add_argument("--out", default="reports/gpo_context_check.json",
+                        help="JSON report (default: reports/gpo_context_check.json)")
     args = parser.parse_args()
 
     survey, embeddings = make_planted_agreement_survey()
     rows, report = {}, {"steps": args.steps, "seeds": args.seeds, "variants": {}}
-    for name, (loss, lr, bounded) in VARIANTS.items():
+    for name in args.variants:
+        loss, lr, bounded = VARIANTS[name]
         config = RunConfig(
             model=GPOConfig(embedding_dim=embeddings.shape[-1], bound_std=bounded),
             data=DataConfig(eval_k=args.k), embed=EmbedConfig(model="lexical"),
             train=TrainConfig.cpu(args.steps, learning_rate=lr, loss=loss))
-        scores = train_and_evaluate(config, survey, embeddings, run_folder(args.runs, name),
-                                    (args.k,), args.seeds)
-        per_method = scores.per_k[args.k]
-        rows[f"GPO {name}"] = {"validation": scores.validation, f"k={args.k}": per_method["GPO"]}
+        runs = train_and_evaluate(config, survey, embeddings, run_folder(args.runs, name),
+                                  (args.k,), args.seeds)
+        evaluation = runs.evaluation
+        rows[f"GPO {name}"] = {"validation": runs.validation,
+                               f"k={args.k}": evaluation.per_split("GPO", args.k)}
         report["variants"][name] = {"train": dataclasses.asdict(config.train),
-                                    "bound_std": bounded, "validation": scores.validation,
-                                    "scores": per_method}
-    rows.update({b: {f"k={args.k}": per_method[b]} for b in BASELINES_SHOWN})
+                                    "bound_std": bounded, "validation": runs.validation,
+                                    "evaluation": evaluation.to_json()}
+    rows.update(evaluation.rows([args.k], BASELINES_SHOWN))
     print("\n" + format_table(f"{survey.name}: alignment on held-out groups, {args.steps} "
                               f"steps, splits {args.seeds}", rows,
                               ["validation", f"k={args.k}"]))
@@ -67,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

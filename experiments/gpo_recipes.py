@@ -1,70 +1,101 @@
-"""Which GPO training recipe works best at the 2-core budget? Variants of `TrainConfig.cpu`
-(loss, group mixup, steps) on OpinionQA protocol A, scored like heads.py.
+"""Which GPO training recipe works best? Variants of the 2-core budget `TrainConfig.cpu`
+(loss, group mixup, steps) and the paper's own recipe, on OpinionQA, scored beside the
+baselines over group splits.
 
     python experiments/gpo_recipes.py --data-dir ../shared/data [--steps 400] [--seeds 0 1 2]
-        [--variants base mixup50 ...]
+        [--variants base mixup50 ...] [--protocols A B]
+    # the paper's episodes (32 of 10-100 + 10-100 questions a step) on a GPU, from a
+    # `gpo embed` file:
+    python experiments/gpo_recipes.py --data-dir data --embeddings opinionqa_smollm2.npz \\
+        --variants paper --steps 3000 --set train.loss=kl
 
-Runs live under --runs/<variant>/<seed> and are resumed. Prints validation alignment (what
-model selection may look at) and test alignment at k = 5, 10, 20, with the baselines.
+Runs live under --runs/opinionqa_<protocol>_<embedder>_<variant>[_overrides]/<seed> and are
+resumed. Prints
+validation alignment (what model selection may look at) and test alignment at each k.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
-from gpo.experiment import embed, experiment_parser, load_survey, train_and_evaluate
+from common import (
+    embed,
+    experiment_parser,
+    load_survey,
+    main_guard,
+    train_and_evaluate,
+    variant_run,
+)
+
+from gpo.config import DataConfig, EmbedConfig, TrainConfig
 from gpo.report import format_table, write_json
 
-# name: (TrainConfig.cpu overrides, multiple of --steps)
+# name: (preset, overrides, multiple of --steps)
 VARIANTS = {
-    "base": ({}, 1),                        # = experiments/heads.py's GPO
-    "kl": ({"loss": "kl"}, 1),
-    "mixup50": ({"group_mixup": 0.5}, 1),
-    "mixup100": ({"group_mixup": 1.0}, 1),
-    "base_x3": ({}, 3),
-    "mixup50_x3": ({"group_mixup": 0.5}, 3),
-    "kl_x3": ({"loss": "kl"}, 3),
+    "base": ("cpu", {}, 1),                        # = experiments/heads.py's GPO
+    "kl": ("cpu", {"loss": "kl"}, 1),
+    "mixup50": ("cpu", {"group_mixup": 0.5}, 1),
+    "mixup100": ("cpu", {"group_mixup": 1.0}, 1),
+    "base_x3": ("cpu", {}, 3),
+    "mixup50_x3": ("cpu", {"group_mixup": 0.5}, 3),
+    "kl_x3": ("cpu", {"loss": "kl"}, 3),
     # The planted-agreement check (experiments/gpo_context_check.py) learns best with KL at 3e-4.
-    "kl_lr3e-4_x3": ({"loss": "kl", "learning_rate": 3e-4}, 3),
-    "kl_lr3e-4_mixup50_x3": ({"loss": "kl", "learning_rate": 3e-4, "group_mixup": 0.5}, 3),
+    "kl_lr3e-4_x3": ("cpu", {"loss": "kl", "learning_rate": 3e-4}, 3),
+    "kl_lr3e-4_mixup50_x3": ("cpu", {"loss": "kl", "learning_rate": 3e-4, "group_mixup": 0.5},
+                             3),
+    "paper": ("paper", {}, 1),  # 32 episodes of 10-100 + 10-100 questions, lr 3e-4 cosine
 }
 DEFAULT_VARIANTS = ["base", "kl", "mixup50", "base_x3", "mixup50_x3", "kl_x3"]
 BASELINES_SHOWN = ("population prior", "nearest group", "group mixture", "group regression")
+
+
+def recipe(name: str, steps: int) -> TrainConfig:
+    preset, overrides, multiple = VARIANTS[name]
+    if preset == "paper":
+        return TrainConfig(steps=steps * multiple, eval_every=250, checkpoint_every=250,
+                           **overrides)
+    return TrainConfig.cpu(steps * multiple, **overrides)
 
 
 def main() -> None:
     parser = experiment_parser(__doc__, data_help="folder holding opinionqa/",
                                out="reports/gpo_recipes.json", runs="runs/gpo_recipes",
                                precomputed=True)
-    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=VARIANTS,
+                        metavar="VARIANT", help=f"recipes to run, of {list(VARIANTS)} "
+                        f"(default: {' '.join(DEFAULT_VARIANTS)})")
+    parser.add_argument("--protocols", nargs="+", default=["A"], choices=["A", "B"],
+                        help="A: unseen groups; B: unseen groups and questions (default: A)")
+    parser.add_argument("--ks", type=int, nargs="+", default=[5, 10, 20],
+                        help="context questions (default: 5 10 20)")
     args = parser.parse_args()
 
-    data = DataConfig(dataset="opinionqa", data_dir=args.data_dir, protocol="A")
-    survey = load_survey(data)
+    survey = load_survey(DataConfig(dataset="opinionqa", data_dir=args.data_dir))
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
     embeddings = embed(survey, embed_config, args.embeddings)
-    ks = (5, 10, 20)
-    rows, report = {}, {"seeds": args.seeds, "variants": {}}
-    for name in args.variants:
-        overrides, multiple = VARIANTS[name]
-        train = TrainConfig.cpu(args.steps * multiple, **overrides)
-        config = RunConfig(head="gpo", data=data, embed=embed_config, train=train)
-        scores = train_and_evaluate(config, survey, embeddings, f"{args.runs}/{name}", ks,
-                                    args.seeds)
-        label = f"GPO {name} ({train.steps} steps)"
-        rows[label] = {"validation": scores.validation,
-                       **{f"k={k}": scores.per_k[k]["GPO"] for k in ks}}
-        baselines = {b: {f"k={k}": scores.per_k[k][b] for k in ks} for b in BASELINES_SHOWN}
-        report["variants"][name] = {"train": dataclasses.asdict(train),
-                                    "validation": scores.validation,
-                                    "per_k": scores.per_k}
-    rows.update(baselines)  # the same splits and tasks for every variant
-    columns = ["validation"] + [f"k={k}" for k in ks]
-    print("\n" + format_table(f"OpinionQA protocol A, splits {args.seeds}: alignment", rows,
-                              columns))
+    report = {"seeds": args.seeds, "protocols": {}}
+    for protocol in args.protocols:
+        data = DataConfig(dataset="opinionqa", data_dir=args.data_dir, protocol=protocol)
+        rows, evaluation = {}, None
+        for name in args.variants:
+            config, run_dir = variant_run(args, name, "gpo", None, data, embed_config,
+                                          train=recipe(name, args.steps))
+            runs = train_and_evaluate(config, survey, embeddings, run_dir, args.ks, args.seeds)
+            evaluation = runs.evaluation
+            rows[f"GPO {name} ({config.train.steps} steps)"] = {
+                "validation": runs.validation, **evaluation.rows(args.ks, ["GPO"])["GPO"]}
+            report["protocols"].setdefault(protocol, {})[run_dir.name] = {
+                "train": dataclasses.asdict(config.train), "validation": runs.validation,
+                "evaluation": evaluation.to_json()}
+        shown = [m for m in evaluation.methods if m.rstrip(" *") in BASELINES_SHOWN]
+        rows.update(evaluation.rows(args.ks, shown))  # the same splits and tasks for each
+        print("\n" + format_table(f"OpinionQA protocol {protocol}, splits {args.seeds}: "
+                                  "alignment", rows, ["validation"] + [f"k={k}" for k in
+                                                                       args.ks]))
+        if protocol == "B":
+            print("* reads training groups' answers on the held-out questions")
     write_json(args.out, report)
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

@@ -14,24 +14,28 @@ reprints the same tables. Writes a JSON report and the fitted PAL weights of a f
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np
-
-from gpo.api import load
-from gpo.config import DataConfig, EmbedConfig, RunConfig
-from gpo.experiment import (
+from common import (
     STEPS_PER_UNIT,
+    best_by_validation,
+    comparison_rows,
     embed,
     experiment_parser,
     experiment_train_config,
     head_variants,
     load_survey,
-    run_directory,
+    main_guard,
     train_and_evaluate,
+    variant_run,
 )
+
+import gpo
+from gpo.config import DataConfig, EmbedConfig
+from gpo.data.episodes import make_eval_task
 from gpo.report import format_table, write_json
+from gpo.run_dir import RunDir
 
 SETTINGS = {  # name: (dataset, protocol, context sizes k)
     "opinionqa_A": ("opinionqa", "A", (5, 10, 20)),
@@ -51,12 +55,15 @@ def main() -> None:
     parser = experiment_parser(__doc__, data_help="folder holding opinionqa/ and "
                                "anthropic_persona/", out="reports/heads.json",
                                several_embedders=True)
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
-    parser.add_argument("--pal-k", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS,
+                        help="datasets and protocols (default: all)")
+    parser.add_argument("--pal-k", type=int, nargs="+", default=[1, 2, 4, 8],
+                        help="PAL prototype counts to sweep (default: 1 2 4 8)")
     parser.add_argument("--heads", nargs="+", default=["GPO", "PAL", "PPD"],
-                        choices=["GPO", "PAL", "PPD"])
+                        choices=["GPO", "PAL", "PPD", "REFERENCE"],
+                        help="heads to train (default: GPO PAL PPD)")
     args = parser.parse_args()
-    report: dict = {"train": {h: dataclasses.asdict(experiment_train_config(h, args.steps))
+    report: dict = {"train": {h: experiment_train_config(h, args.steps).__dict__
                               for h in STEPS_PER_UNIT}, "seeds": args.seeds, "tables": {}}
     for setting in args.settings:
         data = setting_data(setting, args.data_dir)
@@ -68,68 +75,60 @@ def main() -> None:
             embeddings = embed(survey, embed_config)
             print(f"\n{setting}: {survey}; {embedder} embeddings {embeddings.shape[-1]}-wide "
                   f"({time.perf_counter() - start:.0f}s)")
-            rows: dict[str, dict[str, list[float]]] = {}
-            validation, pal_dirs = {}, {}
-            variants = {label: v for label, v in head_variants(embeddings.shape[-1],
-                                                               args.pal_k).items()
-                        if label.split()[0] in args.heads}
-            for label, (head, model) in variants.items():
-                config = RunConfig(head=head, model=model, data=data, embed=embed_config,
-                                   train=experiment_train_config(head, args.steps))
-                run_dir = run_directory(args.runs, config, label)
-                scores = train_and_evaluate(config, survey, embeddings, run_dir, ks, args.seeds)
-                validation[label] = float(np.mean(scores.validation))
-                if head == "pal":
-                    pal_dirs[label] = run_dir
-                for method in scores.per_k[ks[0]]:
-                    name = label if method == head.upper() else method
-                    rows.setdefault(name, {}).update(
-                        {f"k={k}": scores.per_k[k][method] for k in ks})
-            best_pal = max(pal_dirs, key=validation.get) if pal_dirs else None
+            variants = {}
+            for label, (head, model) in head_variants(embeddings.shape[-1], args.pal_k,
+                                                      args.heads).items():
+                config, run_dir = variant_run(args, label, head, model, data, embed_config)
+                variants[label] = train_and_evaluate(config, survey, embeddings, run_dir, ks,
+                                                     args.seeds)
+            rows = comparison_rows(variants, ks)
+            best_pal = best_by_validation(variants, "PAL")
             if best_pal:
-                rows[f"PAL best ({best_pal[4:]})"] = rows[best_pal]
+                rows = _ordered(rows, best_pal)
             metric = "accuracy (unseen users)" if data.dataset == "persona" else "alignment"
             print(format_table(f"\n{setting}, {embedder}: {metric}, mean ± std over splits "
-                               f"{args.seeds}", _ordered(rows), [f"k={k}" for k in ks]))
+                               f"{args.seeds}", rows, [f"k={k}" for k in ks]))
+            validation = {label: float(np.mean(r.validation)) for label, r in variants.items()}
             print("validation (mean over splits): " + ", ".join(
                 f"{label} {v:.4f}" for label, v in validation.items()))
             weights = {}
             if best_pal:
                 print(f"PAL: best K by validation groups' score: {best_pal[4:]}")
-                weights = pal_weights(pal_dirs[best_pal] / str(args.seeds[0]), survey,
-                                      embeddings)
+                _, run_dir = variant_run(args, best_pal, "pal", None, data, embed_config)
+                weights = pal_weights(run_dir / str(args.seeds[0]), survey)
             for group, w in list(weights.items())[:6]:
                 print(f"  {group:<40} weights {np.round(w.astype(float), 2).tolist()}")
             report["tables"][f"{setting}/{embedder}"] = {
                 "rows": rows, "validation": validation, "best_pal": best_pal,
-                "pal_weights": {g: w.tolist() for g, w in weights.items()}}
+                "pal_weights": {g: w.tolist() for g, w in weights.items()},
+                "evaluations": {label: r.evaluation.to_json() for label, r in variants.items()}}
     print(f"\nwrote {write_json(args.out, report)}")
 
 
-def pal_weights(run_dir, survey, embeddings, k: int = 20) -> dict[str, np.ndarray]:
+def pal_weights(run_dir, survey, k: int = 20) -> dict[str, np.ndarray]:
     """The K mixture weights PAL fits to each test group of a run from k context answers."""
-    from gpo.data.episodes import make_eval_task
-    from gpo.train import split_for
-    model = load(run_dir)
-    split = split_for(model.config, survey)
+    run = RunDir(run_dir)
+    split, _ = run.split.resolve(survey)
     task = make_eval_task(survey, split, k, seed=split.seed)
+    model = gpo.load(run_dir)
     out = {}
     for row, g in enumerate(task.groups):
-        context = [(embeddings[q, :survey.n_options_Q[q]],
-                    survey.probs_GxQxO[g, q, :survey.n_options_Q[q]])
+        context = [(survey.questions[q].key, survey.probs_GxQxO[g, q, :survey.n_options_Q[q]])
                    for q in np.flatnonzero(task.context_GxQ[row])]
         if context:
             out[survey.group_labels[g]] = model.adapt(context).mixture_weights
     return out
 
 
-def _ordered(rows: dict) -> dict:
+def _ordered(rows: dict, best_pal: str) -> dict:
     """Heads first (GPO, PAL best, PPD, then the K sweep), baselines after."""
-    heads = [r for r in rows if r.startswith(("GPO", "PAL best", "PPD"))]
+    rows = dict(rows)
+    rows[f"PAL best ({best_pal[4:]})"] = rows[best_pal]
+    heads = [r for r in rows if r.startswith(("REFERENCE", "GPO", "PAL best", "PPD"))]
     sweep = [r for r in rows if r.startswith("PAL K=")]
     rest = [r for r in rows if r not in heads and r not in sweep]
     return {r: rows[r] for r in heads + sweep + rest}
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

@@ -10,18 +10,19 @@ reports/sample_efficiency.png.
 
 from __future__ import annotations
 
-import numpy as np
-
-from gpo.config import DataConfig, EmbedConfig, RunConfig
-from gpo.experiment import (
+from common import (
+    best_by_validation,
     embed,
     experiment_parser,
-    experiment_train_config,
     head_variants,
     load_survey,
-    run_directory,
+    main_guard,
+    merge_variants,
     train_and_evaluate,
+    variant_run,
 )
+
+from gpo.config import DataConfig, EmbedConfig
 from gpo.plots import plot_alignment_vs_k
 from gpo.report import format_table, write_json
 
@@ -31,36 +32,37 @@ KS = (1, 2, 5, 10, 20, 50, 100)
 def main() -> None:
     parser = experiment_parser(__doc__, data_help="folder holding opinionqa/ (the same as "
                                "experiments/heads.py's, so its runs are reused)",
-                               out="reports/sample_efficiency.json",
-                               precomputed=True)
+                               out="reports/sample_efficiency.json", precomputed=True)
+    parser.add_argument("--heads", nargs="+", default=["GPO", "PAL", "PPD"],
+                        choices=["GPO", "PAL", "PPD", "REFERENCE"],
+                        help="heads to train (default: GPO PAL PPD)")
+    parser.add_argument("--plot", default="reports/sample_efficiency.png",
+                        help="figure path (default: reports/sample_efficiency.png)")
     args = parser.parse_args()
 
     data = DataConfig(dataset="opinionqa", data_dir=args.data_dir)
     survey = load_survey(data)
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
     embeddings = embed(survey, embed_config, args.embeddings)
-    rows: dict[str, dict[int, list[float]]] = {}
-    pal_validation = {}
-    for label, (head, model) in head_variants(embeddings.shape[-1]).items():
-        config = RunConfig(head=head, model=model, data=data, embed=embed_config,
-                           train=experiment_train_config(head, args.steps))
-        scores = train_and_evaluate(config, survey, embeddings,
-                                    run_directory(args.runs, config, label), KS, args.seeds)
-        for method in scores.per_k[KS[0]]:
-            name = label if method == head.upper() else method
-            if name.startswith("PAL"):
-                pal_validation[name] = float(np.mean(scores.validation))
-            rows.setdefault(name, {k: scores.per_k[k][method] for k in KS})
-    best_pal = max(pal_validation, key=pal_validation.get)
-    kept = ["GPO", best_pal, "PPD"] + [r for r in rows if not r.startswith(("GPO", "PAL", "PPD"))]
-    table = {name: {f"k={k}": rows[name][k] for k in KS} for name in kept}
-    print(format_table(f"OpinionQA protocol A, {args.embedder}: alignment vs context questions "
-                       f"k, mean ± std over splits {args.seeds} ({best_pal} chosen on "
-                       "validation groups)", table, [f"k={k}" for k in KS]))
-    results = {"k": {k: {name: rows[name][k] for name in kept} for k in KS}}
-    path = plot_alignment_vs_k(results, "reports/sample_efficiency.png")
-    print(f"\nwrote {write_json(args.out, {'embedder': args.embedder, **results})}, {path}")
+    variants = {}
+    for label, (head, model) in head_variants(embeddings.shape[-1],
+                                              heads=args.heads).items():
+        config, run_dir = variant_run(args, label, head, model, data, embed_config)
+        variants[label] = train_and_evaluate(config, survey, embeddings, run_dir, KS,
+                                             args.seeds)
+    best_pal = best_by_validation(variants, "PAL")
+    kept = {label: runs for label, runs in variants.items()
+            if not label.startswith("PAL") or label == best_pal}
+    evaluation = merge_variants(kept)
+    rows = evaluation.rows(KS)
+    chosen = f" ({best_pal} chosen on validation groups)" if best_pal else ""
+    title = (f"OpinionQA protocol A, {args.embedder}: alignment vs context questions k, "
+             f"mean ± std over splits {args.seeds}{chosen}")
+    print(format_table(title, rows, [f"k={k}" for k in KS]))
+    path = plot_alignment_vs_k(evaluation, args.plot, f"OpinionQA protocol A, "
+                               f"{len(survey.questions)} questions, {args.embedder}")
+    print(f"\nwrote {write_json(args.out, {'embedder': args.embedder, 'rows': rows})}, {path}")
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

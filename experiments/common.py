@@ -1,0 +1,175 @@
+"""What the scripts in experiments/ share: their arguments, the heads they compare and each
+head's step budget, one run-folder naming scheme, and train-then-evaluate over split seeds.
+Scripts keep a thin main() on top of these."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gpo.config import RunConfig, TrainConfig
+from gpo.data.survey import Survey
+from gpo.evaluate import Evaluation, evaluate_run
+from gpo.models import PALConfig
+from gpo.pipeline import dataset_folder, embed, load_survey  # noqa: F401  (scripts' imports)
+from gpo.train import train
+
+
+def experiment_parser(doc: str, *, data_help: str | None, out: str, runs: str = "runs/heads",
+                      steps: int = 400, seeds: Sequence[int] = (0, 1, 2),
+                      several_embedders: bool = False, precomputed: bool = False,
+                      ) -> argparse.ArgumentParser:
+    """The arguments training scripts share: the data folder (unless the data is generated),
+    the embedder (or embedders), the embedding cache, the run folder (runs are resumed), the
+    split seeds, the step budget, config overrides and the JSON report.
+
+    precomputed: offer --embeddings, a `gpo embed` file of the script's survey, so a machine
+    without the LLM's weights (a GPU box, say) can train on embeddings made elsewhere."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if data_help is not None:
+        parser.add_argument("--data-dir", required=True, help=data_help)
+    if several_embedders:
+        parser.add_argument("--embedders", nargs="+", default=["smollm2"],
+                            help="frozen embedders to compare (default: smollm2)")
+    else:
+        parser.add_argument("--embedder", default="smollm2",
+                            help="frozen embedder: smollm2, minilm, lexical, a .gguf or a "
+                                 "model folder (default: smollm2)")
+    parser.add_argument("--cache-dir", default="runs/embedding_cache",
+                        help="embedding cache (default: runs/embedding_cache)")
+    if precomputed:
+        parser.add_argument("--embeddings", metavar="NPZ",
+                            help="precomputed embeddings from `gpo embed --model <embedder>` "
+                                 "instead of running the embedder")
+    parser.add_argument("--runs", default=runs,
+                        help=f"run folders, kept and resumed (default: {runs})")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds),
+                        help=f"group split seeds (default: {' '.join(map(str, seeds))})")
+    parser.add_argument("--steps", type=int, default=steps,
+                        help=f"training budget in GPO steps (default: {steps})")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a field of every trained config, e.g. "
+                             "--set train.batch_size=32 (changes the run folders' names)")
+    parser.add_argument("--out", default=out, help=f"JSON report (default: {out})")
+    return parser
+
+
+# Steps per unit of an experiment's --steps, by head: about the same CPU time each on 2 cores
+# (OpinionQA episodes: GPO ~0.4 s a step, PPD ~0.2 s, PAL ~0.02 s), so heads are compared at a
+# matched compute budget rather than at a step count that leaves the cheap ones unfinished.
+# A head not listed costs as much as GPO.
+STEPS_PER_UNIT = {"gpo": 1, "ppd": 2, "pal": 10}
+
+
+def experiment_train_config(head: str, steps: int, **overrides) -> TrainConfig:
+    """The 2-core budget of experiments/ for one head: `TrainConfig.cpu` at its step share."""
+    return TrainConfig.cpu(steps * STEPS_PER_UNIT.get(head, 1), **overrides)
+
+
+def head_variants(embedding_dim: int, pal_ks: Sequence[int] = (1, 2, 4, 8),
+                  heads: Sequence[str] = ("GPO", "PPD", "PAL")
+                  ) -> dict[str, tuple[str, object]]:
+    """The heads experiments compare, by label: (head name, model config or None)."""
+    out = {}
+    for label in heads:
+        if label == "PAL":
+            for k in pal_ks:
+                out[f"PAL K={k}"] = ("pal", dataclasses.replace(PALConfig.paper(embedding_dim),
+                                                                prototypes=k))
+        else:
+            out[label] = (label.lower(), None)
+    return out
+
+
+def run_directory(root: str | Path, config: RunConfig, label: str) -> Path:
+    """Where a head variant's runs live (one folder per split seed below it): one name per
+    (dataset, protocol, embedder, head variant), so scripts that share a run resume it."""
+    model = config.embed.model
+    embedder = Path(model).stem if model.endswith(".gguf") else Path(model).name
+    variant = label.replace(" ", "").replace("=", "").replace(",", "_")
+    return Path(root) / f"{config.data.dataset}_{config.data.protocol}_{embedder}_{variant}"
+
+
+def variant_run(args, label: str, head: str, model, data, embed_config,
+                train: TrainConfig | None = None) -> tuple[RunConfig, Path]:
+    """A head variant's config (the experiment budget, then any --set overrides) and its run
+    folder (overrides name it too, so runs of other configs never mix)."""
+    config = RunConfig(head=head, model=model, data=data, embed=embed_config,
+                       train=train or experiment_train_config(head, args.steps))
+    assignments = list(getattr(args, "set", []) or [])
+    if assignments:
+        config = config.override(assignments)
+    suffix = "".join(f"_{a.split('.')[-1].replace('=', '')}" for a in assignments)
+    return config, run_directory(args.runs, config, label + suffix)
+
+
+@dataclasses.dataclass
+class SplitRuns:
+    """A head variant over split seeds: its evaluation beside the baselines, and its best
+    validation alignment per seed (what model selection may look at)."""
+
+    evaluation: Evaluation
+    validation: list[float]
+
+
+def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray,
+                       run_root: str | Path, ks: Sequence[int], seeds: Sequence[int],
+                       log=print, baselines: bool = True) -> SplitRuns:
+    """For each split seed: meta-train (resuming run_root/<seed>) and score the head beside
+    the baselines at every k (context questions drawn with the split's seed)."""
+    evaluation, validation = None, []
+    for seed in seeds:
+        seeded = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                      split_seed=seed))
+        start = time.perf_counter()
+        run_dir = Path(run_root) / str(seed)
+        result = train(seeded, survey, embeddings, run_dir, progress=False,
+                       data_dir=dataset_folder(seeded.data))
+        scored = evaluate_run(run_dir, survey, ks, baselines=baselines)
+        log(f"{config.head} protocol {config.data.protocol} split {seed}: {result.steps} steps "
+            f"({time.perf_counter() - start:.0f}s), best validation "
+            f"{result.best_validation:.4f} at step {result.best_step}")
+        validation.append(result.best_validation)
+        evaluation = scored if evaluation is None else evaluation.extend(scored)
+    return SplitRuns(evaluation, validation)
+
+
+def main_guard(main) -> None:
+    """Run a script's main(); a user mistake (bad folder, bad flag value) ends in one line."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"{Path(sys.argv[0]).name}: error: {err}")
+
+
+def merge_variants(variants: dict[str, SplitRuns]) -> Evaluation:
+    """Several head variants trained on the same splits as one Evaluation: each variant's head
+    scores under its label first, then the baselines once (every variant saw the same
+    tasks). Its `head` is the first label."""
+    first = next(iter(variants.values())).evaluation
+    merged = Evaluation(first.dataset, first.protocol, first.metric, next(iter(variants)))
+    for i, split in enumerate(first.splits):
+        scores = {label: runs.evaluation.splits[i].scores[runs.evaluation.head]
+                  for label, runs in variants.items()}
+        scores.update({m: v for m, v in split.scores.items() if m != first.head})
+        merged.splits.append(dataclasses.replace(split, scores=scores))
+    return merged
+
+
+def comparison_rows(variants: dict[str, SplitRuns], ks: Sequence[int]
+                    ) -> dict[str, dict[str, list[float]]]:
+    """One table row per head variant, then the baselines (see merge_variants)."""
+    return merge_variants(variants).rows(ks)
+
+
+def best_by_validation(variants: dict[str, SplitRuns], prefix: str) -> str | None:
+    """The label (starting with prefix) whose runs score best on validation groups."""
+    candidates = {label: float(np.mean(r.validation)) for label, r in variants.items()
+                  if label.startswith(prefix)}
+    return max(candidates, key=candidates.get) if candidates else None

@@ -1,0 +1,167 @@
+"""Every script in experiments/ runs end to end on a tiny budget and prints its table and
+writes its JSON, so a refactor cannot silently break a README command. Real data (from
+$GPO_DATA_DIR), the lexical embedder, a step or two of training, one split."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+TINY = ["--embedder", "lexical", "--steps", "1", "--seeds", "0"]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, data_root):
+    """One run folder and embedding cache for the scripts that share heads.py's runs."""
+    if str(EXPERIMENTS) not in sys.path:
+        sys.path.insert(0, str(EXPERIMENTS))
+    tmp = tmp_path_factory.mktemp("experiments")
+    return {"data": str(data_root), "runs": str(tmp / "runs"), "cache": str(tmp / "cache"),
+            "tmp": tmp}
+
+
+def run_script(name: str, args: list[str], capsys) -> str:
+    argv = sys.argv
+    sys.argv = [str(EXPERIMENTS / name), *args]
+    try:
+        runpy.run_path(str(EXPERIMENTS / name), run_name="__main__")
+    finally:
+        sys.argv = argv
+    return capsys.readouterr().out
+
+
+def table_row(out: str, method: str) -> list[str]:
+    """The cells of a printed table's row for `method` (last such row)."""
+    rows = [line for line in out.splitlines() if line.startswith(method + "  ")]
+    assert rows, f"no row {method!r} in:\n{out}"
+    return rows[-1][len(method):].split()
+
+
+def common(shared, name: str) -> list[str]:
+    return ["--cache-dir", shared["cache"], "--runs", shared["runs"],
+            "--out", str(shared["tmp"] / f"{name}.json")]
+
+
+def report(shared, name: str) -> dict:
+    return json.loads((shared["tmp"] / f"{name}.json").read_text())
+
+
+def test_heads(shared, capsys):
+    out = run_script("heads.py", ["--data-dir", shared["data"], "--settings", "persona",
+                                  "--heads", "GPO", "PAL", "--pal-k", "2",
+                                  "--embedders", "lexical", "--steps", "1", "--seeds", "0",
+                                  *common(shared, "heads")], capsys)
+    for method in ("GPO", "PAL best (K=2)", "PAL K=2", "group regression"):
+        assert len(table_row(out, method)) == 6    # k = 1 ... 50, one split: no std
+    assert "PAL: best K by validation groups' score: K=2" in out and "weights [" in out
+    table = report(shared, "heads")["tables"]["persona/lexical"]
+    assert table["best_pal"] == "PAL K=2" and set(table["rows"]["GPO"]) == {
+        f"k={k}" for k in (1, 2, 5, 10, 20, 50)}
+
+
+def test_sample_efficiency(shared, capsys):
+    out = run_script("sample_efficiency.py", ["--data-dir", shared["data"], "--heads", "GPO",
+                                              "--plot", str(shared["tmp"] / "se.png"),
+                                              *TINY, *common(shared, "se")], capsys)
+    assert len(table_row(out, "GPO")) == 7  # k = 1 ... 100, one split: no std
+    assert (shared["tmp"] / "se.png").stat().st_size > 10_000
+    assert set(report(shared, "se")["rows"]["group regression"]) == {
+        f"k={k}" for k in (1, 2, 5, 10, 20, 50, 100)}
+
+
+def test_calibration_reuses_the_runs(shared, capsys):
+    out = run_script("calibration.py", ["--data-dir", shared["data"], "--heads", "GPO",
+                                        "--plot", str(shared["tmp"] / "cal.png"),
+                                        *TINY, *common(shared, "cal")], capsys)
+    coverage_50, coverage_80, coverage_95, area, _ = map(float, table_row(out, "GPO"))
+    assert 0 <= coverage_50 <= coverage_80 <= coverage_95 <= 1 and 0 <= area <= 0.5
+    assert report(shared, "cal")["rows"]["GPO"]["coverage@95%"] == [coverage_95]
+
+
+def test_score_runs(shared, capsys):
+    runs = next(Path(shared["runs"]).glob("opinionqa_A_lexical_GPO"))
+    out = run_script("score_runs.py", ["--runs", str(runs), "--ks", "5", "20",
+                                       "--out", str(shared["tmp"] / "score.json")], capsys)
+    assert "checkpoint at step 1" in out and len(table_row(out, "GPO")) == 2
+    assert len(json.loads((shared["tmp"] / "score.json").read_text())["runs"]) == 1
+
+
+def test_gpo_recipes(shared, capsys):
+    out = run_script("gpo_recipes.py", ["--data-dir", shared["data"], "--variants", "base",
+                                        "--ks", "5", *TINY, *common(shared, "recipes")],
+                     capsys)
+    assert len(table_row(out, "GPO base (1 steps)")) == 2  # validation, k=5
+    assert "opinionqa_A_lexical_base" in report(shared, "recipes")["protocols"]["A"]
+
+
+def test_gpo_context_check(shared, capsys):
+    out = run_script("gpo_context_check.py", ["--steps", "1", "--seeds", "0", "--variants",
+                                              "kl, lr 1e-3", "--runs", shared["runs"] + "/cc",
+                                              "--out", str(shared["tmp"] / "cc.json")], capsys)
+    assert len(table_row(out, "GPO kl, lr 1e-3")) == 2 and table_row(out, "group mixture")
+
+
+def test_globalopinionqa(shared, capsys):
+    out = run_script("globalopinionqa.py", ["--data-dir", shared["data"], *TINY,
+                                            *common(shared, "goqa")], capsys)
+    for method in ("GPO", "GPO trained on OpinionQA", "population prior"):
+        assert len(table_row(out, method)) == 3
+    assert "GPO trained on OpinionQA" in report(shared, "goqa")["rows"]
+
+
+def test_baselines_and_ceilings(shared, capsys):
+    out = run_script("baselines.py", ["--data-dir", shared["data"] + "/opinionqa", "--seeds",
+                                      "0", "--out", str(shared["tmp"] / "base.json")], capsys)
+    assert float(table_row(out, "group regression")[0]) > float(table_row(out, "uniform")[0])
+    out = run_script("ceilings.py", ["--data-dir", shared["data"], "--seeds", "0",
+                                     "--out", str(shared["tmp"] / "ceil.json")], capsys)
+    assert len(table_row(out, "group regression (affine)")) == 4
+
+
+def test_benchmarks(shared, capsys, monkeypatch):
+    out = run_script("bench_all.py", ["--data-dir", shared["data"] + "/opinionqa",
+                                      "--questions", "2", "--train-steps", "1",
+                                      "--batch-size", "8", "--repeats", "2",
+                                      "--out", str(shared["tmp"] / "bench.json")], capsys)
+    assert "embed: ours, prefix sharing / torch" in out and "adapt + predict" in out
+    bench = json.loads((shared["tmp"] / "bench.json").read_text())
+    assert bench["train_steps_per_s"]["8"] > 0 and bench["latency_ms"]["median_ms"] > 0
+    assert bench["embed"]["max_ours_vs_torch"] < 1e-3
+    out = run_script("bench_metrics.py", [], capsys)
+    assert "alignment (W1)" in out
+    # bench_embed's and bench_train's own mains format what bench_all just measured.
+    import bench_embed
+    import bench_train
+    monkeypatch.setattr(bench_embed, "measure", lambda *a, **k: bench["embed"])
+    monkeypatch.setattr(bench_train, "throughput", lambda devices, *a: {
+        "steps_per_s": bench["train_steps_per_s"][str(devices)]})
+    monkeypatch.setattr(bench_train, "latency", lambda *a: bench["latency_ms"])
+    for name, args in (("bench_embed.py", ["--data-dir", "unused"]), ("bench_train.py", [])):
+        monkeypatch.setattr(sys, "argv", [name, *args])
+        (bench_embed if name == "bench_embed.py" else bench_train).main()
+    out = capsys.readouterr().out
+    assert "transformers + torch" in out and "8 simulated CPU devices" in out
+
+
+def test_gpu_script(shared, tmp_path):
+    """The GPU harness drives gpo_recipes.py on a precomputed embeddings file."""
+    embeddings = tmp_path / "lexical.npz"
+    subprocess.run([sys.executable, "-m", "gpo.cli", "embed", "--dataset", "opinionqa",
+                    "--data-dir", shared["data"] + "/opinionqa", "--model", "lexical",
+                    "--out", str(embeddings)], check=True, cwd=ROOT)
+    env = dict(os.environ, DATA_DIR=shared["data"], EMBEDDINGS=str(embeddings),
+               EMBEDDER="lexical", STEPS="1", SEEDS="0", RECIPES="A_nll_lr3e-4",
+               RUNS=str(tmp_path / "runs"), LOGS=str(tmp_path / "logs"))
+    done = subprocess.run(["bash", str(EXPERIMENTS / "gpu_opinionqa.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert "A_nll_lr3e-4: exit 0" in done.stdout, (done.stdout, done.stderr)
+    log = (tmp_path / "logs" / "gpu_A_nll_lr3e-4.log").read_text()
+    assert "GPO paper (1 steps)" in log
