@@ -56,6 +56,7 @@ class _Resolved:
     embeddings_NxE: np.ndarray   # raw (unstandardised) option embeddings
     reference_NxS: np.ndarray    # the reference groups' answers (0 where unknown)
     reference_known_NxS: np.ndarray
+    reference_respondents_NxS: np.ndarray
 
 
 class GroupPreferenceModel:
@@ -83,6 +84,7 @@ class GroupPreferenceModel:
         self._texts: dict[str, str] = {}
         self._reference_SxQxO = np.zeros((0, 0, 0), np.float32)
         self._reference_known_SxQ = np.zeros((0, 0), bool)
+        self._reference_respondents_SxQ = np.zeros((0, 0), np.float32)
         self._row: dict[str, int] = {}
         if run is not None:
             self._questions = run.survey_questions()
@@ -91,6 +93,8 @@ class GroupPreferenceModel:
             references = run.references()
             self._reference_SxQxO = references.probs_SxQxO
             self._reference_known_SxQ = references.answered_SxQ
+            self._reference_respondents_SxQ = np.where(
+                references.answered_SxQ, np.nan_to_num(references.respondents_SxQ, nan=0.0), 0.0)
         self._embedder: Embedder | None = None
 
     @property
@@ -153,17 +157,20 @@ class GroupPreferenceModel:
         x = np.zeros((capacity, self.embedding_dim), np.float32)
         reference = np.zeros((capacity, S), np.float32)
         known = np.zeros((capacity, S), bool)
+        reference_counts = np.zeros((capacity, S), np.float32)
         x[:n] = self.stats.apply(np.concatenate([r.embeddings_NxE for r in resolved]))
         reference[:n] = np.concatenate([r.reference_NxS for r in resolved])
         known[:n] = np.concatenate([r.reference_known_NxS for r in resolved])
-        table = OptionTable(x, reference, known, np.zeros(capacity, np.float32),
-                            np.zeros(capacity, np.float32))
+        reference_counts[:n] = np.concatenate([r.reference_respondents_NxS for r in resolved])
+        table = OptionTable(x, reference, known, reference_counts,
+                            np.zeros(capacity, np.float32), np.zeros(capacity, np.float32))
         question = np.repeat(np.arange(len(resolved)), sizes)
         probs = np.concatenate(distributions) if distributions else np.zeros(n)
         point_counts = np.repeat(counts, sizes) if counts is not None else np.zeros(n)
         batch = pack_points(part, [np.arange(n)], [question], [probs], [point_counts],
                             capacity)
         batch["reference_mask_BxS"] = np.ones((1, S), bool)
+        batch["hide_target_references_B"] = np.zeros(1, bool)
         return table, batch
 
     def _resolve(self, questions: Sequence, where: str) -> list[_Resolved]:
@@ -178,9 +185,10 @@ class GroupPreferenceModel:
                 options, emb = self._questions[q]
                 row = self._row[q]
                 n = len(options)
-                out.append(_Resolved(self._texts.get(q, q), q, options, emb,
-                                     self._reference_SxQxO[:, row, :n].T,
-                                     np.repeat(self._reference_known_SxQ[:, row][None], n, 0)))
+                out.append(_Resolved(
+                    self._texts.get(q, q), q, options, emb, self._reference_SxQxO[:, row, :n].T,
+                    np.repeat(self._reference_known_SxQ[:, row][None], n, 0),
+                    np.repeat(self._reference_respondents_SxQ[:, row][None], n, 0)))
             elif isinstance(q, np.ndarray | jax.Array):
                 emb = np.asarray(q, np.float32)
                 if emb.ndim != 2 or emb.shape[1] != self.embedding_dim:
@@ -212,7 +220,7 @@ def _unknown_to_references(name: str, options: tuple[str, ...], embeddings: np.n
     """A question no reference group answered (new to the run)."""
     n = len(options)
     return _Resolved(name, None, options, embeddings, np.zeros((n, S), np.float32),
-                     np.zeros((n, S), bool))
+                     np.zeros((n, S), bool), np.zeros((n, S), np.float32))
 
 
 class AdaptedGroup:

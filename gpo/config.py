@@ -13,7 +13,7 @@ from typing import Any
 from gpo.models.registry import head_class
 
 DATASETS = ("synthetic", "opinionqa", "globalopinionqa", "persona")
-LOSSES = ("gaussian_nll", "kl", "wasserstein")
+LOSSES = ("default", "gaussian_nll", "kl", "wasserstein")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +69,8 @@ class TrainConfig:
     learning_rate: float = 3e-4                 # GPO: Adam 3e-4, cosine decay
     warmup_steps: int = 50
     weight_decay: float = 0.0
-    loss: str = "gaussian_nll"                  # or 'kl', or 'wasserstein' (the W1 metric)
+    loss: str = "default"                       # the head's own (GPO: 'gaussian_nll'), or
+                                                # 'gaussian_nll', 'kl', 'wasserstein' (W1)
     context_range: tuple[int, int] = (10, 100)  # questions per episode (GPO: U[10, 100])
     target_range: tuple[int, int] = (10, 100)
     eval_every: int = 200
@@ -78,6 +79,10 @@ class TrainConfig:
     devices: int | None = None                  # default: all
     group_mixup: float = 0.0                    # fraction of episodes from mixed groups
     mixup_groups: int = 3                       # training groups per mix (see EpisodeSampler)
+    hide_references: float = 0.25               # fraction of episodes whose targets hide the
+                                                # reference groups' answers (EpisodeSampler;
+                                                # heads that read no references ignore it)
+    context_distribution: str = "uniform"       # or 'log_uniform' over context_range
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -86,6 +91,12 @@ class TrainConfig:
             raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
         if not 0 <= self.group_mixup <= 1:
             raise ValueError(f"group_mixup must be a fraction in [0, 1], got {self.group_mixup}")
+        if not 0 <= self.hide_references <= 1:
+            raise ValueError(f"hide_references must be a fraction in [0, 1], got "
+                             f"{self.hide_references}")
+        if self.context_distribution not in ("uniform", "log_uniform"):
+            raise ValueError("context_distribution must be 'uniform' or 'log_uniform', got "
+                             f"{self.context_distribution!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         object.__setattr__(self, "context_range", tuple(self.context_range))
@@ -105,10 +116,18 @@ class TrainConfig:
                       "target_range": (5, 30), "learning_rate": 1e-3, "eval_every": every,
                       "checkpoint_every": every, **overrides})
 
+    @classmethod
+    def reference(cls, steps: int = 300, **overrides) -> TrainConfig:
+        """The reference head's recipe on 2 CPU cores (about 30 s on OpinionQA): `cpu` with
+        1-100 context questions drawn log-uniformly (few-answer episodes as common as
+        many-answer ones) and 10-100 targets."""
+        return cls.cpu(steps, **{"context_range": (1, 100), "target_range": (10, 100),
+                                 "context_distribution": "log_uniform", **overrides})
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    head: str = "gpo"
+    head: str = "reference"
     model: Any = None   # the head's config; its embedding_dim is set from the embedder
     data: DataConfig = DataConfig()
     embed: EmbedConfig = EmbedConfig()

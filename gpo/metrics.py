@@ -166,3 +166,37 @@ def score_predictions(survey: Survey, task: EvalTask, pred_GxQxO: np.ndarray,
     """Score predictions for the task's groups on their target questions."""
     return metric_function(metric)(survey, pred_GxQxO, survey.probs_GxQxO[task.groups],
                                    task.target_GxQ)
+
+
+def noise_ceiling(survey: Survey, task: EvalTask, metric: str = "wasserstein",
+                  resamples: int = 5, seed: int = 0) -> Score:
+    """How well the observed data can be predicted at all: each group's observed distribution
+    scored against multinomial resamples of itself at its own respondent counts, on the task's
+    target questions (mean over resamples). Pairs without a respondent count are skipped."""
+    rng = np.random.default_rng(seed)
+    observed = survey.probs_GxQxO[task.groups].astype(np.float64)
+    counts = survey.respondents_GxQ[task.groups]
+    scored = task.target_GxQ & np.isfinite(counts) & (np.nan_to_num(counts) >= 1)
+    n = np.where(scored, np.nan_to_num(counts), 1).astype(np.int64)
+    total = np.zeros(observed.shape[:2])
+    for _ in range(resamples):
+        resampled = np.zeros_like(observed)
+        for g, q in zip(*np.nonzero(scored)):
+            p = observed[g, q] / observed[g, q].sum()
+            resampled[g, q] = rng.multinomial(n[g, q], p) / n[g, q]
+        pairs = metric_function(metric)(survey, resampled, observed, scored).per_pair_GxQ
+        total += np.nan_to_num(pairs)
+    return _score(total / resamples, scored & np.isfinite(
+        metric_function(metric)(survey, observed, observed, scored).per_pair_GxQ))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 10_000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """(mean of a - b, 2.5%, 97.5% bootstrap percentiles): a and b are paired per-group
+    scores (the same groups, tasks and splits); groups are resampled with replacement."""
+    diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+    diff = diff[np.isfinite(diff)]
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(low), float(high)

@@ -114,4 +114,7 @@ def build_option_table(embeddings_QxOxE: np.ndarray, stats: EmbeddingStats,
         reference_RxS=np.where(known_SxQxO, references.probs_SxQxO, 0.0).reshape(
             S, Q * O).T.astype(np.float32),
         reference_known_RxS=known_SxQxO.reshape(S, Q * O).T.copy(),
+        reference_respondents_RxS=np.where(
+            known_SxQxO, np.nan_to_num(references.respondents_SxQ, nan=0.0)[..., None],
+            0.0).reshape(S, Q * O).T.astype(np.float32),
         ordinal_R=position.reshape(-1), gap_R=gap.reshape(-1))

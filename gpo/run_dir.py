@@ -107,8 +107,8 @@ class RunDir:
                             reference_respondents=references.respondents_SxQ)
 
     def _check_same(self, config: RunConfig, record: dict) -> None:
-        old = RunConfig.load(self.path / "config.json").to_dict()  # parsed: new defaults match
-        if json.loads(json.dumps(old)) != json.loads(json.dumps(config.to_dict())):
+        old = RunConfig.load(self.path / "config.json")  # parsed: new defaults match
+        if _what(old) != _what(config):
             raise ValueError(f"{self.path} holds a run with a different config; use a new run "
                              "directory or delete the old one")
         if (self.path / "run.json").exists():
@@ -211,3 +211,11 @@ class RunDir:
             raise ValueError(f"{survey.name} lacks {len(missing)} of the run's {len(keys)} "
                              f"questions, first {missing[0]!r}; is this the run's data folder?")
         return survey.select(questions=[index[k] for k in keys])
+
+
+def _what(config: RunConfig) -> dict:
+    """A config without where things live (data folder, embedding cache): what a run is."""
+    raw = json.loads(json.dumps(config.to_dict()))
+    raw["data"].pop("data_dir")
+    raw["embed"].pop("cache_dir")
+    return raw

@@ -148,7 +148,9 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
                              t.context_range, t.target_range, seed=t.seed,
                              mixup=t.group_mixup, mixup_groups=t.mixup_groups,
                              reference_groups=split.train_groups,
-                             usable_references=usable_references)
+                             usable_references=usable_references,
+                             hide_references=t.hide_references,
+                             context_distribution=t.context_distribution)
     mesh = make_mesh(t.devices)
     table = jax.device_put(build_option_table(embeddings_QxOxE, stats, survey, references),
                            replicated(mesh))
@@ -163,7 +165,8 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
     if restored is not None:
         state, opt_state, meta = restored
     start = int(meta["step"])
-    train_step = make_train_step(graphdef, tx, t.loss, mesh)
+    loss = head_cls.default_loss(config.data.metric) if t.loss == "default" else t.loss
+    train_step = make_train_step(graphdef, tx, loss, mesh)
 
     def validate(state) -> float:
         val_split = dataclasses.replace(split, test_groups=val_groups)

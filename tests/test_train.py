@@ -25,7 +25,7 @@ def tiny_config(steps=30, **train_overrides) -> RunConfig:
     train_cfg = dict(steps=steps, batch_size=4, context_range=(2, 6), target_range=(2, 6),
                      eval_every=10, checkpoint_every=10, learning_rate=3e-3, warmup_steps=2)
     train_cfg.update(train_overrides)
-    return RunConfig(model=GPOConfig(embedding_dim=32, **TINY_MODEL),
+    return RunConfig(head="gpo", model=GPOConfig(embedding_dim=32, **TINY_MODEL),
                      data=DataConfig(eval_k=5), embed=EmbedConfig(model="lexical", dim=32),
                      train=TrainConfig(**train_cfg))
 
@@ -266,7 +266,8 @@ def test_gpo_reads_the_context(tmp_path):
     rate from its context: far above the population prior on unseen groups."""
     from gpo.evaluate import evaluate_run
     survey, embeddings = make_planted_agreement_survey()
-    config = RunConfig(data=DataConfig(eval_k=10), embed=EmbedConfig(model="lexical"),
+    config = RunConfig(head="gpo", data=DataConfig(eval_k=10),
+                       embed=EmbedConfig(model="lexical"),
                        train=TrainConfig.cpu(150, learning_rate=3e-4, loss="kl"))
     train(config, survey, embeddings, tmp_path, progress=False)
     evaluation = evaluate_run(tmp_path, survey, (10,))

@@ -110,6 +110,7 @@ def make_eval_task(survey: Survey, split: Split, k: int, seed: int = 0) -> EvalT
 class EpisodeBatch:
     group_B: np.ndarray              # int32 group index
     reference_mask_BxS: np.ndarray   # bool: which reference groups an episode may read
+    hide_target_references_B: np.ndarray  # bool: targets read as if no reference answered
     context_option_BxC: np.ndarray   # int32 option-table row (question * O + option)
     context_prob_BxC: np.ndarray     # float32 the group's probability of that option
     context_mask_BxC: np.ndarray     # bool, False on padding
@@ -179,7 +180,8 @@ def pack_episodes(survey: Survey, groups: Sequence[int], context: Sequence[np.nd
                   target: Sequence[np.ndarray], context_capacity: int,
                   target_capacity: int, reference_mask_BxS: np.ndarray,
                   probs_BxQxO: np.ndarray | None = None,
-                  respondents_BxQ: np.ndarray | None = None) -> EpisodeBatch:
+                  respondents_BxQ: np.ndarray | None = None,
+                  hide_target_references_B: np.ndarray | None = None) -> EpisodeBatch:
     """Lay out given (group, context questions, target questions) triples as padded points.
 
     probs_BxQxO, respondents_BxQ: each episode's answer distributions and respondent counts,
@@ -210,7 +212,10 @@ def pack_episodes(survey: Survey, groups: Sequence[int], context: Sequence[np.nd
             probs.append(probs_BxQxO[b, q_P, o_P])
             counts.append(respondents_BxQ[b, q_P])
         parts.update(pack_points(part, rows, questions, probs, counts, capacity))
-    return EpisodeBatch(groups.astype(np.int32), np.asarray(reference_mask_BxS, bool), **parts)
+    hidden = np.zeros(len(groups), bool) if hide_target_references_B is None else np.asarray(
+        hide_target_references_B, bool)
+    return EpisodeBatch(groups.astype(np.int32), np.asarray(reference_mask_BxS, bool), hidden,
+                        **parts)
 
 
 @dataclasses.dataclass
@@ -222,6 +227,10 @@ class EpisodeSampler:
     A batch is padded to its own largest episode (rounded up to `padded_size`), not to the
     worst case the ranges allow: with many-option questions that worst case is several times
     the typical episode, and every padded point costs as much compute as a real one.
+
+    Reference hiding: a `hide_references` fraction of episodes read their targets as if no
+    reference group had answered them (protocol B's held-out questions, new questions in the
+    API), so heads that read references learn the text-only fallback too.
 
     Group mixup: a `mixup` fraction of episodes is drawn from a random convex mix of
     `mixup_groups` training groups (Dirichlet(1) weights) instead of one group. With few
@@ -241,6 +250,8 @@ class EpisodeSampler:
     mixup_groups: int = 3
     reference_groups: np.ndarray | None = None  # the option table's reference columns
     usable_references: np.ndarray | None = None  # bool per column (default: all)
+    hide_references: float = 0.0  # fraction of episodes whose targets hide their references
+    context_distribution: str = "uniform"  # or "log_uniform" over context_range
 
     def __post_init__(self):
         self.groups = np.asarray(self.groups, int)
@@ -248,6 +259,12 @@ class EpisodeSampler:
             self.reference_groups = np.zeros(0, int)
         if not 0 <= self.mixup <= 1:
             raise ValueError(f"mixup must be a fraction in [0, 1], got {self.mixup}")
+        if not 0 <= self.hide_references <= 1:
+            raise ValueError(f"hide_references must be a fraction in [0, 1], got "
+                             f"{self.hide_references}")
+        if self.context_distribution not in ("uniform", "log_uniform"):
+            raise ValueError("context_distribution must be 'uniform' or 'log_uniform', got "
+                             f"{self.context_distribution!r}")
         if self.mixup and not 2 <= self.mixup_groups <= len(self.groups):
             raise ValueError(f"mixup_groups must be in [2, {len(self.groups)}] (the training "
                              f"groups), got {self.mixup_groups}")
@@ -286,7 +303,7 @@ class EpisodeSampler:
                                                self.survey.probs_GxQxO[members])
                     answered_Q = shared_Q
             mine = self.questions[answered_Q]
-            n_c = int(rng.integers(self.context_range[0], self.context_range[1] + 1))
+            n_c = self._context_size(rng)
             n_t = int(rng.integers(self.target_range[0], self.target_range[1] + 1))
             n_c = min(n_c, len(mine) - 1)
             n_t = min(n_t, len(mine) - n_c)
@@ -299,5 +316,15 @@ class EpisodeSampler:
         target_capacity = min(self.target_capacity,
                               padded_size(max(points[t].sum() for t in targets)))
         references = reference_mask(self.reference_groups, self.usable_references, members_B)
+        hidden = (rng.random(self.batch_size) < self.hide_references if self.hide_references
+                  else None)  # drawn last: without hiding, the stream is unchanged
         return pack_episodes(self.survey, groups, contexts, targets, context_capacity,
-                             target_capacity, references, probs_BxQxO, respondents_BxQ)
+                             target_capacity, references, probs_BxQxO, respondents_BxQ, hidden)
+
+    def _context_size(self, rng: np.random.Generator) -> int:
+        low, high = self.context_range
+        if self.context_distribution == "uniform":
+            return int(rng.integers(low, high + 1))
+        # Log-uniform: as many episodes with 1-10 context questions as with 10-100, so a head
+        # learns the few-answer regime as well as the many-answer one.
+        return int(np.floor(np.exp(rng.uniform(np.log(low), np.log(high + 1)))))

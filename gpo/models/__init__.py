@@ -1,17 +1,18 @@
 """Preference heads behind one protocol (`Head`), built by name from their configs.
 
 Each head module registers its class with `@register_head(name)`; importing this package
-registers the built-in heads (one line each below).
+registers the built-in heads: one import line each.
 """
 
 from __future__ import annotations
 
-from gpo.models.gpo import GPO, GPOConfig  # noqa: E402,I001  (registers "gpo")
+from gpo.models.gpo import GPO, GPOConfig
 from gpo.models.head import Head, OptionTable, Points, forward, gather_points
-from gpo.models.pal import PAL, PALConfig  # noqa: E402  (registers "pal")
-from gpo.models.ppd import PPD, PPDConfig  # noqa: E402  (registers "ppd")
+from gpo.models.pal import PAL, PALConfig
+from gpo.models.ppd import PPD, PPDConfig
+from gpo.models.reference import ReferenceConfig, ReferenceRegression
 from gpo.models.registry import build_head, head_class, head_names, register_head
 
 __all__ = ["GPO", "GPOConfig", "Head", "OptionTable", "PAL", "PALConfig", "PPD", "PPDConfig",
-           "Points", "build_head", "forward", "gather_points", "head_class", "head_names",
-           "register_head"]
+           "Points", "ReferenceConfig", "ReferenceRegression", "build_head", "forward",
+           "gather_points", "head_class", "head_names", "register_head"]

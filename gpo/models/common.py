@@ -82,3 +82,11 @@ def wasserstein(prob_BxT, true_BxT, question_BxT, mask_BxT, ordinal_BxT, gap_BxT
     diff_BxT = jnp.where(mask_BxT, prob_BxT - true_BxT, 0.0)
     cdf_BxT = jnp.einsum("bts,bs->bt", at_or_below.astype(diff_BxT.dtype), diff_BxT)
     return jnp.mean(jnp.sum(jnp.where(mask_BxT, jnp.abs(cdf_BxT) * gap_BxT, 0.0), axis=-1))
+
+
+def normalise_within_questions(value_BxT, question_BxT, mask_BxT) -> jax.Array:
+    """Non-negative values divided by their question's total; padding gets 0."""
+    same = same_question_BxTxT(question_BxT, mask_BxT)
+    value_BxT = jnp.where(mask_BxT, value_BxT, 0.0)
+    total_BxT = jnp.einsum("bts,bs->bt", same.astype(value_BxT.dtype), value_BxT)
+    return jnp.where(mask_BxT, value_BxT / jnp.where(mask_BxT, total_BxT, 1.0), 0.0)

@@ -45,6 +45,7 @@ class OptionTable:
     x_RxE: jax.Array
     reference_RxS: jax.Array
     reference_known_RxS: jax.Array
+    reference_respondents_RxS: jax.Array   # 0 where unknown
     ordinal_R: jax.Array
     gap_R: jax.Array
 
@@ -56,8 +57,11 @@ class Points:
 
     `prob_BxN` is the group's probability of each option (zeros where unknown: targets at
     prediction time). `respondents_BxN` counts the group's respondents to the point's
-    question, 0 where unknown. `reference_known_BxNxS` already excludes the reference groups an
-    episode may not read (its own group while meta-training).
+    question, 0 where unknown (and so do `reference_respondents_BxNxS` for the reference
+    groups). `reference_known_BxNxS` already excludes the reference groups an episode may not
+    read (its own group while meta-training) and, in the episodes that hide them, the target
+    points' references (`hide_target_references_B`: how a head learns questions no reference
+    group answered).
     """
 
     x_BxNxE: jax.Array
@@ -67,6 +71,7 @@ class Points:
     respondents_BxN: jax.Array
     reference_BxNxS: jax.Array
     reference_known_BxNxS: jax.Array
+    reference_respondents_BxNxS: jax.Array
     ordinal_BxN: jax.Array
     gap_BxN: jax.Array
 
@@ -81,7 +86,7 @@ class Points:
         prob = zeros if prob_BxN is None else jnp.asarray(prob_BxN, jnp.float32)
         no_reference = jnp.zeros(question.shape + (0,), jnp.float32)
         return cls(x, prob, question, mask, zeros, no_reference, no_reference.astype(bool),
-                   zeros, zeros)
+                   no_reference, zeros, zeros)
 
 
 def gather_points(table: OptionTable, batch: dict[str, jax.Array], part: str) -> Points:
@@ -89,12 +94,16 @@ def gather_points(table: OptionTable, batch: dict[str, jax.Array], part: str) ->
     n = "C" if part == "context" else "T"
     rows = batch[f"{part}_option_Bx{n}"]
     known = table.reference_known_RxS[rows] & batch["reference_mask_BxS"][:, None, :]
+    if part == "target":
+        known = known & ~batch["hide_target_references_B"][:, None, None]
     return Points(x_BxNxE=table.x_RxE[rows], prob_BxN=batch[f"{part}_prob_Bx{n}"],
                   question_BxN=batch[f"{part}_question_Bx{n}"],
                   mask_BxN=batch[f"{part}_mask_Bx{n}"],
                   respondents_BxN=batch[f"{part}_respondents_Bx{n}"],
                   reference_BxNxS=jnp.where(known, table.reference_RxS[rows], 0.0),
-                  reference_known_BxNxS=known, ordinal_BxN=table.ordinal_R[rows],
+                  reference_known_BxNxS=known,
+                  reference_respondents_BxNxS=table.reference_respondents_RxS[rows],
+                  ordinal_BxN=table.ordinal_R[rows],
                   gap_BxN=table.gap_R[rows])
 
 
@@ -106,6 +115,11 @@ class Head(nnx.Module):
     learns_training_groups: ClassVar[bool] = False
     has_group_space: ClassVar[bool] = False
     reads_references: ClassVar[bool] = False
+
+    @classmethod
+    def default_loss(cls, metric: str) -> str:
+        """The training loss when the config says 'default', given the dataset's metric."""
+        return "gaussian_nll"
 
     @classmethod
     def config_for_data(cls, config: Any, embedding_dim: int, n_groups: int) -> Any:
