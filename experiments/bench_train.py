@@ -29,7 +29,7 @@ from gpo.sharding import make_mesh, put_batch, replicated
 from gpo.train import init_model_state, make_optimizer, make_train_step
 survey = make_synthetic_survey(seed=0, n_groups=36, n_questions=300).survey
 emb = np.random.default_rng(0).normal(size=survey.option_mask_QxO.shape + (576,))
-cfg = RunConfig(model=GPOConfig.paper(576), train=TrainConfig(batch_size={batch}))
+cfg = RunConfig(head="gpo", model=GPOConfig.paper(576), train=TrainConfig(batch_size={batch}))
 mesh = make_mesh()
 references = References.from_survey(survey, np.arange(14), np.arange(300))
 table = jax.device_put(build_option_table(emb, EmbeddingStats.fit(emb, survey.option_mask_QxO),
@@ -78,7 +78,7 @@ def latency(repeats: int = 50) -> dict:
     from gpo.option_table import EmbeddingStats
 
     E = 576
-    config = RunConfig(model=GPOConfig.paper(E))
+    config = RunConfig(head="gpo", model=GPOConfig.paper(E))
     stats = EmbeddingStats(np.zeros(E, np.float32), np.ones(E, np.float32))
     model = GroupPreferenceModel(config, GPO(config.model, rngs=nnx.Rngs(0)), stats)
     rng = np.random.default_rng(0)

@@ -116,6 +116,7 @@ class SplitRuns:
 
     evaluation: Evaluation
     validation: list[float]
+    run_dirs: list[Path]
 
 
 def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray,
@@ -123,7 +124,7 @@ def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray
                        log=print, baselines: bool = True) -> SplitRuns:
     """For each split seed: meta-train (resuming run_root/<seed>) and score the head beside
     the baselines at every k (context questions drawn with the split's seed)."""
-    evaluation, validation = None, []
+    evaluation, validation, run_dirs = None, [], []
     for seed in seeds:
         seeded = dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                       split_seed=seed))
@@ -136,8 +137,9 @@ def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray
             f"({time.perf_counter() - start:.0f}s), best validation "
             f"{result.best_validation:.4f} at step {result.best_step}")
         validation.append(result.best_validation)
+        run_dirs.append(run_dir)
         evaluation = scored if evaluation is None else evaluation.extend(scored)
-    return SplitRuns(evaluation, validation)
+    return SplitRuns(evaluation, validation, run_dirs)
 
 
 def main_guard(main) -> None:

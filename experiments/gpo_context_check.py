@@ -58,7 +58,7 @@ def main() -> None:
     for name in args.variants:
         loss, lr, bounded = VARIANTS[name]
         config = RunConfig(
-            model=GPOConfig(embedding_dim=embeddings.shape[-1], bound_std=bounded),
+            head="gpo", model=GPOConfig(embedding_dim=embeddings.shape[-1], bound_std=bounded),
             data=DataConfig(eval_k=args.k), embed=EmbedConfig(model="lexical"),
             train=TrainConfig.cpu(args.steps, learning_rate=lr, loss=loss))
         runs = train_and_evaluate(config, survey, embeddings, run_folder(args.runs, name),

@@ -1,7 +1,8 @@
-"""The offline demo: embed a survey with the default frozen LLM, meta-train GPO on 40% of the
-groups, adapt to the held-out groups from 20 context questions each, and compare with every
-baseline. OpinionQA when its folder is given (or found via $GPO_DATA_DIR), else the seeded
-synthetic survey. Sized to finish in minutes on 2 CPU cores; experiments/ holds full runs."""
+"""The offline demo: embed a survey with the default frozen LLM, meta-train the default head
+(the reference-group head) on 40% of the groups, adapt to the held-out groups from 5-20
+context questions each, and compare with every baseline and the data's noise ceiling.
+OpinionQA when its folder is given (or found via $GPO_DATA_DIR), else the seeded synthetic
+survey. Sized to finish in a few minutes on 2 CPU cores; experiments/ holds full runs."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ import numpy as np
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data import data_dir, make_synthetic_survey
+from gpo.data.episodes import make_eval_task
 from gpo.data.opinionqa import find_human_resp, load_opinionqa
 from gpo.evaluate import Evaluation, evaluate_run
+from gpo.metrics import noise_ceiling
 from gpo.pipeline import embed
 from gpo.plots import plot_alignment_vs_k, plot_per_group
 from gpo.report import evaluation_table, write_json
+from gpo.run_dir import RunDir
 from gpo.train import train
 
 DEMO_QUESTIONS = 240  # an OpinionQA subset: embedding all 624 takes ~4 minutes on 2 cores
-DEMO_STEPS = 400
+DEMO_STEPS = 300
 DEMO_KS = (5, 10, 20)
 
 
@@ -49,7 +53,7 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
     config = RunConfig(
         data=DataConfig(dataset=dataset, eval_k=20),
         embed=EmbedConfig(model=embedder, cache_dir=str(out_dir / "embedding_cache")),
-        train=TrainConfig.cpu(steps or DEMO_STEPS, eval_every=100, checkpoint_every=100))
+        train=TrainConfig.reference(steps or DEMO_STEPS, eval_every=100, checkpoint_every=100))
     t = time.perf_counter()
     embeddings = embed(survey, config.embed)
     print(f"[demo] embedded {int(survey.option_mask_QxO.sum())} options with {embedder} "
@@ -67,8 +71,13 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
              "answers)")
     print()
     print(evaluation_table(evaluation, title, DEMO_KS))
+    ceiling = None
+    if dataset == "opinionqa":  # respondent counts are known: how predictable is the data?
+        split, _ = RunDir(run_dir).split.resolve(survey)
+        task = make_eval_task(survey, split, max(DEMO_KS), seed=split.seed)
+        ceiling = noise_ceiling(survey, task).mean
     print()
-    print(summary(evaluation, max(DEMO_KS)))
+    print(summary(evaluation, max(DEMO_KS), ceiling))
     write_json(out_dir / "report.json", {"embedder": embedder, "config": config.to_dict(),
                                          **evaluation.to_json()})
     plot_title = f"{dataset} demo, protocol A, {len(survey.questions)} questions"
@@ -80,8 +89,9 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
     return evaluation
 
 
-def summary(evaluation: Evaluation, k: int) -> str:
-    """Two plain sentences: who wins at k and by how much, and where the head stands."""
+def summary(evaluation: Evaluation, k: int, ceiling: float | None = None) -> str:
+    """Plain sentences: who wins at k and by how much, where the head stands, and how well
+    the data can be predicted at all."""
     means = {m: float(np.mean(evaluation.per_split(m, k))) for m in evaluation.methods}
     winner = max(means, key=means.get)
     prior = means.get("population prior")
@@ -93,6 +103,9 @@ def summary(evaluation: Evaluation, k: int) -> str:
         lines.append(f"{head} scores {means[head]:.4f}, {means[head] - means[winner]:+.4f} "
                      f"against {winner}" + (f" and {means[head] - prior:+.4f} against the "
                                             "population prior." if prior is not None else "."))
+    if ceiling is not None:
+        lines.append(f"Noise ceiling {ceiling:.4f}: each group's answers against resamples of "
+                     "themselves at their own respondent counts (no method can expect more).")
     return "\n".join(lines)
 
 

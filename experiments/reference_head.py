@@ -1,0 +1,161 @@
+"""The reference-group head beside every baseline: OpinionQA protocol A over five group splits
+at k = 1 ... 100 context questions, with the paired per-group difference to the group
+regression and its bootstrap 95% interval; protocol B; GlobalOpinionQA (JS alignment); the
+persona pairs (accuracy, beside PAL); the planted-agreement task. A noise-ceiling row says how
+well the observed data can be predicted at all.
+
+    python experiments/reference_head.py --data-dir ../shared/data
+    python experiments/reference_head.py --data-dir ../shared/data --settings opinionqa_A \\
+        --variants base kl mixup50 x2
+
+Recipe variants are trained on OpinionQA protocol A and the one whose runs score best on
+validation groups (never test groups) is the head reported there and used in every other
+setting. Runs live under --runs and are resumed; writes reports/reference_head.json: per
+setting and k, each method's list of per-split scores under its printed name.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from common import (
+    best_by_validation,
+    embed,
+    experiment_parser,
+    head_variants,
+    load_survey,
+    main_guard,
+    merge_variants,
+    train_and_evaluate,
+    variant_run,
+)
+
+from gpo.config import DataConfig, EmbedConfig, TrainConfig
+from gpo.data.episodes import make_eval_task
+from gpo.data.synthetic import make_planted_agreement_survey
+from gpo.metrics import noise_ceiling, paired_difference
+from gpo.report import format_table, write_json
+from gpo.run_dir import RunDir
+
+HEAD = "REFERENCE"
+SETTINGS = {  # name: (dataset, protocol, context sizes k)
+    "opinionqa_A": ("opinionqa", "A", (1, 2, 5, 10, 20, 50, 100)),
+    "opinionqa_B": ("opinionqa", "B", (5, 10, 20)),
+    "globalopinionqa": ("globalopinionqa", "A", (5, 10, 20)),
+    "persona": ("persona", "A", (1, 2, 5, 10, 20, 50)),
+    "planted": ("planted", "A", (10,)),
+}
+PERSONA = {"synthetic_groups": 60, "synthetic_questions": 400}  # as experiments/heads.py
+# name: (TrainConfig overrides on the recipe, multiple of --steps)
+VARIANTS = {
+    "base": ({}, 1),
+    "kl": ({"loss": "kl"}, 1),                   # KL instead of the metric's own loss
+    "mixup50": ({"group_mixup": 0.5}, 1),        # half the episodes from mixed groups
+    "uniform_k": ({"context_distribution": "uniform"}, 1),  # k uniform in 1-100, not log
+    "x2": ({}, 2),
+}
+DEFAULT_VARIANTS = ["base", "kl", "mixup50", "uniform_k"]
+
+
+def recipe(variant: str, steps: int) -> TrainConfig:
+    """`TrainConfig.reference` (1-100 context questions, log-uniform; 10-100 targets; a
+    quarter of the episodes hide their targets' references, so the text prior learns) with
+    the variant's changes."""
+    overrides, multiple = VARIANTS[variant]
+    return TrainConfig.reference(steps * multiple, hide_references=0.25, **overrides)
+
+
+def setting_data(name: str, data_dir: str) -> DataConfig:
+    dataset, protocol, _ = SETTINGS[name]
+    if dataset == "planted":
+        return DataConfig(eval_k=10)
+    extra = PERSONA if dataset == "persona" else {}
+    return DataConfig(dataset=dataset, data_dir=data_dir, protocol=protocol, **extra)
+
+
+def main() -> None:
+    parser = experiment_parser(__doc__, data_help="folder holding opinionqa/, "
+                               "globalopinionqa/ and anthropic_persona/",
+                               out="reports/reference_head.json", runs="runs/reference_head",
+                               steps=300, seeds=(0, 1, 2, 3, 4))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS,
+                        help="datasets and protocols (default: all)")
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=VARIANTS,
+                        help=f"recipes compared on OpinionQA A (default: "
+                             f"{' '.join(DEFAULT_VARIANTS)})")
+    parser.add_argument("--pal-steps", type=int, default=400,
+                        help="PAL's budget on the persona set, in GPO steps as heads.py "
+                             "(default: 400)")
+    args = parser.parse_args()
+    report: dict = {"seeds": args.seeds, "variants": args.variants, "settings": {}}
+    chosen = args.variants[0]
+    for setting in args.settings:
+        dataset, protocol, ks = SETTINGS[setting]
+        data = setting_data(setting, args.data_dir)
+        if dataset == "planted":
+            survey, embeddings = make_planted_agreement_survey()
+            embed_config = EmbedConfig(model="lexical")
+        else:
+            survey = load_survey(data)
+            embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
+            embeddings = embed(survey, embed_config)
+        variants = args.variants if setting == "opinionqa_A" else [chosen]
+        runs = {}
+        for variant in variants:
+            config, run_dir = variant_run(args, f"{HEAD} {variant}", "reference", None, data,
+                                          embed_config, train=recipe(variant, args.steps))
+            runs[f"{HEAD} {variant}"] = train_and_evaluate(config, survey, embeddings,
+                                                           run_dir, ks, args.seeds)
+        if setting == "opinionqa_A":
+            chosen = best_by_validation(runs, HEAD).split()[-1]
+        label = f"{HEAD} {chosen}"
+        heads = {HEAD: runs[label]}
+        if dataset == "persona":
+            (_, (head, model)), = head_variants(embeddings.shape[-1], (4,), ("PAL",)).items()
+            config, run_dir = variant_run(args, "PAL K=4", head, model, data, embed_config,
+                                          train=TrainConfig.cpu(args.pal_steps * 10))
+            heads["PAL K=4"] = train_and_evaluate(config, survey, embeddings, run_dir, ks,
+                                                  args.seeds, baselines=False)
+        evaluation = merge_variants(heads)
+        rows = evaluation.rows(ks)
+        if len(runs) > 1:
+            for name, r in runs.items():
+                rows[f"{name} (validation {np.mean(r.validation):.4f})"] = \
+                    r.evaluation.rows(ks, [r.evaluation.head])[r.evaluation.head]
+        if dataset in ("opinionqa", "globalopinionqa") and protocol == "A":
+            rows["noise ceiling"] = ceiling_row(runs[label], survey, ks, data.metric)
+        metric = {"wasserstein": "alignment", "js": "JS alignment"}.get(data.metric,
+                                                                       data.metric)
+        print(format_table(f"\n{setting}: {survey}; {metric}, mean ± std over splits "
+                           f"{args.seeds}; {HEAD} = recipe '{chosen}' (best validation on "
+                           "OpinionQA A)", rows, [f"k={k}" for k in ks]))
+        paired = {}
+        baseline = "group regression" if protocol == "A" else None
+        if baseline in evaluation.methods:
+            paired = {k: paired_difference(evaluation.per_group(HEAD, k)[1],
+                                           evaluation.per_group(baseline, k)[1]) for k in ks}
+            print(f"{HEAD} - {baseline}, paired over "
+                  f"{len(evaluation.per_group(HEAD, ks[0])[1])} test groups x splits, "
+                  "mean [bootstrap 95% interval]:")
+            print("  " + "  ".join(f"k={k}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+                                   for k, (m, lo, hi) in paired.items()))
+        report["settings"][setting] = {
+            "k": {k: {name: row[f"k={k}"] for name, row in rows.items()} for k in ks},
+            "chosen": chosen, "paired_vs_group_regression": paired,
+            "validation": {name: r.validation for name, r in runs.items()},
+            "evaluation": evaluation.to_json()}
+    print(f"\nwrote {write_json(args.out, report)}")
+
+
+def ceiling_row(runs, survey, ks, metric: str) -> dict[str, list[float]]:
+    """The noise ceiling on the same test groups and target questions, per split and k."""
+    row = {f"k={k}": [] for k in ks}
+    for run_dir in runs.run_dirs:
+        split, _ = RunDir(run_dir).split.resolve(survey)
+        for k in ks:
+            task = make_eval_task(survey, split, k, seed=split.seed)
+            row[f"k={k}"].append(noise_ceiling(survey, task, metric, seed=split.seed).mean)
+    return row
+
+
+if __name__ == "__main__":
+    main_guard(main)
