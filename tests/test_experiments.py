@@ -165,3 +165,28 @@ def test_gpu_script(shared, tmp_path):
     assert "A_nll_lr3e-4: exit 0" in done.stdout, (done.stdout, done.stderr)
     log = (tmp_path / "logs" / "gpu_A_nll_lr3e-4.log").read_text()
     assert "GPO paper (1 steps)" in log
+
+
+def test_reference_head(shared, capsys):
+    out = run_script("reference_head.py", ["--data-dir", shared["data"], "--settings",
+                                           "opinionqa_A", "planted", "--variants", "base", "kl",
+                                           *TINY, *common(shared, "reference")], capsys)
+    opinionqa, planted = out.split("\nplanted:", 1)
+    for method in ("REFERENCE", "group regression", "noise ceiling"):
+        assert len(table_row(opinionqa, method)) == 7  # k = 1 ... 100, one split
+    assert "REFERENCE - group regression, paired over 22 test groups" in opinionqa
+    assert len(table_row(planted, "REFERENCE")) == 1
+    settings = report(shared, "reference")["settings"]
+    assert settings["opinionqa_A"]["chosen"] in ("base", "kl")
+    assert set(settings["opinionqa_A"]["k"]["20"]) >= {"REFERENCE", "group regression",
+                                                        "noise ceiling"}
+    low, high = settings["opinionqa_A"]["paired_vs_group_regression"]["20"][1:]
+    assert low <= high
+
+
+def test_noise_ceiling(shared, capsys):
+    out = run_script("noise_ceiling.py", ["--data-dir", shared["data"], "--seeds", "0",
+                                          "--resamples", "1",
+                                          "--out", str(shared["tmp"] / "noise.json")], capsys)
+    overall = float(table_row(out, "all 36 groups, 624 questions")[0])
+    assert 0.97 < overall < 0.995 and "lowest groups: RACE=Other" in out
