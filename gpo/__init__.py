@@ -1,11 +1,33 @@
-"""gpo: few-shot group preference modelling in JAX (GPO and alternative heads)."""
+"""gpo: few-shot group preference modelling in JAX (the reference-group head, GPO, PAL, PPD).
 
-from gpo.api import AdaptedGroup, GroupPreferenceModel, Prediction, load
-from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
-from gpo.data import Group, Question, Survey, load_globalopinionqa, load_opinionqa
-from gpo.models import GPOConfig, Head, Points, register_head
+The public names below load on first use, so `gpo --help` does not import JAX.
+"""
 
-__all__ = ["AdaptedGroup", "DataConfig", "EmbedConfig", "GPOConfig", "Group",
-           "GroupPreferenceModel", "Head", "Points", "Prediction", "Question", "RunConfig",
-           "Survey", "TrainConfig", "load", "load_globalopinionqa", "load_opinionqa",
-           "register_head"]
+from __future__ import annotations
+
+import importlib
+
+_PUBLIC = {
+    "AdaptedGroup": "gpo.api", "GroupPreferenceModel": "gpo.api", "Prediction": "gpo.api",
+    "load": "gpo.api",
+    "DataConfig": "gpo.config", "EmbedConfig": "gpo.config", "RunConfig": "gpo.config",
+    "TrainConfig": "gpo.config",
+    "Group": "gpo.data", "Question": "gpo.data", "Survey": "gpo.data",
+    "load_globalopinionqa": "gpo.data", "load_opinionqa": "gpo.data",
+    "GPOConfig": "gpo.models", "Head": "gpo.models", "Points": "gpo.models",
+    "ReferenceConfig": "gpo.models", "register_head": "gpo.models",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gpo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -1,5 +1,5 @@
 """The `gpo` command: embed, train, eval, predict, demo. Each subcommand parses its flags and
-calls one library function."""
+calls one library function; heavy modules load only once a subcommand runs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,22 @@ import json
 import sys
 from pathlib import Path
 
-from gpo.config import RunConfig
+DATASETS = ("opinionqa", "globalopinionqa", "persona", "synthetic")  # = gpo.config.DATASETS
+
+CONTEXT_FORMAT = """context JSON: a list of objects, one per answered question:
+  [{"question": "SAFECRIME_W26", "distribution": [0.3, 0.5, 0.15, 0.05]},
+   {"question": {"text": "Do you own a gun?", "options": ["Yes", "No"]},
+    "distribution": [0.3, 0.7], "respondents": 812}]
+  "question" is a survey key of the run or {"text", "options"}; "distribution" has one
+  non-negative number per option (normalised); "respondents" (optional) is how many people
+  answered, which lets the reference head weigh a small group's answers less."""
+QUESTIONS_FORMAT = """questions JSON: a list of questions to predict, each a survey key or
+  {"text": ..., "options": [...]}, e.g. ["WORRYB_W26", {"text": "Is tea good?",
+  "options": ["Yes", "No"]}]"""
 
 
-def _config(args) -> RunConfig:
+def _config(args):
+    from gpo.config import RunConfig
     config = RunConfig.load(args.config) if args.config else RunConfig()
     overrides = list(args.set or [])
     if getattr(args, "data_dir", None):
@@ -60,22 +72,84 @@ def cmd_eval(args) -> None:
 
 def cmd_predict(args) -> None:
     from gpo.api import load
+    context, respondents = read_context(args.context)
+    questions = read_questions(args.questions)
     model = load(args.run_dir)
-    context = [(_question(item["question"]), item["distribution"])
-               for item in json.loads(Path(args.context).read_text())]
-    questions = [_question(q) for q in json.loads(Path(args.questions).read_text())]
-    predictions = model.adapt(context).predict(questions)
+    predictions = model.adapt(context, respondents).predict(questions)
     json.dump([p.as_dict() for p in predictions], sys.stdout, indent=2)
     print()
 
 
-def _question(raw):
+def _read_json(path: str, what: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError as err:
+        raise ValueError(f"{what} file {path!r} does not exist") from err
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} file {path!r} is not valid JSON: {err}") from err
+
+
+def _question(raw, where: str):
     """JSON form of a question: a key string, or {"text": ..., "options": [...]}."""
     if isinstance(raw, str):
         return raw
-    if isinstance(raw, dict) and {"text", "options"} <= set(raw):
+    if isinstance(raw, dict):
+        unknown = sorted(set(raw) - {"text", "options"})
+        if unknown or not {"text", "options"} <= set(raw):
+            raise ValueError(f"{where}: a question object has exactly the fields 'text' and "
+                             f"'options', got {sorted(raw)}")
+        if not isinstance(raw["text"], str) or not (isinstance(raw["options"], list) and all(
+                isinstance(o, str) for o in raw["options"])):
+            raise ValueError(f"{where}: 'text' must be a string and 'options' a list of "
+                             "strings")
         return (raw["text"], raw["options"])
-    raise ValueError(f"a question is a key or {{'text', 'options'}}, got {raw!r:.80}")
+    raise ValueError(f"{where}: a question is a key string or {{\"text\", \"options\"}}, got "
+                     f"{type(raw).__name__}")
+
+
+def read_context(path: str):
+    """(context items, respondents or None) from a context JSON file, checked entry by
+    entry (see CONTEXT_FORMAT)."""
+    raw = _read_json(path, "context")
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"context file {path!r}: expected a non-empty JSON list of "
+                         "{\"question\", \"distribution\"} objects")
+    items, counts = [], []
+    for i, entry in enumerate(raw):
+        where = f"context file {path!r}, entry {i}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected an object with 'question' and "
+                             f"'distribution', got {type(entry).__name__}")
+        unknown = sorted(set(entry) - {"question", "distribution", "respondents"})
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {unknown}; the fields are "
+                             "'question', 'distribution' and optional 'respondents'")
+        for field in ("question", "distribution"):
+            if field not in entry:
+                raise ValueError(f"{where}: missing field {field!r}")
+        distribution = entry["distribution"]
+        if not isinstance(distribution, list) or not all(
+                isinstance(p, int | float) and not isinstance(p, bool) for p in distribution):
+            raise ValueError(f"{where}: 'distribution' must be a list of numbers")
+        items.append((_question(entry["question"], where), distribution))
+        count = entry.get("respondents")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int | float)):
+            raise ValueError(f"{where}: 'respondents' must be a number")
+        counts.append(count)
+    if all(c is None for c in counts):
+        return items, None
+    if any(c is None for c in counts):
+        missing = [i for i, c in enumerate(counts) if c is None]
+        raise ValueError(f"context file {path!r}: 'respondents' given for some entries but not "
+                         f"entries {missing[:5]}; give it for all or none")
+    return items, counts
+
+
+def read_questions(path: str) -> list:
+    raw = _read_json(path, "questions")
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"questions file {path!r}: expected a non-empty JSON list of questions")
+    return [_question(q, f"questions file {path!r}, entry {i}") for i, q in enumerate(raw)]
 
 
 def cmd_demo(args) -> None:
@@ -83,31 +157,38 @@ def cmd_demo(args) -> None:
     run_demo(data_dir=args.data_dir, out=args.out, steps=args.steps, embedder=args.embedder)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="gpo", description="Few-shot group preferences.")
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="gpo", description="Few-shot group preferences: "
+                                     "embed a survey, meta-train a head, adapt to a group "
+                                     "from a few of its answers, predict the rest.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("embed", help="embed a survey's options with a frozen LLM")
-    p.add_argument("--dataset", default="opinionqa",
-                   choices=["opinionqa", "globalopinionqa", "synthetic"])
-    p.add_argument("--data-dir")
+    p.add_argument("--dataset", default="opinionqa", choices=DATASETS,
+                   help="which survey (default: opinionqa)")
+    p.add_argument("--data-dir", help="the dataset folder or its parent (default: "
+                   "$GPO_DATA_DIR)")
     p.add_argument("--model", default="smollm2",
-                   help="smollm2, minilm, lexical, a .gguf file or a model folder")
-    p.add_argument("--cache-dir")
-    p.add_argument("--out", required=True)
+                   help="smollm2, minilm, lexical, a .gguf file or a model folder "
+                   "(default: smollm2)")
+    p.add_argument("--cache-dir", help="embedding cache folder (default: none)")
+    p.add_argument("--out", required=True, help="the .npz file to write")
     p.set_defaults(run=cmd_embed)
 
     p = sub.add_parser("train", help="meta-train a head")
-    p.add_argument("--config", help="RunConfig JSON")
+    p.add_argument("--config", help="RunConfig JSON (default: RunConfig(): the reference head "
+                   "on synthetic data)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
-                   help="override a config field, e.g. --set train.steps=500 --set head=gpo")
-    p.add_argument("--data-dir")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--quiet", action="store_true")
+                   help="override a config field, e.g. --set train.steps=500 --set head=gpo "
+                   "(repeatable)")
+    p.add_argument("--data-dir", help="the dataset folder (sets data.data_dir)")
+    p.add_argument("--run-dir", required=True, help="the run folder (resumed if it exists)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("eval", help="score a run beside the baselines; JSON report and plots")
-    p.add_argument("--run-dir", required=True)
+    p.add_argument("--run-dir", required=True, help="a trained run folder")
     p.add_argument("--data-dir", help="the dataset folder, if not where the run was trained "
                    "(default: the folder the run recorded)")
     p.add_argument("--k", type=int, nargs="+", default=[5, 10, 20, 50],
@@ -120,25 +201,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="report folder (default: RUN_DIR/eval)")
     p.set_defaults(run=cmd_eval)
 
-    p = sub.add_parser("predict", help="adapt to a group's answers and predict new questions")
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--context", required=True,
-                   help='JSON list of {"question": key or {"text","options"}, "distribution"}')
-    p.add_argument("--questions", required=True, help="JSON list of questions")
+    p = sub.add_parser("predict", help="adapt to a group's answers and predict new questions",
+                       formatter_class=formatter,
+                       epilog=f"{CONTEXT_FORMAT}\n\n{QUESTIONS_FORMAT}")
+    p.add_argument("--run-dir", required=True, help="a trained run folder")
+    p.add_argument("--context", required=True, help="the group's answers (context JSON, "
+                   "format below)")
+    p.add_argument("--questions", required=True, help="the questions to predict "
+                   "(questions JSON, format below)")
     p.set_defaults(run=cmd_predict)
 
     p = sub.add_parser("demo", help="the offline demo: embed, meta-train, adapt, compare")
-    p.add_argument("--data-dir", help="OpinionQA folder (default: $GPO_DATA_DIR, else synthetic)")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--embedder", default="smollm2")
+    p.add_argument("--data-dir", help="OpinionQA folder (default: $GPO_DATA_DIR, else the "
+                   "synthetic survey)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: 300)")
+    p.add_argument("--embedder", default="smollm2", help="frozen embedder (default: smollm2)")
     p.set_defaults(run=cmd_demo)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"gpo {args.command}: error: {err}\n")
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        parser.exit(2, f"gpo {args.command}: error: {message}\n")
 
 
 if __name__ == "__main__":
