@@ -2,7 +2,7 @@
 diagram), miscalibration area and the rank correlation of |error| with std, on OpinionQA
 protocol A test groups at k = 20, for the heads that predict a std per option.
 
-    python experiments/calibration.py --data-dir ../shared/data [--heads GPO PPD REFERENCE]
+    python experiments/calibration.py --data-dir ../shared/data [--heads REFERENCE GPO PPD]
 
 Uses the run folders of experiments/heads.py (trains them first if missing). Prints the table,
 writes a JSON report and reports/calibration.png.
@@ -36,9 +36,9 @@ def main() -> None:
                                "experiments/heads.py's, so its runs are reused)",
                                out="reports/calibration.json", precomputed=True)
     parser.add_argument("--k", type=int, default=20, help="context questions (default: 20)")
-    parser.add_argument("--heads", nargs="+", default=["GPO", "PPD"],
-                        choices=["GPO", "PPD", "REFERENCE"],
-                        help="heads that predict a std per option (default: GPO PPD)")
+    parser.add_argument("--heads", nargs="+", default=["REFERENCE", "GPO", "PPD"],
+                        choices=["REFERENCE", "GPO", "PPD"],
+                        help="heads that predict a std per option (default: REFERENCE GPO PPD)")
     parser.add_argument("--plot", default="reports/calibration.png",
                         help="figure path (default: reports/calibration.png)")
     args = parser.parse_args()

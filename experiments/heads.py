@@ -8,8 +8,9 @@ against the number of context pairs).
 
 Every head runs through the same episodes, train loop, checkpoints and evaluation, with the
 2-core budget `experiment_train_config` (about equal CPU time per head: --steps for GPO,
-twice as many for PPD, ten times for PAL); runs are kept under --runs and resumed, so rerunning
-reprints the same tables. Writes a JSON report and the fitted PAL weights of a few groups.
+twice as many for PPD, ten times for PAL; the reference head its own short recipe); runs are
+kept under --runs and resumed, so rerunning reprints the same tables. Writes a JSON report and
+the fitted PAL weights of a few groups.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 
 import numpy as np
 from common import (
-    STEPS_PER_UNIT,
+    HEAD_RECIPES,
     best_by_validation,
     comparison_rows,
     embed,
@@ -59,12 +60,12 @@ def main() -> None:
                         help="datasets and protocols (default: all)")
     parser.add_argument("--pal-k", type=int, nargs="+", default=[1, 2, 4, 8],
                         help="PAL prototype counts to sweep (default: 1 2 4 8)")
-    parser.add_argument("--heads", nargs="+", default=["GPO", "PAL", "PPD"],
-                        choices=["GPO", "PAL", "PPD", "REFERENCE"],
-                        help="heads to train (default: GPO PAL PPD)")
+    parser.add_argument("--heads", nargs="+", default=["REFERENCE", "GPO", "PAL", "PPD"],
+                        choices=["REFERENCE", "GPO", "PAL", "PPD"],
+                        help="heads to train (default: REFERENCE GPO PAL PPD)")
     args = parser.parse_args()
     report: dict = {"train": {h: experiment_train_config(h, args.steps).__dict__
-                              for h in STEPS_PER_UNIT}, "seeds": args.seeds, "tables": {}}
+                              for h in HEAD_RECIPES}, "seeds": args.seeds, "tables": {}}
     for setting in args.settings:
         data = setting_data(setting, args.data_dir)
         ks = SETTINGS[setting][2]

@@ -33,9 +33,9 @@ def main() -> None:
     parser = experiment_parser(__doc__, data_help="folder holding opinionqa/ (the same as "
                                "experiments/heads.py's, so its runs are reused)",
                                out="reports/sample_efficiency.json", precomputed=True)
-    parser.add_argument("--heads", nargs="+", default=["GPO", "PAL", "PPD"],
-                        choices=["GPO", "PAL", "PPD", "REFERENCE"],
-                        help="heads to train (default: GPO PAL PPD)")
+    parser.add_argument("--heads", nargs="+", default=["REFERENCE", "GPO", "PAL", "PPD"],
+                        choices=["REFERENCE", "GPO", "PAL", "PPD"],
+                        help="heads to train (default: REFERENCE GPO PAL PPD)")
     parser.add_argument("--plot", default="reports/sample_efficiency.png",
                         help="figure path (default: reports/sample_efficiency.png)")
     args = parser.parse_args()

@@ -194,6 +194,9 @@ class GroupPreferenceModel:
                 if emb.ndim != 2 or emb.shape[1] != self.embedding_dim:
                     raise ValueError(f"{label}: option embeddings have shape {emb.shape}, "
                                      f"expected (options, {self.embedding_dim})")
+                if not np.isfinite(emb).all():
+                    raise ValueError(f"{label}: option embeddings are not finite (option "
+                                     f"{int(np.argwhere(~np.isfinite(emb))[0, 0])})")
                 out.append(_unknown_to_references(f"question {i}", tuple(
                     f"option {j}" for j in range(len(emb))), emb, S))
             elif isinstance(q, tuple | list) and len(q) == 2 and isinstance(q[0], str):
@@ -211,6 +214,9 @@ class GroupPreferenceModel:
                 if v.shape[1] != self.embedding_dim:
                     raise ValueError(f"embedder gives width {v.shape[1]}, the model expects "
                                      f"{self.embedding_dim}")
+                if not np.isfinite(v).all():
+                    raise ValueError(f"{where} item {index}: the embedder gave non-finite "
+                                     f"embeddings for {text[:60]!r}")
                 out[index] = _unknown_to_references(text, options, v, S)
         return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -194,18 +195,48 @@ def _build(cls, raw: dict, section: str):
         raise ValueError(f"config section {section!r}: unknown fields {unknown}; "
                          f"have {sorted(names)}")
     hints = typing.get_type_hints(cls)
-    values = {}
-    for name, value in raw.items():
-        hint = hints.get(name)
-        if isinstance(value, list) and _is_tuple(hint):
-            value = tuple(value)
-        values[name] = value
+    values = {name: _typed(value, hints.get(name), f"{section}.{name}")
+              for name, value in raw.items()}
     return cls(**values)
 
 
-def _is_tuple(hint) -> bool:
-    if typing.get_origin(hint) is tuple:
-        return True
+def _typed(value, hint, field: str):
+    """`value` as the field's type, or one error naming the field, the value and the type
+    (so `--set train.steps=abc` or `train.learning_rate=nan` never reach __post_init__)."""
+    if hint is None or hint is Any:
+        return value
+    args = typing.get_args(hint)
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return any(_is_tuple(h) for h in typing.get_args(hint))
-    return False
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _typed(value, option, field)
+            except ValueError as err:
+                errors.append(err)
+        raise errors[0]
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ValueError(f"config field {field}: {value!r} is not a list of {len(args)} "
+                             f"values ({', '.join(a.__name__ for a in args)})")
+        return tuple(_typed(v, a, field) for v, a in zip(value, args))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config field {field}: {value!r} is not true or false")
+        return value
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config field {field}: {value!r} is not an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"config field {field}: {value!r} is not a number")
+        if not math.isfinite(value):
+            raise ValueError(f"config field {field}: {value!r} is not a finite number")
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise ValueError(f"config field {field}: {value!r} is not a string")
+    return value

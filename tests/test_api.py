@@ -68,6 +68,8 @@ def test_api_matches_batch_evaluation_and_survives_reload(run):
     ([("SYN0001", [-1.0] + [1.0] * 10)], "probabilities"),
     ([("NOPE", [0.5, 0.5])], "unknown question key 'NOPE'"),
     ([(np.zeros((2, 7)), [0.5, 0.5])], r"shape \(2, 7\), expected \(options, 32\)"),
+    ([(np.full((2, 32), np.nan), [0.5, 0.5])], r"context item 0: option embeddings are not "
+                                               r"finite \(option 0\)"),
     (["SYN0000"], "expected \\(question, distribution\\)"),
 ])
 def test_bad_context_names_the_item(run, context, message):
@@ -136,3 +138,14 @@ def test_loaded_model_names_its_checkpoint(run):
     best = max(TRAINED["result"].history, key=lambda record: record["validation"])
     assert (model.checkpoint_step, model.checkpoint_validation) == (best["step"],
                                                                     best["validation"])
+
+
+def test_non_finite_embeddings_are_rejected_in_predict_too(run):
+    survey, _, run_dir = run
+    q = survey.questions[0]
+    group = gpo.load(run_dir).adapt([(q.key, [1.0] * len(q.answer_options))])
+    bad = np.zeros((3, 32), np.float32)
+    bad[1, 4] = np.inf
+    with pytest.raises(ValueError, match=r"predict item 1: option embeddings are not finite "
+                                         r"\(option 1\)"):
+        group.predict([q.key, bad])
