@@ -185,3 +185,46 @@ def test_bad_responses_csv(tmp_path):
                metadata=[["1", "RELIG", "['Catholic']"]])
     with pytest.raises(SurveyDataError, match="no column 'WEIGHT_W3'"):
         load_opinionqa(tmp_path, attributes=["RELIG"])
+
+
+def intersection_file(wave=1):
+    """An intersection file in the official nested layout (POLPARTY_SEX)."""
+    return {f"FAV_W{wave}": {
+        "MC_options": ["Favor", "Oppose", " strongly", "Refused"],
+        "question_text": "Do you favor it?",
+        "Democrat": {"Male": {"Favor": 3.0, "Oppose, strongly": 1.0},
+                     "Female": {"Favor": 2.0, "Refused": 1.0},  # lacks an option, a refusal
+                     "Refused": {"Favor": 7.0}},
+        "Republican": {"Male": {"Oppose, strongly": 4.0}, "nan": {"Favor": 1.0}},
+        "Refused": {"Male": {"Favor": 1.0}},
+        "marginals": {"Democrat": {"Favor": 5.0, "Oppose, strongly": 1.0}}}}
+
+
+def test_flat_and_nested_files_load_together(tmp_path):
+    d = write_wave(tmp_path, per_group=good_group_file(),
+                   metadata=[["0", "SEX", "['Male', 'Female']"],
+                             ["1", "POLPARTY", "['Republican', 'Democrat']"]])
+    (d / "POLPARTY_SEX_data.json").write_text(json.dumps(intersection_file()))
+    (d / "NONE_data.json").write_text(json.dumps(good_group_file()))
+    s = load_opinionqa(tmp_path)
+    assert s.group_labels == ["SEX=Male", "SEX=Female", "POLPARTY_SEX=Democrat & Male",
+                              "POLPARTY_SEX=Democrat & Female",
+                              "POLPARTY_SEX=Republican & Male"]
+    g = s.group_index("POLPARTY_SEX=Democrat & Female")
+    np.testing.assert_allclose(s.probs_GxQxO[g, 0], [1.0, 0.0])  # refusal dropped
+    assert s.respondents_GxQ[g, 0] == 3
+    np.testing.assert_allclose(s.probs_GxQxO[s.group_index("Republican & Male"), 0], [0, 1])
+    assert any("NONE_data.json: not a demographic attribute" in x for x in s.skipped)
+    # attributes= still filters, and an intersection can be asked for alone.
+    only = load_opinionqa(tmp_path, attributes=["POLPARTY_SEX"])
+    assert [g.attribute for g in only.groups] == ["POLPARTY_SEX"] * 3
+
+
+def test_bad_nested_entry_names_file_question_and_group(tmp_path):
+    data = intersection_file()
+    data["FAV_W1"]["Democrat"]["Male"] = {"Maybe": 1.0}
+    d = write_wave(tmp_path, per_group=good_group_file())
+    (d / "POLPARTY_SEX_data.json").write_text(json.dumps(data))
+    with pytest.raises(SurveyDataError, match=r"POLPARTY_SEX_data.json.*question 'FAV_W1', "
+                                              r"group 'Democrat & Male': option 'Maybe'"):
+        load_opinionqa(tmp_path)

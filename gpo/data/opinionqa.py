@@ -27,7 +27,9 @@ from gpo.data.survey import Group, Question, Survey, SurveyBuilder, SurveyDataEr
 WAVE_DIR = re.compile(r"^American_Trends_Panel_W(\d+)$")
 # Pseudo-groups in the per-group files that are not demographic groups.
 PSEUDO_GROUPS = frozenset({"Refused", "nan"})
-_NOT_GROUPS = frozenset({"MC_options", "question_text"})
+_NOT_GROUPS = frozenset({"MC_options", "question_text", "marginals"})
+# NONE_data.json repeats another attribute's flat table (in wave 26, POLPARTY's): no groups.
+NOT_ATTRIBUTES = frozenset({"NONE"})
 
 
 def find_human_resp(root: str | Path) -> Path:
@@ -127,6 +129,10 @@ def _answer_counts(question: Question, counts: dict[str, float], option_index: d
 
 def _add_group_file(builder: SurveyBuilder, path: Path, attribute: str,
                     info: dict[str, Question]) -> None:
+    """One `<ATTR>_data.json`: flat ({group: {option: count}}) or, for an intersection of
+    two attributes such as POLPARTY_RACE, nested ({first: {second: {option: count}}} plus
+    'marginals', which repeats the first attribute's table and is skipped). An intersection's
+    groups join both values: 'POLPARTY_RACE=Democrat & Black'."""
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
@@ -142,12 +148,30 @@ def _add_group_file(builder: SurveyBuilder, path: Path, attribute: str,
         for name, counts in per_group.items():
             if name in _NOT_GROUPS or name in PSEUDO_GROUPS or not counts:
                 continue  # metadata, pseudo-groups, or a group that was not asked
-            answer, respondents = _answer_counts(question, counts, option_index, path, name)
-            if answer.sum() == 0 and respondents > 0:
-                # Only refusals: no opinion distribution exists (OpinionQA skips these too).
-                builder.skipped.append(f"{attribute}={name}/{key}")
+            if not isinstance(counts, dict):
+                raise SurveyDataError(f"file {str(path)!r}, question {key!r}, group {name!r}: "
+                                      f"expected {{option: count}}, got {counts!r:.60}")
+            if any(isinstance(v, dict) for v in counts.values()):  # an intersection file
+                for inner, inner_counts in counts.items():
+                    if inner in PSEUDO_GROUPS or not inner_counts:
+                        continue
+                    _add_counts(builder, path, attribute, f"{name} & {inner}", question,
+                                inner_counts, option_index)
                 continue
-            builder.add_answer(Group(name, attribute), key, answer, respondents, str(path))
+            _add_counts(builder, path, attribute, name, question, counts, option_index)
+
+
+def _add_counts(builder: SurveyBuilder, path: Path, attribute: str, name: str,
+                question: Question, counts, option_index: dict[str, int]) -> None:
+    if not isinstance(counts, dict):
+        raise SurveyDataError(f"file {str(path)!r}, question {question.key!r}, group "
+                              f"{name!r}: expected {{option: count}}, got {counts!r:.60}")
+    answer, respondents = _answer_counts(question, counts, option_index, path, name)
+    if answer.sum() == 0 and respondents > 0:
+        # Only refusals: no opinion distribution exists (OpinionQA skips these too).
+        builder.skipped.append(f"{attribute}={name}/{question.key}")
+        return
+    builder.add_answer(Group(name, attribute), question.key, answer, respondents, str(path))
 
 
 def load_opinionqa(root: str | Path, attributes: Sequence[str] | None = None,
@@ -155,8 +179,9 @@ def load_opinionqa(root: str | Path, attributes: Sequence[str] | None = None,
     """Load OpinionQA per-group distributions.
 
     attributes: demographic attributes to load (default: every `<ATTR>_data.json` present,
-      intersections such as POLPARTY_RACE included). An attribute listed in a wave's
-      metadata.csv without a per-group file is computed from that wave's responses.csv.
+      intersections such as POLPARTY_RACE included, NONE_data.json skipped with a reason in
+      `Survey.skipped`). An attribute listed in a wave's metadata.csv without a per-group file
+      is computed from that wave's responses.csv.
     waves: ATP wave numbers to load (default: all).
     """
     human_resp = find_human_resp(root)
@@ -173,6 +198,10 @@ def load_opinionqa(root: str | Path, attributes: Sequence[str] | None = None,
                 for name in names:
                     builder.add_group(Group(name, attribute))
         for attribute in (files if wanted is None else wanted):
+            if attribute in NOT_ATTRIBUTES and wanted is None:
+                builder.skipped.append(f"{files[attribute]}: not a demographic attribute "
+                                       "(repeats another attribute's table)")
+                continue
             if attribute in files:
                 _add_group_file(builder, files[attribute], attribute, info)
                 seen_attributes.add(attribute)
