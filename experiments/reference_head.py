@@ -49,7 +49,7 @@ PERSONA = {"synthetic_groups": 60, "synthetic_questions": 400}  # as experiments
 # name: (TrainConfig overrides on the recipe, multiple of --steps)
 VARIANTS = {
     "base": ({}, 1),
-    "kl": ({"loss": "kl"}, 1),                   # KL instead of the metric's own loss
+    "kl": ({"loss": "kl+nll"}, 1),               # KL instead of the metric's own loss
     "mixup50": ({"group_mixup": 0.5}, 1),        # half the episodes from mixed groups
     "uniform_k": ({"context_distribution": "uniform"}, 1),  # k uniform in 1-100, not log
     "x2": ({}, 2),

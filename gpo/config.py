@@ -14,7 +14,7 @@ from typing import Any
 from gpo.models.registry import head_class
 
 DATASETS = ("synthetic", "opinionqa", "globalopinionqa", "persona")
-LOSSES = ("default", "gaussian_nll", "kl", "wasserstein")
+LOSSES = ("default", "gaussian_nll", "kl", "wasserstein", "kl+nll", "wasserstein+nll")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +71,9 @@ class TrainConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.0
     loss: str = "default"                       # the head's own (GPO: 'gaussian_nll'), or
-                                                # 'gaussian_nll', 'kl', 'wasserstein' (W1)
+                                                # 'gaussian_nll', 'kl', 'wasserstein' (W1);
+                                                # 'X+nll': X for the probabilities, the
+                                                # Gaussian NLL for the predicted std
     context_range: tuple[int, int] = (10, 100)  # questions per episode (GPO: U[10, 100])
     target_range: tuple[int, int] = (10, 100)
     eval_every: int = 200

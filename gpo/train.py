@@ -37,7 +37,13 @@ class TrainingDiverged(RuntimeError):
 
 
 def episode_loss(loss_name: str, prob_BxT, std_BxT, targets) -> jax.Array:
+    """The training loss. 'X+nll' trains the probabilities with X and, separately, the
+    predicted std with the Gaussian NLL of the (fixed) probabilities: each part of the output
+    learns from the loss that fits it."""
     true, mask = targets.prob_BxN, targets.mask_BxN
+    if loss_name.endswith("+nll"):
+        std_loss = gaussian_nll(jax.lax.stop_gradient(prob_BxT), std_BxT, true, mask)
+        return episode_loss(loss_name[:-len("+nll")], prob_BxT, std_BxT, targets) + std_loss
     if loss_name == "gaussian_nll":
         return gaussian_nll(prob_BxT, std_BxT, true, mask)
     if loss_name == "wasserstein":

@@ -41,8 +41,8 @@ def test_registered_as_the_default_head():
     assert head_class("reference") is ReferenceRegression
     assert ReferenceRegression.reads_references and not ReferenceRegression.has_group_space
     assert RunConfig().head == "reference"
-    assert ReferenceRegression.default_loss("wasserstein") == "wasserstein"
-    assert ReferenceRegression.default_loss("js") == "kl"
+    assert ReferenceRegression.default_loss("wasserstein") == "wasserstein+nll"
+    assert ReferenceRegression.default_loss("js") == "kl+nll"
 
 
 @pytest.mark.parametrize("penalty", [3e-3, 3e-2])

@@ -40,8 +40,17 @@ def test_types_prefer_statements_that_match_their_traits(tmp_path):
     same = [u for u in range(9) if data.user_mixtures_UxT[u].argmax() == 0]
     if len(same) > 1:
         np.testing.assert_array_equal(s.probs_GxQxO[same[0]], s.probs_GxQxO[same[1]])
-    score = accuracy(s.probs_GxQxO, s.probs_GxQxO, s.option_mask_QxO, s.answered_GxQ)
-    assert score.mean == 1.0
+    # Predicting a user by another user of the same type is exact; by a user of another type
+    # it is not; a uniform prediction earns half credit where a preference exists.
+    types = data.user_mixtures_UxT.argmax(1)
+    a, b = next((u, v) for u in range(9) for v in range(u + 1, 9) if types[u] == types[v])
+    c = next(v for v in range(9) if types[v] != types[a])
+    scored = s.answered_GxQ[[a]]
+    same_type = accuracy(s.probs_GxQxO[[b]], s.probs_GxQxO[[a]], s.option_mask_QxO, scored)
+    other_type = accuracy(s.probs_GxQxO[[c]], s.probs_GxQxO[[a]], s.option_mask_QxO, scored)
+    uniform = accuracy(np.full_like(s.probs_GxQxO[[a]], 0.5), s.probs_GxQxO[[a]],
+                       s.option_mask_QxO, scored)
+    assert same_type.mean == 1.0 and other_type.mean < 1.0 and uniform.mean == 0.5
 
 
 def test_mixtures_give_soft_targets(tmp_path):

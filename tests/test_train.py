@@ -274,3 +274,24 @@ def test_gpo_reads_the_context(tmp_path):
     scores = {m: evaluation.per_split(m, 10)[0] for m in evaluation.methods}
     assert scores["population prior"] < 0.8
     assert scores["GPO"] > scores["population prior"] + 0.1, scores
+
+
+def test_plus_nll_losses_train_the_std_and_leave_the_mean_to_the_metric():
+    """'X+nll': the probabilities' gradient is X's alone; the std's is the Gaussian NLL's."""
+    from gpo.models import Points
+    from gpo.train import episode_loss
+    rng = np.random.default_rng(0)
+    q = np.repeat(np.arange(4), 3)[None]
+    true = rng.dirichlet(np.ones(3), size=4).reshape(1, 12).astype(np.float32)
+    prob = rng.dirichlet(np.ones(3), size=4).reshape(1, 12).astype(np.float32)
+    targets = Points.of(np.zeros((1, 12, 2)), q, prob_BxN=true)
+    targets = type(targets)(**{**targets.__dict__, "ordinal_BxN": np.tile([0.0, 0.5, 1.0], 4)[None],
+                               "gap_BxN": np.tile([0.5, 0.5, 0.0], 4)[None]})
+    std = np.full((1, 12), 0.1, np.float32)
+    for name in ("wasserstein", "kl"):
+        grad = jax.grad(lambda p, s, n=name: episode_loss(f"{n}+nll", p, s, targets), (0, 1))
+        alone = jax.grad(lambda p, n=name: episode_loss(n, p, std, targets))(prob)
+        nll_std = jax.grad(lambda s: episode_loss("gaussian_nll", prob, s, targets))(std)
+        d_prob, d_std = grad(prob, std)
+        np.testing.assert_allclose(d_prob, alone, atol=1e-6)
+        np.testing.assert_allclose(d_std, nll_std, atol=1e-6)

@@ -22,7 +22,8 @@ what meta-training learns on top, all from the data a pollster has:
 - a text prior, softmax over a question's options of MLP(x), for questions no reference group
   answered (protocol B, new questions in the API), trained on episodes that hide their
   targets' references.
-The predicted std is the posterior's: sqrt(F_t^T (I + F_c W F_c^T)^-1 F_t + ridge + noise_t).
+The predicted std is the posterior's, sqrt(F_t^T (I + F_c W F_c^T)^-1 F_t + ridge + noise_t),
+times a scale that the std's own loss (Gaussian NLL) learns.
 While meta-training, a group never reads its own answers (the episode's reference mask).
 """
 
@@ -38,6 +39,8 @@ from flax import nnx
 from gpo.models.common import MLP, normalise_within_questions, softmax_within_questions
 from gpo.models.head import Head, Points
 from gpo.models.registry import register_head
+
+MIN_RIDGE = 1e-6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +107,9 @@ class ReferenceRegression(Head):
 
     @classmethod
     def default_loss(cls, metric: str) -> str:
-        """The metric itself where it is a distance on an ordinal scale, else KL."""
-        return "wasserstein" if metric == "wasserstein" else "kl"
+        """For the probabilities the metric itself where it is a distance on an ordinal scale,
+        else KL; for the std, its Gaussian NLL."""
+        return ("wasserstein" if metric == "wasserstein" else "kl") + "+nll"
 
     def __init__(self, config: ReferenceConfig, *, rngs: nnx.Rngs):
         self.config = c = config
@@ -115,6 +119,7 @@ class ReferenceRegression(Head):
         self.log_sampling = raw(math.log(c.sampling_noise))
         self.log_reliability = raw(math.log(c.reliability))
         self.log_prior_std = raw(math.log(0.1))
+        self.log_std_scale = raw(0.0)
         self.prior = MLP(c.embedding_dim, c.prior_hidden, 1, c.prior_depth, rngs=rngs)
 
     def _scalar(self, param: nnx.Param) -> jax.Array:
@@ -136,8 +141,10 @@ class ReferenceRegression(Head):
         scale_BxS = jnp.where(usable_BxS, jnp.sqrt(reliability_BxS / S[:, None]), 0.0)
         # Context precision: a ridge that follows the number of points, plus sampling noise.
         n_points = jnp.maximum(valid.sum(-1), 1).astype(jnp.float32)
-        ridge_B = jnp.exp(self._scalar(self.log_ridge)
-                          + self._scalar(self.ridge_slope) * jnp.log(n_points))
+        # Floored: on noise-free data (planted tasks) the learned ridge would go to 0 and the
+        # precision to infinity.
+        ridge_B = MIN_RIDGE + jnp.exp(self._scalar(self.log_ridge)
+                                      + self._scalar(self.ridge_slope) * jnp.log(n_points))
         sampling = jnp.exp(self._scalar(self.log_sampling))
         noise_BxC = ridge_B[:, None] + sampling * _sampling_variance(prior,
                                                                      context.respondents_BxN)
@@ -165,7 +172,10 @@ class ReferenceRegression(Head):
                                features_BxTxS)
         noise = group.ridge_B[:, None] + group.sampling_B[:, None] * _sampling_variance(
             prior, targets.respondents_BxN)
-        std = jnp.where(answered, jnp.sqrt(posterior + noise),
+        # The posterior's std, scaled by one factor the std's own loss learns (the ridge and
+        # beta serve the mean, not the spread of the errors).
+        posterior_std = jax.lax.stop_gradient(jnp.sqrt(jnp.maximum(posterior, 0.0) + noise))
+        std = jnp.where(answered, jnp.exp(self._scalar(self.log_std_scale)) * posterior_std,
                         jnp.exp(self._scalar(self.log_prior_std)))
         return prob, std
 
