@@ -56,18 +56,20 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     from gpo.pipeline import evaluate_saved_run
     from gpo.plots import plot_alignment_vs_k, plot_per_group
-    from gpo.report import evaluation_table, write_json
+    from gpo.report import evaluation_table, write_html, write_json
     evaluation, survey, what = evaluate_saved_run(args.run_dir, args.k, args.seeds,
                                                    args.data_dir, args.all_questions)
     title = (f"{survey.name}, protocol {evaluation.protocol}, split seed "
              f"{evaluation.splits[0].seed}: {len(evaluation.splits[0].groups)} held-out groups, "
              f"{what}")
-    print(evaluation_table(evaluation, title, args.k))
+    table = evaluation_table(evaluation, title, args.k)
+    print(table)
     out = Path(args.out or Path(args.run_dir) / "eval")
     write_json(out / "report.json", {"evaluated": what, **evaluation.to_json()})
-    plot_alignment_vs_k(evaluation, out / "alignment_vs_k.png", title)
-    plot_per_group(evaluation, max(args.k), out / "per_group.png", title)
-    print(f"wrote {out}/report.json, alignment_vs_k.png, per_group.png")
+    plots = [plot_alignment_vs_k(evaluation, out / "alignment_vs_k.png", title),
+             plot_per_group(evaluation, max(args.k), out / "per_group.png", title)]
+    write_html(out / "report.html", f"gpo eval: {args.run_dir}", [table], plots)
+    print(f"wrote {out}/report.json, report.html, alignment_vs_k.png, per_group.png")
 
 
 def cmd_predict(args) -> None:

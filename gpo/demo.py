@@ -19,7 +19,7 @@ from gpo.evaluate import Evaluation, evaluate_run
 from gpo.metrics import noise_ceiling
 from gpo.pipeline import embed
 from gpo.plots import plot_alignment_vs_k, plot_per_group
-from gpo.report import evaluation_table, write_json
+from gpo.report import evaluation_table, write_html, write_json
 from gpo.run_dir import RunDir
 from gpo.train import train
 
@@ -69,21 +69,21 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
     title = (f"{dataset}: alignment on {len(evaluation.splits[0].groups)} held-out groups "
              f"({config.head.upper()} adapts in-context; baselines fit the same context "
              "answers)")
-    print()
-    print(evaluation_table(evaluation, title, DEMO_KS))
     ceiling = None
     if dataset == "opinionqa":  # respondent counts are known: how predictable is the data?
         split, _ = RunDir(run_dir).split.resolve(survey)
         task = make_eval_task(survey, split, max(DEMO_KS), seed=split.seed)
         ceiling = noise_ceiling(survey, task).mean
-    print()
-    print(summary(evaluation, max(DEMO_KS), ceiling))
+    table = evaluation_table(evaluation, title, DEMO_KS)
+    closing = summary(evaluation, max(DEMO_KS), ceiling)
+    print(f"\n{table}\n\n{closing}")
     write_json(out_dir / "report.json", {"embedder": embedder, "config": config.to_dict(),
                                          **evaluation.to_json()})
     plot_title = f"{dataset} demo, protocol A, {len(survey.questions)} questions"
-    plot_alignment_vs_k(evaluation, out_dir / "alignment_vs_k.png", plot_title)
-    plot_per_group(evaluation, max(DEMO_KS), out_dir / "per_group.png", plot_title)
-    print(f"\n[demo] wrote {out_dir}/report.json, alignment_vs_k.png, per_group.png "
+    plots = [plot_alignment_vs_k(evaluation, out_dir / "alignment_vs_k.png", plot_title),
+             plot_per_group(evaluation, max(DEMO_KS), out_dir / "per_group.png", plot_title)]
+    write_html(out_dir / "report.html", f"gpo demo: {dataset}", [table, closing], plots)
+    print(f"\n[demo] wrote {out_dir}/report.html (tables and plots), report.json "
           f"({time.perf_counter() - started:.0f}s in all); `gpo eval --run-dir {run_dir}` "
           "reprints this table")
     return evaluation

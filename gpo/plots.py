@@ -37,7 +37,9 @@ def plot_alignment_vs_k(evaluation, path: str | Path, title: str) -> Path:
     ax.set_xlabel("context questions k")
     ax.set_ylabel(f"alignment ({evaluation.metric})")
     n = len(evaluation.splits)
-    ax.set_title(_escape(f"{title}\nmean ± std over {n} split{'s' * (n > 1)}"), fontsize=10)
+    spread = (f"mean ± std over {n} splits" if n > 1 else
+              f"one split (seed {evaluation.splits[0].seed}): no error bars")
+    ax.set_title(_escape(f"{title}\n{spread}"), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if notes:

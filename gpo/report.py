@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import platform
 import time
@@ -51,3 +53,23 @@ def evaluation_table(evaluation, title: str, ks=None, rename: dict | None = None
     """An `Evaluation` as a table: one row per method, 'mean ± std' over splits per k."""
     ks = evaluation.ks if ks is None else ks
     return format_table(title, evaluation.rows(ks, rename=rename), [f"k={k}" for k in ks])
+
+
+def write_html(path: str | Path, title: str, texts: Sequence[str],
+               images: Sequence[str | Path]) -> Path:
+    """One self-contained HTML page: the printed tables and lines, then the PNGs inlined."""
+    path = Path(path)
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
+             "pre{background:#f6f6f6;padding:1em;overflow-x:auto}</style>",
+             f"<h1>{html.escape(title)}</h1>"]
+    parts += [f"<pre>{html.escape(text)}</pre>" for text in texts]
+    for image in images:
+        data = base64.b64encode(Path(image).read_bytes()).decode("ascii")
+        parts.append(f"<p><img alt='{html.escape(Path(image).stem)}' style='max-width:100%' "
+                     f"src='data:image/png;base64,{data}'></p>")
+    parts.append(f"<p><small>written {time.strftime('%Y-%m-%d %H:%M')} on "
+                 f"{html.escape(platform.node())}</small></p>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+    return path

@@ -17,13 +17,16 @@ def test_eval_reprints_the_demos_numbers(data_root, tmp_path, capsys, monkeypatc
                           steps=2, embedder="lexical")
     demo_out = capsys.readouterr().out
     assert f"{DEMO_QUESTIONS} questions" in demo_out
-    assert "predicts best" in demo_out  # the closing lines name the winner
+    assert "predicts best" in demo_out and "Noise ceiling" in demo_out  # the closing lines
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "group regression" in html
     cache = tmp_path / "demo" / "embedding_cache"
     cached = sorted(p.stat().st_mtime for p in cache.rglob("*") if p.is_file())
     cli_main(["eval", "--run-dir", str(tmp_path / "demo" / "run"), "--k", "5", "10", "20"])
     eval_out = capsys.readouterr().out
     assert f"the run's {DEMO_QUESTIONS} questions" in eval_out
     report = json.loads((tmp_path / "demo" / "run" / "eval" / "report.json").read_text())
+    assert (tmp_path / "demo" / "run" / "eval" / "report.html").stat().st_size > 20_000
     for method in evaluation.methods:
         for k in (5, 10, 20):
             again = report["splits"][0]["scores"][method][str(k)]["mean"]
