@@ -48,6 +48,28 @@ class Prediction:
         return "\n".join(lines)
 
 
+class Predictions(list):
+    """The predictions of one predict() call: a list of `Prediction`, printable, and
+    convertible to one row per (question, option)."""
+
+    def records(self) -> list[dict]:
+        return [{"question": p.question, "key": p.key, "option": option,
+                 "prob": round(float(prob), 6), "std": round(float(std), 6)}
+                for p in self for option, prob, std in zip(p.options, p.probs, p.std)]
+
+    def to_frame(self):
+        """A pandas DataFrame of `records()` (pandas is optional: `pip install pandas`)."""
+        try:
+            import pandas
+        except ImportError as err:
+            raise ImportError("to_frame() needs pandas (pip install pandas); records() gives "
+                              "the same rows as dicts") from err
+        return pandas.DataFrame(self.records())
+
+    def __str__(self) -> str:
+        return "\n\n".join(str(p) for p in self)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Resolved:
     name: str                    # text, key or "question i"
@@ -266,14 +288,16 @@ class AdaptedGroup:
             raise ValueError(f"t must be in [0, 1], got {t}")
         return AdaptedGroup(self.model, head.interpolate_groups(self.context, other.context, t))
 
-    def predict(self, questions: Sequence) -> list[Prediction]:
+    def predict(self, questions: Sequence) -> Predictions:
+        """Predicted distributions of the questions (survey keys, (text, options) pairs or
+        option-embedding arrays), in order."""
         if not questions:
-            return []
+            return Predictions()
         m = self.model
         resolved = m._resolve(list(questions), where="predict")
         table, batch = m._pack("target", resolved)
         prob, std = jax.device_get(m._predict(m._state, self.context, table, batch))
-        out, start = [], 0
+        out, start = Predictions(), 0
         for r in resolved:
             end = start + len(r.options)
             out.append(Prediction(r.name, r.options, prob[0, start:end], std[0, start:end],
@@ -314,4 +338,4 @@ def load(run_dir: str | Path) -> GroupPreferenceModel:
                                 meta.get("validation"))
 
 
-__all__ = ["AdaptedGroup", "GroupPreferenceModel", "Prediction", "load"]
+__all__ = ["AdaptedGroup", "GroupPreferenceModel", "Prediction", "Predictions", "load"]

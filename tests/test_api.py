@@ -149,3 +149,22 @@ def test_non_finite_embeddings_are_rejected_in_predict_too(run):
     with pytest.raises(ValueError, match=r"predict item 1: option embeddings are not finite "
                                          r"\(option 1\)"):
         group.predict([q.key, bad])
+
+
+def test_predictions_read_well_and_convert_to_rows(run):
+    survey, _, run_dir = run
+    q0, q1, q2 = survey.questions[:3]
+    predictions = gpo.load(run_dir).adapt(
+        [(q0.key, [1.0] * len(q0.answer_options))]).predict([q1.key, q2.key])
+    text = str(predictions)
+    assert text.startswith(q1.text) and q2.text in text and "%" in text
+    assert "0.21899999" not in text  # probabilities print rounded
+    rows = predictions.records()
+    assert len(rows) == len(q1.answer_options) + len(q2.answer_options)
+    assert rows[0] == {"question": q1.text, "key": q1.key, "option": q1.answer_options[0],
+                       "prob": round(float(predictions[0].probs[0]), 6),
+                       "std": round(float(predictions[0].std[0]), 6)}
+    pandas = pytest.importorskip("pandas")
+    frame = predictions.to_frame()
+    assert isinstance(frame, pandas.DataFrame) and len(frame) == len(rows)
+    assert abs(frame.groupby("key")["prob"].sum() - 1).max() < 1e-5
