@@ -3,15 +3,27 @@ config) for resuming, and the best model by validation alignment for use."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import re
+import sys
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
 
 
+class CheckpointError(ValueError):
+    """No checkpoint of a run can be read; the message names each step and what failed."""
+
+
 class Checkpoints:
     def __init__(self, directory: str | Path, keep: int = 2):
         directory = Path(directory).absolute()
+        self.directory = directory
         self.latest = ocp.CheckpointManager(
             directory / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=keep))
         self.best = ocp.CheckpointManager(
@@ -40,14 +52,32 @@ class Checkpoints:
         return out.model, out.optimizer, out.meta
 
     def restore_model(self, abstract_model: Any):
-        """(model, meta) from the best checkpoint, else the latest; None when there is none."""
-        for manager in (self.best, self.latest):
+        """(model, meta) from the best checkpoint, else the latest; None when there is none.
+
+        A damaged checkpoint (a truncated or missing file) is skipped for the next one with a
+        warning naming both; when none can be read, one `CheckpointError` names each step and
+        the array that failed, instead of orbax's tracebacks."""
+        failures = []
+        for which, manager in (("best", self.best), ("latest", self.latest)):
             step = manager.latest_step()
-            if step is not None:
-                out = manager.restore(step, args=ocp.args.Composite(
-                    model=ocp.args.StandardRestore(abstract_model),
-                    meta=ocp.args.JsonRestore()))
-                return out.model, out.meta
+            if step is None:
+                continue
+            try:
+                with _quiet_orbax():
+                    out = manager.restore(step, args=ocp.args.Composite(
+                        model=ocp.args.StandardRestore(abstract_model),
+                        meta=ocp.args.JsonRestore()))
+            except Exception as err:  # noqa: BLE001  (orbax raises many types; all mean damage)
+                failures.append(f"{which} checkpoint (step {step}): {_culprit(err)}")
+                continue
+            if failures:
+                warnings.warn(f"{self.directory}: {failures[0]} cannot be read; using the "
+                              f"{which} checkpoint (step {step})", stacklevel=2)
+            return out.model, out.meta
+        if failures:
+            raise CheckpointError(f"{self.directory}: no checkpoint can be read: "
+                                  f"{'; '.join(failures)}. Restore the files from a copy, or "
+                                  "delete checkpoints/ and train again")
         return None
 
     def wait(self) -> None:
@@ -57,3 +87,66 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _culprit(err: BaseException) -> str:
+    """The array and the reason of an orbax restore failure, in one line (the useful part
+    sits down the chain of causes, e.g. 'OUT_OF_RANGE: Error reading "embedder.layers.2.
+    kernel.value/0.0" ... is not valid for value of size 643691')."""
+    chain = []
+    while err is not None and len(chain) < 10:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    for e in chain:
+        text = re.sub(r"\s*\[(tensorstore_spec|source locations)=.*", "", str(e), flags=re.S)
+        found = re.search(r'Error reading "([^"/]+)', text)
+        if found:
+            item = found.group(1).removesuffix(".value")
+            reason = re.split(r'": ', text)[-1].strip()  # after the last quoted path
+            return f"array {item!r} is damaged ({reason[:160]})"
+    first = str(chain[-1]).splitlines()[0] if str(chain[-1]) else type(chain[-1]).__name__
+    return first[:200]
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax logs every failed read with a traceback, and TensorStore's threads print more
+    ('Event loop is closed') as its abandoned reads finish: while a restore runs, and for a
+    moment after it fails, the process's stderr goes nowhere. The raised error says what
+    failed; a successful restore prints nothing anyway."""
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax", "asyncio")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    except Exception:
+        time.sleep(0.5)  # let the abandoned reads report into the void
+        _drop_abandoned_reads()
+        raise
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _drop_abandoned_reads() -> None:
+    """From now on, drop the 'exception ignored' reports of orbax's abandoned array reads
+    (coroutines collected long after the failed restore), and only those."""
+    hook = sys.unraisablehook
+    if getattr(hook, "drops_abandoned_reads", False):
+        return
+
+    def filtered(unraisable):
+        text = f"{unraisable.object!r} {unraisable.exc_value!r}"
+        if "_read_array_index_and_device_put" not in text and "reading array index" not in text:
+            hook(unraisable)
+
+    filtered.drops_abandoned_reads = True
+    sys.unraisablehook = filtered

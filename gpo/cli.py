@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -230,7 +231,12 @@ def main(argv: list[str] | None = None) -> None:
         args.run(args)
     except (ValueError, FileNotFoundError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        parser.exit(2, f"gpo {args.command}: error: {message}\n")
+        sys.stderr.write(f"gpo {args.command}: error: {message}\n")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Straight out: a failed checkpoint read leaves TensorStore threads that would print
+        # tracebacks while the interpreter shuts down, burying the one line that matters.
+        os._exit(2)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import gpo
+from gpo.checkpoint import CheckpointError
 from gpo.cli import main as cli_main
 from gpo.data import make_synthetic_survey
 from gpo.data.episodes import make_eval_task, make_split
@@ -168,3 +169,37 @@ def test_predictions_read_well_and_convert_to_rows(run):
     frame = predictions.to_frame()
     assert isinstance(frame, pandas.DataFrame) and len(frame) == len(rows)
     assert abs(frame.groupby("key")["prob"].sum() - 1).max() < 1e-5
+
+
+def _truncate_arrays(folder):
+    """Cut every array data file of a checkpoint item in half (what an interrupted copy
+    leaves)."""
+    for data in (p for p in folder.rglob("*") if p.is_file() and p.parent.name == "d"):
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+
+
+def test_damaged_checkpoints_are_named_in_one_message(run, tmp_path):
+    """A truncated best checkpoint falls back to the latest, saying so; with both damaged,
+    one error names each step and the array, and the CLI prints one line."""
+    import shutil
+    import subprocess
+    import sys
+    copy = tmp_path / "run"
+    shutil.copytree(run[2], copy)
+    best = next((copy / "checkpoints" / "best").iterdir())
+    _truncate_arrays(best / "model")
+    with pytest.warns(UserWarning, match=rf"best checkpoint \(step {best.name}\): array "
+                                         r"'.*' is damaged .* using the latest checkpoint"):
+        model = gpo.load(copy)
+    assert model.checkpoint_step == int(max(p.name for p in (copy / "checkpoints" /
+                                                             "latest").iterdir()))
+    for step in (copy / "checkpoints" / "latest").iterdir():
+        _truncate_arrays(step / "model")
+    with pytest.raises(CheckpointError,
+                       match=r"no checkpoint can be read: best checkpoint \(step \d+\): array "
+                             r"'[\w.]+' is damaged .*; latest checkpoint .* train again"):
+        gpo.load(copy)
+    done = subprocess.run([sys.executable, "-m", "gpo.cli", "eval", "--run-dir", str(copy)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert "no checkpoint can be read" in done.stderr and "Traceback" not in done.stderr
