@@ -231,13 +231,22 @@ def main(argv: list[str] | None = None) -> None:
         args.run(args)
     except (ValueError, FileNotFoundError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        sys.stderr.write(f"gpo {args.command}: error: {message}\n")
+        parser.exit(2, f"gpo {args.command}: error: {message}\n")
+
+
+def run() -> None:
+    """The `gpo` command. An error ends the process at once after its one line: a failed
+    checkpoint read leaves TensorStore threads that would print tracebacks while the
+    interpreter shuts down, burying the line that matters."""
+    try:
+        main()
+    except SystemExit as exit_:
         sys.stdout.flush()
         sys.stderr.flush()
-        # Straight out: a failed checkpoint read leaves TensorStore threads that would print
-        # tracebacks while the interpreter shuts down, burying the one line that matters.
-        os._exit(2)
+        if exit_.code:
+            os._exit(exit_.code if isinstance(exit_.code, int) else 1)
+        raise
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from gpo.data.episodes import check_sampling
 from gpo.models.registry import head_class
 
 DATASETS = ("synthetic", "opinionqa", "globalopinionqa", "persona")
@@ -92,14 +93,7 @@ class TrainConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if min(self.steps, self.batch_size, self.eval_every, self.checkpoint_every) < 1:
             raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
-        if not 0 <= self.group_mixup <= 1:
-            raise ValueError(f"group_mixup must be a fraction in [0, 1], got {self.group_mixup}")
-        if not 0 <= self.hide_references <= 1:
-            raise ValueError(f"hide_references must be a fraction in [0, 1], got "
-                             f"{self.hide_references}")
-        if self.context_distribution not in ("uniform", "log_uniform"):
-            raise ValueError("context_distribution must be 'uniform' or 'log_uniform', got "
-                             f"{self.context_distribution!r}")
+        check_sampling(self.group_mixup, self.hide_references, self.context_distribution)
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         object.__setattr__(self, "context_range", tuple(self.context_range))

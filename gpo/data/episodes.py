@@ -218,6 +218,20 @@ def pack_episodes(survey: Survey, groups: Sequence[int], context: Sequence[np.nd
                         **parts)
 
 
+CONTEXT_DISTRIBUTIONS = ("uniform", "log_uniform")
+
+
+def check_sampling(mixup: float, hide_references: float, context_distribution: str) -> None:
+    """The sampler's options, checked where they are set (TrainConfig) and where they are
+    used (EpisodeSampler)."""
+    for name, value in (("group_mixup", mixup), ("hide_references", hide_references)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"{name} must be a fraction in [0, 1], got {value}")
+    if context_distribution not in CONTEXT_DISTRIBUTIONS:
+        raise ValueError(f"context_distribution must be one of {CONTEXT_DISTRIBUTIONS}, got "
+                         f"{context_distribution!r}")
+
+
 @dataclasses.dataclass
 class EpisodeSampler:
     """Random training episodes over `groups` x `questions`, reproducible from (seed, step).
@@ -257,14 +271,7 @@ class EpisodeSampler:
         self.groups = np.asarray(self.groups, int)
         if self.reference_groups is None:
             self.reference_groups = np.zeros(0, int)
-        if not 0 <= self.mixup <= 1:
-            raise ValueError(f"mixup must be a fraction in [0, 1], got {self.mixup}")
-        if not 0 <= self.hide_references <= 1:
-            raise ValueError(f"hide_references must be a fraction in [0, 1], got "
-                             f"{self.hide_references}")
-        if self.context_distribution not in ("uniform", "log_uniform"):
-            raise ValueError("context_distribution must be 'uniform' or 'log_uniform', got "
-                             f"{self.context_distribution!r}")
+        check_sampling(self.mixup, self.hide_references, self.context_distribution)
         if self.mixup and not 2 <= self.mixup_groups <= len(self.groups):
             raise ValueError(f"mixup_groups must be in [2, {len(self.groups)}] (the training "
                              f"groups), got {self.mixup_groups}")
