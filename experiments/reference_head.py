@@ -67,7 +67,7 @@ def recipe(variant: str, steps: int) -> TrainConfig:
     quarter of the episodes hide their targets' references, so the text prior learns) with
     the variant's changes."""
     overrides, multiple = VARIANTS[variant]
-    return TrainConfig.reference(steps * multiple, hide_references=0.25, **overrides)
+    return TrainConfig.reference(steps * multiple, **{"hide_references": 0.25, **overrides})
 
 
 def setting_data(name: str, data_dir: str) -> DataConfig:
