@@ -100,12 +100,19 @@ def run_directory(root: str | Path, config: RunConfig, label: str) -> Path:
     return Path(root) / f"{config.data.dataset}_{config.data.protocol}_{embedder}_{variant}"
 
 
+# Every figure in README was trained with episodes sampled on the host: experiments keep that
+# sampler so that a rerun from scratch reproduces them exactly (`--set train.sampler=device`
+# trains faster, on another random stream of the same episode distribution).
+PUBLISHED_SAMPLER = "host"
+
+
 def variant_run(args, label: str, head: str, model, data, embed_config,
                 train: TrainConfig | None = None) -> tuple[RunConfig, Path]:
     """A head variant's config (the experiment budget, then any --set overrides) and its run
     folder (overrides name it too, so runs of other configs never mix)."""
+    train = train or experiment_train_config(head, args.steps)
     config = RunConfig(head=head, model=model, data=data, embed=embed_config,
-                       train=train or experiment_train_config(head, args.steps))
+                       train=dataclasses.replace(train, sampler=PUBLISHED_SAMPLER))
     assignments = list(getattr(args, "set", []) or [])
     if assignments:
         config = config.override(assignments)

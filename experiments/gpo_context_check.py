@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from common import main_guard, train_and_evaluate
+from common import PUBLISHED_SAMPLER, main_guard, train_and_evaluate
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data.synthetic import make_planted_agreement_survey
@@ -60,7 +60,8 @@ def main() -> None:
         config = RunConfig(
             head="gpo", model=GPOConfig(embedding_dim=embeddings.shape[-1], bound_std=bounded),
             data=DataConfig(eval_k=args.k), embed=EmbedConfig(model="lexical"),
-            train=TrainConfig.cpu(args.steps, learning_rate=lr, loss=loss))
+            train=TrainConfig.cpu(args.steps, learning_rate=lr, loss=loss,
+                                  sampler=PUBLISHED_SAMPLER))
         runs = train_and_evaluate(config, survey, embeddings, run_folder(args.runs, name),
                                   (args.k,), args.seeds)
         evaluation = runs.evaluation

@@ -16,6 +16,7 @@ from gpo.models.registry import head_class
 
 DATASETS = ("synthetic", "opinionqa", "globalopinionqa", "persona")
 LOSSES = ("default", "gaussian_nll", "kl", "wasserstein", "kl+nll", "wasserstein+nll")
+SAMPLERS = ("host", "device")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +88,10 @@ class TrainConfig:
                                                 # reference groups' answers (EpisodeSampler;
                                                 # heads that read no references ignore it)
     context_distribution: str = "uniform"       # or 'log_uniform' over context_range
+    sampler: str = "device"                     # episodes drawn by jax.random inside the
+                                                # jitted step (gpo.device_sampler), or 'host':
+                                                # by NumPy (EpisodeSampler), one dispatch a step
+    steps_per_call: int = 50                    # device sampler: steps per jitted call
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -94,6 +99,10 @@ class TrainConfig:
         if min(self.steps, self.batch_size, self.eval_every, self.checkpoint_every) < 1:
             raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
         check_sampling(self.group_mixup, self.hide_references, self.context_distribution)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.steps_per_call < 1:
+            raise ValueError(f"steps_per_call must be >= 1, got {self.steps_per_call}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         object.__setattr__(self, "context_range", tuple(self.context_range))

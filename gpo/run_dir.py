@@ -107,8 +107,7 @@ class RunDir:
                             reference_respondents=references.respondents_SxQ)
 
     def _check_same(self, config: RunConfig, record: dict) -> None:
-        old = RunConfig.load(self.path / "config.json")  # parsed: new defaults match
-        if _what(old) != _what(config):
+        if _what(self.config) != _what(config):
             raise ValueError(f"{self.path} holds a run with a different config; use a new run "
                              "directory or delete the old one")
         if (self.path / "run.json").exists():
@@ -136,7 +135,11 @@ class RunDir:
 
     @property
     def config(self) -> RunConfig:
-        return RunConfig.load(self.path / "config.json")
+        """The run's config, parsed: fields added to gpo since the run was made take the value
+        that reproduces how it was made (episodes sampled on the host), else their default."""
+        raw = json.loads((self.path / "config.json").read_text())
+        raw.setdefault("train", {}).setdefault("sampler", "host")
+        return RunConfig.from_dict(raw)
 
     @property
     def record(self) -> dict:
@@ -214,8 +217,10 @@ class RunDir:
 
 
 def _what(config: RunConfig) -> dict:
-    """A config without where things live (data folder, embedding cache): what a run is."""
+    """A config without where things live (data folder, embedding cache) or how many steps
+    run per dispatch (the same steps either way): what a run is."""
     raw = json.loads(json.dumps(config.to_dict()))
     raw["data"].pop("data_dir")
     raw["embed"].pop("cache_dir")
+    raw["train"].pop("steps_per_call")
     return raw

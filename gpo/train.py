@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from gpo.config import RunConfig
 from gpo.data.episodes import EpisodeSampler, Split, make_eval_task, make_split
 from gpo.data.survey import Survey
+from gpo.device_sampler import DeviceSampler
 from gpo.evaluate import predict_task
 from gpo.metrics import score_predictions
 from gpo.models import forward, gather_points
@@ -90,6 +91,32 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_name: str, 
     rep = replicated(mesh)
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     return jax.jit(train_step, in_shardings=(rep, rep, rep, data),
+                   out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
+
+
+def make_device_steps(graphdef, tx: optax.GradientTransformation, loss_name: str, mesh,
+                      sampler: DeviceSampler):
+    """run_steps(state, opt_state, table, survey_arrays, first_step, n) -> (state, opt_state,
+    metrics of each step): n steps in one jitted call (`lax.scan`), each drawing its episodes
+    on the device from (seed, step), split over "data". Nothing leaves the device between
+    steps; the metrics (loss, non-finite episodes and their groups, per step) are read once
+    per call. One compilation per distinct n."""
+    step_fn = make_train_step(graphdef, tx, loss_name, mesh)
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+    def run_steps(state, opt_state, table, arrays, first_step, n):
+        def body(carry, step):
+            state, opt_state = carry
+            batch = jax.lax.with_sharding_constraint(sampler.sample(arrays, step), data)
+            state, opt_state, metrics = step_fn(state, opt_state, table, batch)
+            return (state, opt_state), {**metrics, "group_B": batch["group_B"]}
+
+        (state, opt_state), metrics = jax.lax.scan(body, (state, opt_state),
+                                                   first_step + jnp.arange(n))
+        return state, opt_state, metrics
+
+    rep = replicated(mesh)
+    return jax.jit(run_steps, static_argnums=5, in_shardings=(rep, rep, rep, rep, rep),
                    out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
 
 
@@ -182,21 +209,38 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
         return score_predictions(survey, task, prob, config.data.metric).mean
 
     end = t.steps if stop_after is None else min(t.steps, start + stop_after)
-    bar = tqdm(range(start, end), initial=start, total=t.steps, disable=not progress,
+    if t.sampler == "device":
+        device_sampler, survey_arrays = DeviceSampler.like(sampler)
+        survey_arrays = jax.device_put(survey_arrays, replicated(mesh))
+        run_steps = make_device_steps(graphdef, tx, loss, mesh, device_sampler)
+    bar = tqdm(initial=start, total=t.steps, disable=not progress,
                desc=f"train {config.head}", dynamic_ncols=True)
     started = time.perf_counter()
-    pending = None  # previous step's metrics: read one step late so the loop never blocks
-    for step in bar:
-        episodes = sampler.sample(step)
-        batch = put_batch(episodes.arrays(), mesh)
-        state, opt_state, metrics = train_step(state, opt_state, table, batch)
+    pending = None  # the previous call's metrics: read one call late so the loop never blocks
+    window = []  # losses since the last record
+    for step, n in step_calls(start, end, t):
+        if t.sampler == "device":
+            state, opt_state, metrics = run_steps(state, opt_state, table, survey_arrays,
+                                                  step, n)
+            groups = None  # in the metrics, per step
+        else:
+            episodes = sampler.sample(step)
+            batch = put_batch(episodes.arrays(), mesh)
+            state, opt_state, metrics = train_step(state, opt_state, table, batch)
+            groups = episodes.group_B
         if pending is not None:
             _check_finite(*pending, survey)
-        pending = (step, metrics, episodes.group_B)
-        done = step + 1
+        pending = (step, metrics, groups)
+        window.append(metrics["loss"])
+        done = step + n
+        bar.update(n)
         if done % t.eval_every == 0 or done == t.steps:
             _check_finite(*pending, survey)
-            record = {"step": done, "loss": float(metrics["loss"])}
+            # the mean over the steps since the last record: one step's loss swings with its
+            # episodes' sizes
+            record = {"step": done, "loss": float(np.mean(np.concatenate(
+                [np.atleast_1d(np.asarray(loss)) for loss in window])))}
+            window = []
             if len(val_groups):
                 record["validation"] = validate(state)
                 if record["validation"] > meta["best_validation"]:
@@ -208,6 +252,7 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
         if done % t.checkpoint_every == 0 or done == end:
             meta["step"] = done
             checkpoints.save_latest(done, state, opt_state, meta)
+    bar.close()
     if pending is not None:
         _check_finite(*pending, survey)
     if not len(val_groups) and end == t.steps:  # nothing to select on: the final model is best
@@ -218,10 +263,33 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
                        meta["history"], time.perf_counter() - started)
 
 
-def _check_finite(step: int, metrics: dict, groups_B: np.ndarray, survey: Survey) -> None:
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
-        bad = np.flatnonzero(np.asarray(metrics["nonfinite_B"]))
-        labels = [survey.group_labels[groups_B[b]] for b in bad] or ["(none singled out)"]
-        raise TrainingDiverged(f"loss is {loss} at step {step}; episodes {bad.tolist()} "
-                               f"(groups {labels[:5]}) produced non-finite predictions")
+def step_calls(start: int, end: int, t) -> list[tuple[int, int]]:
+    """(first step, number of steps) of each call from start to end: `t.steps_per_call` steps
+    with the device sampler, one with the host's; a call always ends where validation or a
+    checkpoint is due."""
+    per_call = t.steps_per_call if t.sampler == "device" else 1
+    calls, step = [], start
+    while step < end:
+        due = min((step // every + 1) * every for every in (t.eval_every, t.checkpoint_every))
+        n = min(per_call, due - step, end - step)
+        calls.append((step, n))
+        step += n
+    return calls
+
+
+def _check_finite(first_step: int, metrics: dict, groups_B: np.ndarray | None,
+                  survey: Survey) -> None:
+    """Raise TrainingDiverged at the first step of a call whose loss is not finite, naming the
+    step, its episodes and their groups (metrics of one step, or stacked over a call's)."""
+    loss_N = np.atleast_1d(np.asarray(metrics["loss"]))
+    if np.isfinite(loss_N).all():
+        return
+    i = int(np.flatnonzero(~np.isfinite(loss_N))[0])
+    nonfinite_B = np.asarray(metrics["nonfinite_B"]).reshape(len(loss_N), -1)[i]
+    if groups_B is None:
+        groups_B = np.asarray(metrics["group_B"]).reshape(len(loss_N), -1)[i]
+    bad = np.flatnonzero(nonfinite_B)
+    labels = [survey.group_labels[groups_B[b]] for b in bad] or ["(none singled out)"]
+    raise TrainingDiverged(f"loss is {loss_N[i]} at step {first_step + i}; episodes "
+                           f"{bad.tolist()} (groups {labels[:5]}) produced non-finite "
+                           "predictions")

@@ -70,9 +70,11 @@ def test_config_overrides_from_the_command_line():
             config.override([bad])
 
 
-def test_training_learns_and_keeps_the_best(tiny_data, tmp_path):
+@pytest.mark.parametrize("sampler", ["host", "device"])
+def test_training_learns_and_keeps_the_best(tiny_data, tmp_path, sampler):
     survey, emb = tiny_data
-    result = train(tiny_config(steps=60), survey, emb, tmp_path / "run", progress=False)
+    result = train(tiny_config(steps=60, sampler=sampler), survey, emb, tmp_path / "run",
+                   progress=False)
     assert result.steps == 60 and len(result.history) == 6
     losses = [h["loss"] for h in result.history]
     assert losses[-1] < losses[0]
@@ -83,12 +85,14 @@ def test_training_learns_and_keeps_the_best(tiny_data, tmp_path):
     assert params_of(tmp_path / "run", "best")[0] == result.best_step
 
 
-def test_resuming_gives_the_same_parameters(tiny_data, tmp_path):
+@pytest.mark.parametrize("sampler", ["host", "device"])
+def test_resuming_gives_the_same_parameters(tiny_data, tmp_path, sampler):
     survey, emb = tiny_data
-    train(tiny_config(), survey, emb, tmp_path / "whole", progress=False)
-    train(tiny_config(), survey, emb, tmp_path / "split", progress=False, stop_after=13)
+    config = tiny_config(sampler=sampler)
+    train(config, survey, emb, tmp_path / "whole", progress=False)
+    train(config, survey, emb, tmp_path / "split", progress=False, stop_after=13)
     assert params_of(tmp_path / "split")[0] == 13
-    train(tiny_config(), survey, emb, tmp_path / "split", progress=False)
+    train(config, survey, emb, tmp_path / "split", progress=False)
     _, a = params_of(tmp_path / "whole")
     _, b = params_of(tmp_path / "split")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -103,6 +107,20 @@ def test_a_different_config_does_not_resume(tiny_data, tmp_path):
               progress=False)
 
 
+def test_a_run_made_before_the_device_sampler_resumes_on_the_host_sampler(tiny_data, tmp_path):
+    survey, emb = tiny_data
+    train(tiny_config(steps=10, sampler="host"), survey, emb, tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    for field in ("sampler", "steps_per_call"):  # as gpo wrote it before they existed
+        del saved["train"][field]
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="different config"):
+        train(tiny_config(steps=10), survey, emb, tmp_path / "run", progress=False)
+    result = train(tiny_config(steps=10, sampler="host"), survey, emb, tmp_path / "run",
+                   progress=False)
+    assert result.steps == 10 and params_of(tmp_path / "run")[0] == 10
+
+
 def test_non_finite_embeddings_are_rejected_naming_the_question(tiny_data, tmp_path):
     survey, emb = tiny_data
     bad = emb.copy()
@@ -111,12 +129,13 @@ def test_non_finite_embeddings_are_rejected_naming_the_question(tiny_data, tmp_p
         train(tiny_config(), survey, bad, tmp_path / "run", progress=False)
 
 
-def test_divergence_stops_the_run_naming_step_and_episodes(tiny_data, tmp_path):
+@pytest.mark.parametrize("sampler", ["host", "device"])
+def test_divergence_stops_the_run_naming_step_and_episodes(tiny_data, tmp_path, sampler):
     survey, emb = tiny_data
     with pytest.raises(TrainingDiverged, match=r"at step \d+; episodes \[[0-9, ]+\] "
                                                r"\(groups \['synthetic=group"):
-        train(tiny_config(learning_rate=1e12, warmup_steps=0), survey, emb, tmp_path / "run",
-              progress=False)
+        train(tiny_config(learning_rate=1e12, warmup_steps=0, sampler=sampler), survey, emb,
+              tmp_path / "run", progress=False)
 
 
 KILL_SCRIPT = """
@@ -127,15 +146,16 @@ from gpo.train import train
 sys.path.insert(0, {tests!r})
 from test_train import tiny_config
 survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-train(tiny_config(steps={steps}, checkpoint_every=5), survey,
+train(tiny_config(steps={steps}, checkpoint_every=5, sampler={sampler!r}), survey,
       embed_survey(survey, LexicalEmbedder(dim=32)), sys.argv[1], progress=False)
 """
 
 
-def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_path):
+@pytest.mark.parametrize("sampler", ["host", "device"])
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_path, sampler):
     steps = 400
     survey, emb = tiny_data
-    script = KILL_SCRIPT.format(tests=str(ROOT / "tests"), steps=steps)
+    script = KILL_SCRIPT.format(tests=str(ROOT / "tests"), steps=steps, sampler=sampler)
     child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "killed")],
                              cwd=ROOT, stderr=subprocess.PIPE)
     latest = tmp_path / "killed" / "checkpoints" / "latest"
@@ -150,10 +170,9 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_p
     child.wait()
     killed_at = params_of(tmp_path / "killed")[0]
     assert 10 <= killed_at < steps
-    train(tiny_config(steps=steps, checkpoint_every=5), survey, emb, tmp_path / "killed",
-          progress=False)
-    train(tiny_config(steps=steps, checkpoint_every=5), survey, emb, tmp_path / "whole",
-          progress=False)
+    config = tiny_config(steps=steps, checkpoint_every=5, sampler=sampler)
+    train(config, survey, emb, tmp_path / "killed", progress=False)
+    train(config, survey, emb, tmp_path / "whole", progress=False)
     _, a = params_of(tmp_path / "killed")
     _, b = params_of(tmp_path / "whole")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
@@ -198,6 +217,52 @@ def test_eight_simulated_devices_match_one():
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["devices"] == 8
+    assert out["8"]["loss"] == pytest.approx(out["1"]["loss"], abs=1e-5)
+    assert out["8"]["param"] == pytest.approx(out["1"]["param"], abs=1e-4)
+
+
+DEVICE_STEPS_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from gpo.data import make_synthetic_survey
+from gpo.data.episodes import EpisodeSampler
+from gpo.device_sampler import DeviceSampler
+from gpo.embed import LexicalEmbedder, embed_survey
+from gpo.sharding import make_mesh, replicated
+from gpo.train import init_model_state, make_device_steps, make_optimizer
+sys.path.insert(0, {tests!r})
+from test_train import tiny_config, tiny_table
+cfg = tiny_config()
+survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
+table_host = tiny_table(survey, embed_survey(survey, LexicalEmbedder(dim=32)), np.arange(8))
+sampler, arrays_host = DeviceSampler.like(EpisodeSampler(
+    survey, np.arange(8), np.arange(40), 8, (2, 6), (2, 6), reference_groups=np.arange(8)))
+out = {{"devices": len(jax.devices())}}
+for n in (1, 8):
+    mesh = make_mesh(n)
+    graphdef, state = init_model_state(cfg, 0, mesh)
+    tx = make_optimizer(cfg)
+    run_steps = make_device_steps(graphdef, tx, "gaussian_nll", mesh, sampler)
+    state, _, metrics = run_steps(state, tx.init(state), jax.device_put(table_host,
+                                  replicated(mesh)), jax.device_put(arrays_host,
+                                  replicated(mesh)), 0, 3)
+    out[n] = {{"loss": np.asarray(metrics["loss"]).tolist(),
+               "groups": np.asarray(metrics["group_B"]).tolist(),
+               "param": float(np.asarray(jax.tree.leaves(state)[0]).sum())}}
+print(json.dumps(out))
+"""
+
+
+def test_device_sampler_steps_on_eight_simulated_devices_match_one():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    script = DEVICE_STEPS_SCRIPT.format(tests=str(ROOT / "tests"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 8
+    assert out["8"]["groups"] == out["1"]["groups"]  # the same episodes, however split
     assert out["8"]["loss"] == pytest.approx(out["1"]["loss"], abs=1e-5)
     assert out["8"]["param"] == pytest.approx(out["1"]["param"], abs=1e-4)
 
