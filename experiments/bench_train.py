@@ -1,11 +1,22 @@
-"""Training throughput (1 device vs 8 simulated CPU devices, one run each) and the latency of
-adapt + predict for one group, at the paper's config.
+"""Meta-training throughput at the paper's config, each path in its own process, one run:
+the host sampler (NumPy episodes, one dispatch a step), the device sampler (episodes drawn by
+jax.random inside `lax.scan`, many steps a dispatch) and a plain PyTorch implementation of the
+same architecture built the way GPO's reference code builds it; then 8 simulated CPU devices
+against 1, and the latency of adapt + predict for one group.
 
-    python experiments/bench_train.py            # prints one table of measured ratios
+    python experiments/bench_train.py                       # 2 CPU cores: every row
+    python experiments/bench_train.py --platform gpu --steps 1000 --per-call 100 \\
+        --torch-steps 50 --no-devices --no-latency          # one GPU (records its utilisation)
 
 Paper config: 32 episodes a step, 10-100 context and 10-100 target questions, GPO 6 x 128.
-Episodes are synthetic (5-option questions at most, like OpinionQA's bulk) with 576-wide
-inputs (SmolLM2's width); throughput does not depend on the values.
+Episodes come from an OpinionQA-sized synthetic survey (36 groups, 624 questions of 2-5
+options, 14 training groups as references) with 576-wide inputs (SmolLM2's width):
+throughput does not depend on the values. "host ms/step" is the time the Python process
+spends per step in the training loop outside waiting for results (sampling, packing, transfer,
+dispatch; for the device sampler, one dispatch and one check of the metrics shared by a call's
+steps). On a GPU, XLA drives a compiled loop's iterations from the host thread, so there the
+device sampler's dispatch returns only once its steps have run: its host ms/step is then
+mostly that wait, not host work. "shapes": distinct batch shapes compiled in the timed run.
 """
 
 from __future__ import annotations
@@ -13,58 +24,222 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 
-THROUGHPUT = """
-import json, time, dataclasses
-import jax, numpy as np
+SETUP = """
+import json, time
+import jax, jax.numpy as jnp, numpy as np
 from gpo.config import RunConfig, TrainConfig
 from gpo.data import make_synthetic_survey
 from gpo.data.episodes import EpisodeSampler
 from gpo.models import GPOConfig
 from gpo.option_table import EmbeddingStats, References, build_option_table
 from gpo.sharding import make_mesh, put_batch, replicated
-from gpo.train import init_model_state, make_optimizer, make_train_step
-survey = make_synthetic_survey(seed=0, n_groups=36, n_questions=300).survey
-emb = np.random.default_rng(0).normal(size=survey.option_mask_QxO.shape + (576,))
+survey = make_synthetic_survey(seed=0, n_groups=36, n_questions=624).survey
+emb = np.random.default_rng(0).normal(size=survey.option_mask_QxO.shape + (576,)).astype("f4")
 cfg = RunConfig(head="gpo", model=GPOConfig.paper(576), train=TrainConfig(batch_size={batch}))
+sampler = EpisodeSampler(survey, np.arange(14), np.arange(624), {batch}, (10, 100), (10, 100),
+                         reference_groups=np.arange(14))
+"""
+
+JAX_PATH = SETUP + """
+from gpo.device_sampler import DeviceSampler
+from gpo.train import init_model_state, make_device_steps, make_optimizer, make_train_step
 mesh = make_mesh()
-references = References.from_survey(survey, np.arange(14), np.arange(300))
+references = References.from_survey(survey, np.arange(14), np.arange(624))
 table = jax.device_put(build_option_table(emb, EmbeddingStats.fit(emb, survey.option_mask_QxO),
                                           survey, references), replicated(mesh))
 graphdef, state = init_model_state(cfg, 0, mesh)
 tx = make_optimizer(cfg)
 opt = jax.jit(tx.init, out_shardings=jax.tree.map(lambda _: replicated(mesh),
               jax.eval_shape(tx.init, state)))(state)
-step = make_train_step(graphdef, tx, "gaussian_nll", mesh)
-sampler = EpisodeSampler(survey, np.arange(14), np.arange(300), {batch}, (10, 100), (10, 100),
-                         reference_groups=np.arange(14))
-batches = [put_batch(sampler.sample(i).arrays(), mesh) for i in range({steps} + 2)]
-for b in batches[:2]:  # compile (the first donated call recompiles once)
-    state, opt, m = step(state, opt, table, b)
-jax.block_until_ready(m["loss"])
+steps, host, shapes = {steps}, 0.0, set()
+if "{path}" == "host":  # as gpo.train's loop: sample, pack, put, dispatch; read a step late
+    step = make_train_step(graphdef, tx, "gaussian_nll", mesh)
+    def one(i):
+        global state, opt
+        batch = sampler.sample(i).arrays()
+        shapes.add((batch["context_option_BxC"].shape[1], batch["target_option_BxT"].shape[1]))
+        state, opt, m = step(state, opt, table, put_batch(batch, mesh))
+        return m
+    start = time.perf_counter()
+    jax.block_until_ready(one(0)["loss"])  # compile (the first donated call recompiles once)
+    jax.block_until_ready(one(1)["loss"])
+    compile_s = time.perf_counter() - start
+    pending = None
+    start = time.perf_counter()
+    for i in range(2, steps + 2):
+        t = time.perf_counter()
+        m = one(i)
+        host += time.perf_counter() - t
+        if pending is not None:
+            float(pending["loss"])
+        pending = m
+    float(pending["loss"])
+    seconds = time.perf_counter() - start
+    host_ms = 1e3 * host / steps
+else:  # gpo.train with train.sampler=device: n steps per dispatch, metrics read per call
+    device_sampler, arrays = DeviceSampler.like(sampler)
+    arrays = jax.device_put(arrays, replicated(mesh))
+    run = make_device_steps(graphdef, tx, "gaussian_nll", mesh, device_sampler)
+    per_call = min({per_call}, steps)
+    start = time.perf_counter()
+    state, opt, m = run(state, opt, table, arrays, 0, per_call)
+    np.asarray(m["loss"])
+    compile_s = time.perf_counter() - start
+    shapes.add((device_sampler.context_capacity, device_sampler.target_capacity))
+    done, start = 0, time.perf_counter()
+    while done < steps:
+        t = time.perf_counter()
+        state, opt, m = run(state, opt, table, arrays, per_call + done, per_call)
+        host += time.perf_counter() - t
+        loss = np.asarray(m["loss"])  # waits for the device: not host work
+        t = time.perf_counter()
+        np.isfinite(loss).all()
+        host += time.perf_counter() - t
+        done += per_call
+    seconds = time.perf_counter() - start
+    host_ms, steps = 1e3 * host / done, done
+print(json.dumps({{"devices": len(jax.devices()), "platform": jax.devices()[0].platform,
+                  "steps_per_s": steps / seconds, "compile_s": compile_s,
+                  "host_ms_per_step": host_ms, "shapes": len(shapes)}}))
+"""
+
+TORCH_PATH = SETUP + """
+import torch
+from torch import nn
+torch.manual_seed(0)
+device = "cuda" if torch.cuda.is_available() else "cpu"
+E, D, H, L, F = 576, 128, 4, 6, 128
+
+
+def mlp(d_in, d_out, depth):
+    dims = [d_in] + [D] * (depth - 1) + [d_out]
+    layers = []
+    for a, b in zip(dims, dims[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+class ReferenceGPO(nn.Module):
+    # As GPO's reference code: context and target tokens in one sequence through
+    # nn.TransformerEncoder, an attention mask letting every token see only the context,
+    # a Python loop for the softmax within each question.
+    def __init__(self):
+        super().__init__()
+        self.embedder = mlp(E + 1, D, 4)
+        layer = nn.TransformerEncoderLayer(D, H, F, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, L, enable_nested_tensor=False)
+        self.predictor = mlp(D, 2, 2)
+
+    def forward(self, xc, yc, xt, mask_c, mask_t, questions_t):
+        B, C, T = xc.shape[0], xc.shape[1], xt.shape[1]
+        tokens = torch.cat([self.embedder(torch.cat([xc, yc[..., None]], -1)),
+                            self.embedder(torch.cat([xt, torch.zeros_like(xt[..., :1])], -1))], 1)
+        blocked = torch.ones(B, C + T, C + T, dtype=torch.bool, device=xc.device)
+        blocked[:, :, :C] = ~mask_c[:, None, :]   # only real context points are keys
+        blocked = blocked.repeat_interleave(H, 0)
+        out = self.predictor(self.encoder(tokens, mask=blocked)[:, C:])
+        logits, log_std = out[..., 0], out[..., 1]
+        probs = torch.zeros_like(logits)
+        for b in range(B):
+            for q in torch.unique(questions_t[b][mask_t[b]]):
+                where = (questions_t[b] == q) & mask_t[b]
+                probs[b, where] = torch.softmax(logits[b, where], 0)
+        return probs, log_std.exp()
+
+
+model = ReferenceGPO().to(device)
+optimiser = torch.optim.Adam(model.parameters(), lr=3e-4)
+emb_t = torch.tensor(emb.reshape(-1, E), device=device)
+
+
+def one(i):
+    batch = {{k: torch.as_tensor(v, device=device) for k, v in sampler.sample(i).arrays().items()}}
+    xc, xt = emb_t[batch["context_option_BxC"].long()], emb_t[batch["target_option_BxT"].long()]
+    prob, std = model(xc, batch["context_prob_BxC"], xt, batch["context_mask_BxC"],
+                      batch["target_mask_BxT"], batch["target_question_BxT"])
+    z = (batch["target_prob_BxT"] - prob) / std
+    nll = 0.5 * z ** 2 + std.log()
+    loss = torch.where(batch["target_mask_BxT"], nll, 0.0).sum(-1).mean()
+    optimiser.zero_grad()
+    loss.backward()
+    optimiser.step()
+    return float(loss)
+
+
 start = time.perf_counter()
-for b in batches[2:]:
-    state, opt, m = step(state, opt, table, b)
-jax.block_until_ready(m["loss"])
+one(0)
+compile_s = time.perf_counter() - start
+start = time.perf_counter()
+for i in range(1, {steps} + 1):
+    one(i)
 seconds = time.perf_counter() - start
-print(json.dumps({{"devices": len(jax.devices()), "steps_per_s": {steps} / seconds}}))
+print(json.dumps({{"devices": 1, "platform": device, "steps_per_s": {steps} / seconds,
+                  "compile_s": compile_s, "host_ms_per_step": float("nan"), "shapes": 0}}))
 """
 
 
-def throughput(devices: int, steps: int, batch_size: int = 32) -> dict:
-    """Steps/s at the paper's episode sizes, in a fresh process with `devices` devices."""
-    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+class Utilisation:
+    """Mean GPU utilisation (nvidia-smi, every 100 ms) while a block runs; None without one."""
+
+    def __enter__(self):
+        self.samples, self.proc = [], None
+        if shutil.which("nvidia-smi"):
+            self.proc = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 "-lms", "100"], stdout=subprocess.PIPE, text=True)
+            self.reader = threading.Thread(target=self._read, daemon=True)
+            self.reader.start()
+        return self
+
+    def _read(self):
+        for line in self.proc.stdout:
+            if line.strip().isdigit():
+                self.samples.append(int(line.strip()))
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+
+    @property
+    def mean(self) -> float | None:
+        # the first samples fall in start-up and compilation: score the second half
+        half = self.samples[len(self.samples) // 2:]
+        return sum(half) / len(half) if half else None
+
+
+def throughput(devices: int, steps: int, batch_size: int = 32, path: str = "device",
+               per_call: int = 50, platform: str = "cpu") -> dict:
+    """Steps/s at the paper's episode sizes for one path ('host', 'device' or 'torch'), in a
+    fresh process with `devices` devices (importing torch next to XLA slows XLA's CPU threads,
+    so each side runs alone)."""
+    env = dict(os.environ)
+    if platform == "cpu":
+        env["JAX_PLATFORMS"] = "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = ""
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    done = subprocess.run([sys.executable, "-c", THROUGHPUT.format(steps=steps,
-                                                                  batch=batch_size)],
-                          env=env, capture_output=True, text=True)
+    template = TORCH_PATH if path == "torch" else JAX_PATH
+    code = template.format(steps=steps, batch=batch_size, path=path, per_call=per_call)
+    with Utilisation() as gpu:
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True)
     if done.returncode:
-        raise RuntimeError(f"throughput run failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{path} throughput run failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["gpu_utilisation"] = gpu.mean if platform != "cpu" else None
+    return result
+
+
+def has_torch() -> bool:
+    done = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True)
+    return done.returncode == 0
 
 
 def latency(repeats: int = 50) -> dict:
@@ -95,27 +270,77 @@ def latency(repeats: int = 50) -> dict:
         np.percentile(times, 90))}
 
 
+def path_rows(args) -> dict:
+    """Each training path at the paper config, measured in this run."""
+    names = {"host": "host sampler (one step a dispatch)",
+             "device": f"device sampler ({args.per_call} steps a dispatch)",
+             "torch": "PyTorch, as the reference code"}
+    if "torch" in args.paths and not has_torch():
+        print("(PyTorch reference skipped: torch is not installed; pip install -e '.[torch]')")
+        args.paths = [p for p in args.paths if p != "torch"]
+    paths = {names[p]: p for p in args.paths}
+    return {name: throughput(1, args.torch_steps if path == "torch" else args.steps,
+                             args.batch_size, path, args.per_call, args.platform)
+            for name, path in paths.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5, help="timed steps (default: 5)")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="timed steps a JAX path (default: 20)")
+    parser.add_argument("--torch-steps", type=int, default=10,
+                        help="timed steps of the PyTorch reference (default: 10)")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="episodes a step (default: 32, the paper's)")
+    parser.add_argument("--per-call", type=int, default=10,
+                        help="device sampler: steps a dispatch (default: 10)")
+    parser.add_argument("--paths", nargs="+", default=["host", "device", "torch"],
+                        choices=["host", "device", "torch"],
+                        help="training paths to time (default: all three)")
+    parser.add_argument("--platform", default="cpu", choices=["cpu", "gpu"],
+                        help="where JAX and torch run (default: cpu)")
     parser.add_argument("--repeats", type=int, default=50,
                         help="adapt + predict calls timed (default: 50)")
+    parser.add_argument("--no-devices", action="store_true",
+                        help="skip 8 simulated CPU devices against 1")
+    parser.add_argument("--no-latency", action="store_true", help="skip adapt + predict")
+    parser.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args()
-    one = throughput(1, args.steps, args.batch_size)
-    eight = throughput(8, args.steps, args.batch_size)
-    lat = latency(args.repeats)
-    rows = [("1 device", one["steps_per_s"]), ("8 simulated CPU devices", eight["steps_per_s"])]
+    report: dict = {"paths": path_rows(args)}
+    paths = report["paths"]
     print(f"GPO meta-training, paper config ({args.batch_size} episodes/step, 10-100 + 10-100 "
-          "questions)")
-    for name, sps in rows:
-        print(f"  {name:<26} {sps:6.3f} steps/s  {args.batch_size * sps:7.2f} episodes/s")
-    print(f"  ratio 8 / 1 devices        {eight['steps_per_s'] / one['steps_per_s']:.2f}x "
-          "(simulated devices share the same cores: no speed-up is expected on CPU)")
-    print(f"adapt + predict, 20 context questions, 500 target options: median "
-          f"{lat['median_ms']:.1f} ms, p90 {lat['p90_ms']:.1f} ms "
-          f"(target < 20 ms: {'met' if lat['median_ms'] < 20 else 'not met'})")
+          f"questions), {next(iter(paths.values()))['platform']}")
+    print(f"  {'path':<36} {'steps/s':>8} {'episodes/s':>10} {'host ms/step':>12} "
+          f"{'compile s':>9} {'shapes':>6}" + ("  GPU util %" if args.platform == "gpu" else ""))
+    for name, r in paths.items():
+        util = r.get("gpu_utilisation")
+        print(f"  {name:<36} {r['steps_per_s']:8.3f} {args.batch_size * r['steps_per_s']:10.1f} "
+              f"{r['host_ms_per_step']:12.2f} {r['compile_s']:9.1f} {r['shapes']:6d}"
+              + (f"  {util:10.0f}" if util is not None else ""))
+    host, device, torch = (next((r for n, r in paths.items() if n.startswith(p)), None)
+                           for p in ("host", "device", "PyTorch"))
+    if host and device:
+        print(f"  ratio device / host sampler        "
+              f"{device['steps_per_s'] / host['steps_per_s']:.2f}x")
+    if torch and device:
+        print(f"  ratio device sampler / PyTorch     "
+              f"{device['steps_per_s'] / torch['steps_per_s']:.2f}x (target >= 1.5x)")
+    if not args.no_devices:
+        one = throughput(1, args.steps, args.batch_size, "device", args.per_call)
+        eight = throughput(8, args.steps, args.batch_size, "device", args.per_call)
+        report["devices"] = {"1": one, "8": eight}
+        print(f"  device sampler, 1 CPU device          {one['steps_per_s']:6.3f} steps/s")
+        print(f"  device sampler, 8 simulated devices   {eight['steps_per_s']:6.3f} steps/s "
+              f"({eight['steps_per_s'] / one['steps_per_s']:.2f}x; simulated devices share the "
+              "same cores: no speed-up is expected on CPU)")
+    if not args.no_latency:
+        lat = report["latency_ms"] = latency(args.repeats)
+        print(f"adapt + predict, 20 context questions, 500 target options: median "
+              f"{lat['median_ms']:.1f} ms, p90 {lat['p90_ms']:.1f} ms "
+              f"(target < 20 ms: {'met' if lat['median_ms'] < 20 else 'not met'})")
+    if args.out:
+        from gpo.report import write_json
+        write_json(args.out, report)
 
 
 if __name__ == "__main__":

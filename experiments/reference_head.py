@@ -11,8 +11,9 @@ well the observed data can be predicted at all.
 Recipe variants are trained on OpinionQA protocol A and the one whose runs score best on
 validation groups (never test groups) is the head reported there and used in every other
 setting but protocol B, which picks among its own variants (recipes that train the text prior
-more) on its own validation groups. Runs live under --runs and are resumed; writes reports/reference_head.json: per
-setting and k, each method's list of per-split scores under its printed name.
+more) on its own validation groups. Runs live under --runs and are resumed; writes
+reports/reference_head.json: per setting and k, each method's list of per-split scores under
+its printed name.
 """
 
 from __future__ import annotations
