@@ -208,15 +208,20 @@ print(json.dumps(out))
 """
 
 
-def test_eight_simulated_devices_match_one():
+def on_eight_simulated_devices(script: str) -> dict:
+    """Run a script (formatted with the tests folder) with 8 simulated CPU devices; its JSON."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
-    script = SHARDED_SCRIPT.format(tests=str(ROOT / "tests"))
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script.format(tests=str(ROOT / "tests"))],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["devices"] == 8
+    return out
+
+
+def test_eight_simulated_devices_match_one():
+    out = on_eight_simulated_devices(SHARDED_SCRIPT)
     assert out["8"]["loss"] == pytest.approx(out["1"]["loss"], abs=1e-5)
     assert out["8"]["param"] == pytest.approx(out["1"]["param"], abs=1e-4)
 
@@ -254,14 +259,7 @@ print(json.dumps(out))
 
 
 def test_device_sampler_steps_on_eight_simulated_devices_match_one():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    script = DEVICE_STEPS_SCRIPT.format(tests=str(ROOT / "tests"))
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["devices"] == 8
+    out = on_eight_simulated_devices(DEVICE_STEPS_SCRIPT)
     assert out["8"]["groups"] == out["1"]["groups"]  # the same episodes, however split
     assert out["8"]["loss"] == pytest.approx(out["1"]["loss"], abs=1e-5)
     assert out["8"]["param"] == pytest.approx(out["1"]["param"], abs=1e-4)
