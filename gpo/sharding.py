@@ -44,15 +44,20 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def check_batch_split(batch_size: int, mesh: Mesh) -> None:
+    """Episodes are split evenly over "data": refuse a batch that does not split."""
+    n = mesh.shape[DATA_AXIS]
+    if batch_size % n:
+        raise ValueError(f"batch of {batch_size} episodes does not split over {n} devices; "
+                         "choose a batch size divisible by the device count")
+
+
 def put_batch(arrays: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Host batch -> global arrays split over "data". Every process holds the same host batch
     (episodes are seeded from (seed, step)) and contributes the shards it can address."""
-    n = mesh.shape[DATA_AXIS]
     out = {}
     for name, value in arrays.items():
-        if value.shape[0] % n:
-            raise ValueError(f"batch of {value.shape[0]} episodes does not split over {n} "
-                             "devices; choose a batch size divisible by the device count")
+        check_batch_split(value.shape[0], mesh)
         out[name] = jax.make_array_from_callback(value.shape, data_sharded(mesh),
                                                  lambda index, v=value: v[index])
     return out

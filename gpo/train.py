@@ -30,7 +30,7 @@ from gpo.models.common import cross_entropy, gaussian_nll, wasserstein
 from gpo.models.registry import abstract_head, build_head, head_class
 from gpo.option_table import EmbeddingStats, References, build_option_table
 from gpo.run_dir import RunDir, RunSplit
-from gpo.sharding import make_mesh, put_batch, replicated
+from gpo.sharding import check_batch_split, make_mesh, put_batch, replicated
 
 
 class TrainingDiverged(RuntimeError):
@@ -185,6 +185,7 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
                              hide_references=t.hide_references,
                              context_distribution=t.context_distribution)
     mesh = make_mesh(t.devices)
+    check_batch_split(t.batch_size, mesh)
     table = jax.device_put(build_option_table(embeddings_QxOxE, stats, survey, references),
                            replicated(mesh))
 

@@ -358,3 +358,12 @@ def test_plus_nll_losses_train_the_std_and_leave_the_mean_to_the_metric():
         d_prob, d_std = grad(prob, std)
         np.testing.assert_allclose(d_prob, alone, atol=1e-6)
         np.testing.assert_allclose(d_std, nll_std, atol=1e-6)
+
+
+def test_a_batch_that_does_not_split_over_the_devices_is_refused_before_training():
+    from types import SimpleNamespace
+
+    from gpo.sharding import check_batch_split
+    check_batch_split(16, SimpleNamespace(shape={"data": 8}))
+    with pytest.raises(ValueError, match="batch of 12 episodes does not split over 8 devices"):
+        check_batch_split(12, SimpleNamespace(shape={"data": 8}))
