@@ -67,12 +67,37 @@ class ContextAttentionLayer(nnx.Module):
         q_BxNxHxK = self.query(tokens_BxNxD).reshape(B, N, H, K)
         k_BxCxHxK = self.key(context_BxCxD).reshape(B, -1, H, K)
         v_BxCxHxK = self.value(context_BxCxD).reshape(B, -1, H, K)
-        logits_BxHxNxC = jnp.einsum("bnhk,bchk->bhnc", q_BxNxHxK, k_BxCxHxK) / math.sqrt(K)
-        logits_BxHxNxC = jnp.where(context_mask_BxC[:, None, None, :], logits_BxHxNxC, _NEG)
-        weights = jax.nn.softmax(logits_BxHxNxC, axis=-1)
-        attended = jnp.einsum("bhnc,bchk->bnhk", weights, v_BxCxHxK).reshape(B, N, D)
+        attended = attend(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, context_mask_BxC).reshape(B, N, D)
         x = self.norm_attention(tokens_BxNxD + self.out(attended))
         return self.norm_ff(x + self.ff_out(nnx.relu(self.ff_in(x))))
+
+
+def _attention(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, mask_BxC):
+    logits_BxHxNxC = jnp.einsum("bnhk,bchk->bhnc", q_BxNxHxK, k_BxCxHxK)
+    logits_BxHxNxC = jnp.where(mask_BxC[:, None, None, :],
+                               logits_BxHxNxC / math.sqrt(q_BxNxHxK.shape[-1]), _NEG)
+    weights = jax.nn.softmax(logits_BxHxNxC, axis=-1)
+    return jnp.einsum("bhnc,bchk->bnhk", weights, v_BxCxHxK)
+
+
+CPU_EPISODES_AT_ONCE = 2
+
+
+def attend(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, mask_BxC):
+    """Multi-head attention of the tokens over the unmasked context tokens.
+
+    On a CPU, two episodes at a time (`lax.map`), their logits recomputed in the backward pass:
+    the [H, N, C] logits of two episodes stay in cache, where one batched pass streams all B
+    of them through memory several times; a train step of the paper's config is about twice as
+    fast (experiments/bench_train.py). Accelerators take the batched pass."""
+    B = q_BxNxHxK.shape[0]
+    chunk = CPU_EPISODES_AT_ONCE if B % CPU_EPISODES_AT_ONCE == 0 else 1
+    if jax.default_backend() != "cpu" or B == chunk:
+        return _attention(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, mask_BxC)
+    split = lambda x: x.reshape((B // chunk, chunk) + x.shape[1:])  # noqa: E731
+    out = jax.lax.map(lambda args: jax.checkpoint(_attention)(*args),
+                      (split(q_BxNxHxK), split(k_BxCxHxK), split(v_BxCxHxK), split(mask_BxC)))
+    return out.reshape(q_BxNxHxK.shape)
 
 
 @jax.tree_util.register_dataclass
