@@ -58,8 +58,6 @@ class DeviceSampler:
     @classmethod
     def like(cls, host: EpisodeSampler) -> tuple[DeviceSampler, SurveyArrays]:
         survey = host.survey
-        usable = (np.ones(len(host.reference_groups), bool) if host.usable_references is None
-                  else np.asarray(host.usable_references, bool))
         arrays = SurveyArrays(
             probs_GxQxO=jnp.asarray(survey.probs_GxQxO, jnp.float32),
             answered_GxQ=jnp.asarray(survey.answered_GxQ),
@@ -69,7 +67,7 @@ class DeviceSampler:
             groups_G=jnp.asarray(host.groups, jnp.int32),
             pool_P=jnp.asarray(host.questions, jnp.int32),
             reference_groups_S=jnp.asarray(host.reference_groups, jnp.int32),
-            usable_S=jnp.asarray(usable))
+            usable_S=jnp.asarray(host.usable_references, bool))
         sampler = cls(host.batch_size, tuple(host.context_range), tuple(host.target_range),
                       float(host.mixup), int(host.mixup_groups), float(host.hide_references),
                       host.context_distribution, int(host.context_capacity),

@@ -200,7 +200,6 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
         state, opt_state, meta = restored
     start = int(meta["step"])
     loss = head_cls.default_loss(config.data.metric) if t.loss == "default" else t.loss
-    train_step = make_train_step(graphdef, tx, loss, mesh)
 
     def validate(state) -> float:
         val_split = dataclasses.replace(split, test_groups=val_groups)
@@ -214,6 +213,8 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
         device_sampler, survey_arrays = DeviceSampler.like(sampler)
         survey_arrays = jax.device_put(survey_arrays, replicated(mesh))
         run_steps = make_device_steps(graphdef, tx, loss, mesh, device_sampler)
+    else:
+        train_step = make_train_step(graphdef, tx, loss, mesh)
     bar = tqdm(initial=start, total=t.steps, disable=not progress,
                desc=f"train {config.head}", dynamic_ncols=True)
     started = time.perf_counter()

@@ -271,6 +271,8 @@ class EpisodeSampler:
         self.groups = np.asarray(self.groups, int)
         if self.reference_groups is None:
             self.reference_groups = np.zeros(0, int)
+        if self.usable_references is None:
+            self.usable_references = np.ones(len(self.reference_groups), bool)
         check_sampling(self.mixup, self.hide_references, self.context_distribution)
         if self.mixup and not 2 <= self.mixup_groups <= len(self.groups):
             raise ValueError(f"mixup_groups must be in [2, {len(self.groups)}] (the training "
