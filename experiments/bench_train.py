@@ -1,8 +1,10 @@
 """Meta-training throughput at the paper's config, each path in its own process, one run:
 the host sampler (NumPy episodes, one dispatch a step), the device sampler (episodes drawn by
-jax.random inside `lax.scan`, many steps a dispatch) and a plain PyTorch implementation of the
-same architecture built the way GPO's reference code builds it; then 8 simulated CPU devices
-against 1, and the latency of adapt + predict for one group.
+jax.random inside `lax.scan`, many steps a dispatch) with every episode padded to its capacity
+(train.packing=off) or packed several to a row (train.packing=rows, what gpo.train does on a
+CPU), and a plain PyTorch implementation of the same architecture built the way GPO's
+reference code builds it; then 8 simulated CPU devices against 1, and the latency of adapt +
+predict for one group.
 
     python experiments/bench_train.py                       # 2 CPU cores: every row
     python experiments/bench_train.py --platform gpu --steps 1000 --per-call 100 \\
@@ -16,7 +18,9 @@ spends per step in the training loop outside waiting for results (sampling, pack
 dispatch; for the device sampler, one dispatch and one check of the metrics shared by a call's
 steps). On a GPU, XLA drives a compiled loop's iterations from the host thread, so there the
 device sampler's dispatch returns only once its steps have run: its host ms/step is then
-mostly that wait, not host work. "shapes": distinct batch shapes compiled in the timed run.
+mostly that wait, not host work. "shapes": distinct batch shapes compiled in the timed run
+(packed: the rows, and the padded layout a step falls back to when its episodes do not fit);
+"compile s" includes choosing the rows (`gpo.packing.choose_layout`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import threading
 import time
 
 SETUP = """
-import json, time
+import dataclasses, json, time
 import jax, jax.numpy as jnp, numpy as np
 from gpo.config import RunConfig, TrainConfig
 from gpo.data import make_synthetic_survey
@@ -48,6 +52,7 @@ sampler = EpisodeSampler(survey, np.arange(14), np.arange(624), {batch}, (10, 10
 
 JAX_PATH = SETUP + """
 from gpo.device_sampler import DeviceSampler
+from gpo.packing import choose_layout, pack_rows
 from gpo.train import init_model_state, make_device_steps, make_optimizer, make_train_step
 mesh = make_mesh()
 references = References.from_survey(survey, np.arange(14), np.arange(624))
@@ -57,7 +62,7 @@ graphdef, state = init_model_state(cfg, 0, mesh)
 tx = make_optimizer(cfg)
 opt = jax.jit(tx.init, out_shardings=jax.tree.map(lambda _: replicated(mesh),
               jax.eval_shape(tx.init, state)))(state)
-steps, host, shapes = {steps}, 0.0, set()
+steps, host, shapes, extra = {steps}, 0.0, set(), {{}}
 if "{path}" == "host":  # as gpo.train's loop: sample, pack, put, dispatch; read a step late
     step = make_train_step(graphdef, tx, "gaussian_nll", mesh)
     def one(i):
@@ -85,17 +90,23 @@ if "{path}" == "host":  # as gpo.train's loop: sample, pack, put, dispatch; read
 else:  # gpo.train with train.sampler=device: n steps per dispatch, metrics read per call
     device_sampler, arrays = DeviceSampler.like(sampler)
     arrays = jax.device_put(arrays, replicated(mesh))
-    run = make_device_steps(graphdef, tx, "gaussian_nll", mesh, device_sampler)
-    per_call = min({per_call}, steps)
+    sample = lambda step: device_sampler.sample(arrays, step)
     start = time.perf_counter()
-    state, opt, m = run(state, opt, table, arrays, 0, per_call)
-    np.asarray(m["loss"])
+    layout = None  # "device": every episode padded to the most points it may have
+    if "{path}" == "packed":  # as train.packing=rows: episodes several to a row
+        layout = choose_layout(sample, cfg.model.width, multiple=len(jax.devices()))
+        shapes.add(dataclasses.astuple(layout))
+    extra["capacity"] = "%d + %d" % (device_sampler.context_capacity,
+                                     device_sampler.target_capacity)
+    run = make_device_steps(graphdef, tx, "gaussian_nll", mesh, device_sampler, layout)
+    per_call = min({per_call}, steps)
+    run.lower(state, opt, table, arrays, 0, per_call).compile()  # cached for the calls below
     compile_s = time.perf_counter() - start
-    shapes.add((device_sampler.context_capacity, device_sampler.target_capacity))
+    shapes.add(({batch}, device_sampler.context_capacity, device_sampler.target_capacity))
     done, start = 0, time.perf_counter()
     while done < steps:
         t = time.perf_counter()
-        state, opt, m = run(state, opt, table, arrays, per_call + done, per_call)
+        state, opt, m = run(state, opt, table, arrays, done, per_call)
         host += time.perf_counter() - t
         loss = np.asarray(m["loss"])  # waits for the device: not host work
         t = time.perf_counter()
@@ -104,9 +115,13 @@ else:  # gpo.train with train.sampler=device: n steps per dispatch, metrics read
         done += per_call
     seconds = time.perf_counter() - start
     host_ms, steps = 1e3 * host / done, done
+    if layout is not None:  # the timed steps whose episodes did not fit the rows
+        fits = jax.jit(jax.vmap(lambda step: pack_rows(sample(step), layout)[1]))
+        extra["layout"] = dataclasses.asdict(layout)
+        extra["unpacked_fraction"] = 1 - float(np.mean(fits(jnp.arange(done))))
 print(json.dumps({{"devices": len(jax.devices()), "platform": jax.devices()[0].platform,
                   "steps_per_s": steps / seconds, "compile_s": compile_s,
-                  "host_ms_per_step": host_ms, "shapes": len(shapes)}}))
+                  "host_ms_per_step": host_ms, "shapes": len(shapes), **extra}}))
 """
 
 TORCH_PATH = SETUP + """
@@ -234,6 +249,7 @@ def throughput(devices: int, steps: int, batch_size: int = 32, path: str = "devi
         raise RuntimeError(f"{path} throughput run failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["gpu_utilisation"] = gpu.mean if platform != "cpu" else None
+    result["path"] = path
     return result
 
 
@@ -273,7 +289,8 @@ def latency(repeats: int = 50) -> dict:
 def path_rows(args) -> dict:
     """Each training path at the paper config, measured in this run."""
     names = {"host": "host sampler (one step a dispatch)",
-             "device": f"device sampler ({args.per_call} steps a dispatch)",
+             "device": f"device sampler, padded ({args.per_call}/dispatch)",
+             "packed": f"device sampler, packed ({args.per_call}/dispatch)",
              "torch": "PyTorch, as the reference code"}
     if "torch" in args.paths and not has_torch():
         print("(PyTorch reference skipped: torch is not installed; pip install -e '.[torch]')")
@@ -286,17 +303,20 @@ def path_rows(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20,
-                        help="timed steps a JAX path (default: 20)")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="timed steps a JAX path (default: 50)")
     parser.add_argument("--torch-steps", type=int, default=10,
                         help="timed steps of the PyTorch reference (default: 10)")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="episodes a step (default: 32, the paper's)")
-    parser.add_argument("--per-call", type=int, default=10,
-                        help="device sampler: steps a dispatch (default: 10)")
-    parser.add_argument("--paths", nargs="+", default=["host", "device", "torch"],
-                        choices=["host", "device", "torch"],
-                        help="training paths to time (default: all three)")
+    parser.add_argument("--per-call", type=int, default=50,
+                        help="device sampler: steps a dispatch (default: 50, as "
+                             "train.steps_per_call)")
+    parser.add_argument("--paths", nargs="+", default=["host", "device", "packed", "torch"],
+                        choices=["host", "device", "packed", "torch"],
+                        help="training paths to time: host sampler, device sampler with each "
+                             "episode padded (train.packing=off) or packed several a row "
+                             "(train.packing=rows), PyTorch (default: all four)")
     parser.add_argument("--platform", default="cpu", choices=["cpu", "gpu"],
                         help="where JAX and torch run (default: cpu)")
     parser.add_argument("--repeats", type=int, default=50,
@@ -317,20 +337,30 @@ def main() -> None:
         print(f"  {name:<36} {r['steps_per_s']:8.3f} {args.batch_size * r['steps_per_s']:10.1f} "
               f"{r['host_ms_per_step']:12.2f} {r['compile_s']:9.1f} {r['shapes']:6d}"
               + (f"  {util:10.0f}" if util is not None else ""))
-    host, device, torch = (next((r for n, r in paths.items() if n.startswith(p)), None)
-                           for p in ("host", "device", "PyTorch"))
-    if host and device:
-        print(f"  ratio device / host sampler        "
-              f"{device['steps_per_s'] / host['steps_per_s']:.2f}x")
-    if torch and device:
-        print(f"  ratio device sampler / PyTorch     "
-              f"{device['steps_per_s'] / torch['steps_per_s']:.2f}x (target >= 1.5x)")
+    by_path = {r["path"]: r for r in paths.values()}
+    packed = by_path.get("packed")
+    if packed:
+        rows = packed["layout"]
+        print(f"  packed: {rows['rows']} rows of {rows['context_length']} context + "
+              f"{rows['target_length']} target points for {args.batch_size} episodes "
+              f"(padded: {args.batch_size} of {packed['capacity']}); "
+              f"{100 * packed['unpacked_fraction']:.0f}% of the timed steps did not fit and "
+              "trained padded")
+    host, torch = by_path.get("host"), by_path.get("torch")
+    for label, new in (("padded", by_path.get("device")), ("packed", packed)):
+        if new and host:
+            print(f"  ratio device sampler ({label}) / host sampler  "
+                  f"{new['steps_per_s'] / host['steps_per_s']:.2f}x")
+        if new and torch:
+            print(f"  ratio device sampler ({label}) / PyTorch       "
+                  f"{new['steps_per_s'] / torch['steps_per_s']:.2f}x (target >= 1.5x)")
     if not args.no_devices:
-        one = throughput(1, args.steps, args.batch_size, "device", args.per_call)
-        eight = throughput(8, args.steps, args.batch_size, "device", args.per_call)
+        # as gpo.train on a CPU (train.packing=auto): packed rows
+        one = throughput(1, args.steps, args.batch_size, "packed", args.per_call)
+        eight = throughput(8, args.steps, args.batch_size, "packed", args.per_call)
         report["devices"] = {"1": one, "8": eight}
-        print(f"  device sampler, 1 CPU device          {one['steps_per_s']:6.3f} steps/s")
-        print(f"  device sampler, 8 simulated devices   {eight['steps_per_s']:6.3f} steps/s "
+        print(f"  packed, 1 CPU device          {one['steps_per_s']:6.3f} steps/s")
+        print(f"  packed, 8 simulated devices   {eight['steps_per_s']:6.3f} steps/s "
               f"({eight['steps_per_s'] / one['steps_per_s']:.2f}x; simulated devices share the "
               "same cores: no speed-up is expected on CPU)")
     if not args.no_latency:

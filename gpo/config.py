@@ -17,6 +17,7 @@ from gpo.models.registry import head_class
 DATASETS = ("synthetic", "opinionqa", "globalopinionqa", "persona")
 LOSSES = ("default", "gaussian_nll", "kl", "wasserstein", "kl+nll", "wasserstein+nll")
 SAMPLERS = ("host", "device")
+PACKINGS = ("auto", "rows", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,10 @@ class TrainConfig:
                                                 # jitted step (gpo.device_sampler), or 'host':
                                                 # by NumPy (EpisodeSampler), one dispatch a step
     steps_per_call: int = 50                    # device sampler: steps per jitted call
+    packing: str = "auto"                       # device sampler: 'rows' packs several
+                                                # episodes a row (gpo.packing; heads that
+                                                # pack), 'off' pads each; 'auto': rows on a
+                                                # CPU, where padding costs compute
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -101,6 +106,11 @@ class TrainConfig:
         check_sampling(self.group_mixup, self.hide_references, self.context_distribution)
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.packing not in PACKINGS:
+            raise ValueError(f"packing must be one of {PACKINGS}, got {self.packing!r}")
+        if self.packing == "rows" and self.sampler != "device":
+            raise ValueError("packing='rows' needs sampler='device' (the host sampler pads "
+                             "each batch to its largest episode)")
         if self.steps_per_call < 1:
             raise ValueError(f"steps_per_call must be >= 1, got {self.steps_per_call}")
         if self.learning_rate <= 0:

@@ -217,10 +217,12 @@ class RunDir:
 
 
 def _what(config: RunConfig) -> dict:
-    """A config without where things live (data folder, embedding cache) or how many steps
-    run per dispatch (the same steps either way): what a run is."""
+    """A config without where things live (data folder, embedding cache), how many steps
+    run per dispatch or how episodes are laid out in rows (the same steps either way): what a
+    run is."""
     raw = json.loads(json.dumps(config.to_dict()))
     raw["data"].pop("data_dir")
     raw["embed"].pop("cache_dir")
     raw["train"].pop("steps_per_call")
+    raw["train"].pop("packing")
     return raw

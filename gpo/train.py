@@ -29,6 +29,7 @@ from gpo.models import forward, gather_points
 from gpo.models.common import cross_entropy, gaussian_nll, wasserstein
 from gpo.models.registry import abstract_head, build_head, head_class
 from gpo.option_table import EmbeddingStats, References, build_option_table
+from gpo.packing import RowLayout, choose_layout, pack_rows
 from gpo.run_dir import RunDir, RunSplit
 from gpo.sharding import check_batch_split, make_mesh, put_batch, replicated
 
@@ -37,20 +38,25 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf; the message names the step and the episodes' groups."""
 
 
-def episode_loss(loss_name: str, prob_BxT, std_BxT, targets) -> jax.Array:
-    """The training loss. 'X+nll' trains the probabilities with X and, separately, the
-    predicted std with the Gaussian NLL of the (fixed) probabilities: each part of the output
-    learns from the loss that fits it."""
+def episode_loss(loss_name: str, prob_BxT, std_BxT, targets, episodes: int | None = None
+                 ) -> jax.Array:
+    """The training loss, averaged over `episodes` (by default one a row; packed rows hold
+    several). 'X+nll' trains the probabilities with X and, separately, the predicted std with
+    the Gaussian NLL of the (fixed) probabilities: each part of the output learns from the loss
+    that fits it."""
     true, mask = targets.prob_BxN, targets.mask_BxN
+    # Every loss is a mean over rows of per-row sums: rescaled, a mean over episodes.
+    per_episode = 1.0 if episodes is None else prob_BxT.shape[0] / episodes
     if loss_name.endswith("+nll"):
         std_loss = gaussian_nll(jax.lax.stop_gradient(prob_BxT), std_BxT, true, mask)
-        return episode_loss(loss_name[:-len("+nll")], prob_BxT, std_BxT, targets) + std_loss
+        return (episode_loss(loss_name[:-len("+nll")], prob_BxT, std_BxT, targets, episodes)
+                + std_loss * per_episode)
     if loss_name == "gaussian_nll":
-        return gaussian_nll(prob_BxT, std_BxT, true, mask)
+        return gaussian_nll(prob_BxT, std_BxT, true, mask) * per_episode
     if loss_name == "wasserstein":
         return wasserstein(prob_BxT, true, targets.question_BxN, mask, targets.ordinal_BxN,
-                           targets.gap_BxN)
-    return cross_entropy(prob_BxT, true, mask)
+                           targets.gap_BxN, targets.episode_BxN) * per_episode
+    return cross_entropy(prob_BxT, true, mask) * per_episode
 
 
 def init_model_state(config: RunConfig, seed: int, mesh) -> tuple[Any, Any]:
@@ -78,8 +84,11 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_name: str, 
 
     def loss_fn(state, table, batch):
         prob, std = forward(nnx.merge(graphdef, state), table, batch, training=True)
-        loss = episode_loss(loss_name, prob, std, gather_points(table, batch, "target"))
-        return loss, {"loss": loss, "nonfinite_B": _nonfinite_episodes(prob, std)}
+        targets = gather_points(table, batch, "target")
+        episodes = len(batch["group_B"])
+        loss = episode_loss(loss_name, prob, std, targets, episodes)
+        return loss, {"loss": loss,
+                      "nonfinite_B": _nonfinite_episodes(prob, std, targets, episodes)}
 
     def train_step(state, opt_state, table, batch):
         grads, metrics = jax.grad(loss_fn, has_aux=True)(state, table, batch)
@@ -95,20 +104,31 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, loss_name: str, 
 
 
 def make_device_steps(graphdef, tx: optax.GradientTransformation, loss_name: str, mesh,
-                      sampler: DeviceSampler):
+                      sampler: DeviceSampler, layout: RowLayout | None = None):
     """run_steps(state, opt_state, table, survey_arrays, first_step, n) -> (state, opt_state,
     metrics of each step): n steps in one jitted call (`lax.scan`), each drawing its episodes
     on the device from (seed, step), split over "data". Nothing leaves the device between
     steps; the metrics (loss, non-finite episodes and their groups, per step) are read once
-    per call. One compilation per distinct n."""
+    per call. One compilation per distinct n.
+
+    layout: pack the episodes into these rows (`gpo.packing`; heads that `packs_episodes`);
+    a step whose episodes do not fit them trains unpacked, on the same episodes."""
     step_fn = make_train_step(graphdef, tx, loss_name, mesh)
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
+    def step(state, opt_state, table, batch):
+        if layout is None:
+            return step_fn(state, opt_state, table, batch)
+        packed, fits = pack_rows(batch, layout)
+        packed = jax.lax.with_sharding_constraint(packed, data)
+        return jax.lax.cond(fits, lambda: step_fn(state, opt_state, table, packed),
+                            lambda: step_fn(state, opt_state, table, batch))
+
     def run_steps(state, opt_state, table, arrays, first_step, n):
-        def body(carry, step):
+        def body(carry, step_index):
             state, opt_state = carry
-            batch = jax.lax.with_sharding_constraint(sampler.sample(arrays, step), data)
-            state, opt_state, metrics = step_fn(state, opt_state, table, batch)
+            batch = jax.lax.with_sharding_constraint(sampler.sample(arrays, step_index), data)
+            state, opt_state, metrics = step(state, opt_state, table, batch)
             return (state, opt_state), {**metrics, "group_B": batch["group_B"]}
 
         (state, opt_state), metrics = jax.lax.scan(body, (state, opt_state),
@@ -120,9 +140,11 @@ def make_device_steps(graphdef, tx: optax.GradientTransformation, loss_name: str
                    out_shardings=(rep, rep, rep), donate_argnums=(0, 1))
 
 
-def _nonfinite_episodes(prob_BxT, std_BxT) -> jax.Array:
+def _nonfinite_episodes(prob_BxT, std_BxT, targets, episodes: int) -> jax.Array:
     """Per episode: whether any prediction is non-finite (to name the culprit on divergence)."""
-    return ~jnp.all(jnp.isfinite(prob_BxT) & jnp.isfinite(std_BxT), axis=-1)
+    bad_BxT = ~(jnp.isfinite(prob_BxT) & jnp.isfinite(std_BxT))
+    episode_BxT = jnp.where(targets.mask_BxN, targets.episode_BxN, episodes)  # padding: none
+    return jnp.zeros(episodes, bool).at[episode_BxT].max(bad_BxT, mode="drop")
 
 
 @dataclasses.dataclass
@@ -212,7 +234,11 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
     if t.sampler == "device":
         device_sampler, survey_arrays = DeviceSampler.like(sampler)
         survey_arrays = jax.device_put(survey_arrays, replicated(mesh))
-        run_steps = make_device_steps(graphdef, tx, loss, mesh, device_sampler)
+        layout = None
+        if packs(t, head_cls):  # heads that pack are transformers of config.model.width
+            layout = choose_layout(lambda step: device_sampler.sample(survey_arrays, step),
+                                   config.model.width, multiple=mesh.shape["data"])
+        run_steps = make_device_steps(graphdef, tx, loss, mesh, device_sampler, layout)
     else:
         train_step = make_train_step(graphdef, tx, loss, mesh)
     bar = tqdm(initial=start, total=t.steps, disable=not progress,
@@ -263,6 +289,16 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
     checkpoints.close()
     return TrainResult(run.path, end, meta["best_validation"], meta["best_step"],
                        meta["history"], time.perf_counter() - started)
+
+
+def packs(t, head_cls) -> bool:
+    """Whether meta-training packs several episodes a row (`TrainConfig.packing`)."""
+    if t.packing == "rows" and not head_cls.packs_episodes:
+        raise ValueError(f"train.packing='rows': head {head_cls.name!r} does not keep the "
+                         "episodes of a row apart; use packing='off' or 'auto'")
+    if t.packing == "auto":
+        return t.sampler == "device" and head_cls.packs_episodes and jax.default_backend() == "cpu"
+    return t.packing == "rows"
 
 
 def step_calls(start: int, end: int, t) -> list[tuple[int, int]]:

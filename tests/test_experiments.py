@@ -141,10 +141,13 @@ def test_benchmarks(shared, capsys, monkeypatch):
     import bench_embed
     import bench_train
     monkeypatch.setattr(bench_embed, "measure", lambda *a, **k: bench["embed"])
+    packed = {"layout": {"rows": 25, "context_length": 376, "target_length": 376},
+              "capacity": "500 + 500", "unpacked_fraction": 0.0}
     monkeypatch.setattr(bench_train, "throughput", lambda devices, steps, batch, path="device",
                         *a: {"steps_per_s": bench["train_steps_per_s"][str(devices)],
                              "platform": "cpu", "compile_s": 1.0, "host_ms_per_step": 0.1,
-                             "shapes": 1, "gpu_utilisation": None})
+                             "shapes": 1, "gpu_utilisation": None, "path": path,
+                             **(packed if path == "packed" else {})})
     monkeypatch.setattr(bench_train, "has_torch", lambda: False)
     monkeypatch.setattr(bench_train, "latency", lambda *a: bench["latency_ms"])
     for name, args in (("bench_embed.py", ["--data-dir", "unused"]), ("bench_train.py", [])):
@@ -152,7 +155,9 @@ def test_benchmarks(shared, capsys, monkeypatch):
         (bench_embed if name == "bench_embed.py" else bench_train).main()
     out = capsys.readouterr().out
     assert "transformers + torch" in out and "8 simulated devices" in out
-    assert "ratio device / host sampler" in out and "PyTorch reference skipped" in out
+    assert "ratio device sampler (packed) / host sampler" in out
+    assert "25 rows of 376 context + 376 target points" in out
+    assert "PyTorch reference skipped" in out
 
 
 def test_gpu_script(shared, tmp_path):

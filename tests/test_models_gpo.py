@@ -145,12 +145,12 @@ def test_attention_two_episodes_at_a_time_equals_one_batched_pass():
     from gpo.models.gpo import _attention, attend
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v = (jax.random.normal(key, (6, 10, 2, 4)) for key in keys[:3])
-    mask = jax.random.uniform(keys[3], (6, 10)) < 0.7
+    mask = jax.random.uniform(keys[3], (6, 10, 10)) < 0.7  # which keys each query sees
     np.testing.assert_array_equal(jax.jit(attend)(q, k, v, mask),
                                   jax.jit(_attention)(q, k, v, mask))
     grads = [jax.jit(jax.grad(lambda q, f=f: (f(q, k, v, mask) ** 2).sum()))(q)
              for f in (attend, _attention)]
     np.testing.assert_allclose(grads[0], grads[1], atol=1e-5)
-    odd = attend(q[:5], k[:5], v[:5], mask[:5])  # an odd batch: one episode at a time
+    odd = attend(q[:5], k[:5], v[:5], mask[:5])  # an odd batch: padded with an empty episode
     np.testing.assert_allclose(odd, _attention(q[:5], k[:5], v[:5], mask[:5]), atol=1e-6)
     assert jnp.isfinite(odd).all()

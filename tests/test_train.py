@@ -234,6 +234,7 @@ from gpo.data.episodes import EpisodeSampler
 from gpo.device_sampler import DeviceSampler
 from gpo.embed import LexicalEmbedder, embed_survey
 from gpo.sharding import make_mesh, replicated
+from gpo.packing import RowLayout
 from gpo.train import init_model_state, make_device_steps, make_optimizer
 sys.path.insert(0, {tests!r})
 from test_train import tiny_config, tiny_table
@@ -245,24 +246,30 @@ sampler, arrays_host = DeviceSampler.like(EpisodeSampler(
 out = {{"devices": len(jax.devices())}}
 for n in (1, 8):
     mesh = make_mesh(n)
-    graphdef, state = init_model_state(cfg, 0, mesh)
-    tx = make_optimizer(cfg)
-    run_steps = make_device_steps(graphdef, tx, "gaussian_nll", mesh, sampler)
-    state, _, metrics = run_steps(state, tx.init(state), jax.device_put(table_host,
-                                  replicated(mesh)), jax.device_put(arrays_host,
-                                  replicated(mesh)), 0, 3)
-    out[n] = {{"loss": np.asarray(metrics["loss"]).tolist(),
-               "groups": np.asarray(metrics["group_B"]).tolist(),
-               "param": float(np.asarray(jax.tree.leaves(state)[0]).sum())}}
+    arrays = jax.device_put(arrays_host, replicated(mesh))
+    # two episodes' room a row: 8 episodes in 8 rows (one a device) leaves rows empty
+    layout = RowLayout(8, 2 * sampler.context_capacity, 2 * sampler.target_capacity)
+    for packed in (False, True):
+        graphdef, state = init_model_state(cfg, 0, mesh)
+        tx = make_optimizer(cfg)
+        run_steps = make_device_steps(graphdef, tx, "gaussian_nll", mesh, sampler,
+                                      layout if packed else None)
+        state, _, metrics = run_steps(state, tx.init(state), jax.device_put(table_host,
+                                      replicated(mesh)), arrays, 0, 3)
+        out[f"{{n}} {{packed}}"] = {{"loss": np.asarray(metrics["loss"]).tolist(),
+                                 "groups": np.asarray(metrics["group_B"]).tolist(),
+                                 "param": float(np.asarray(jax.tree.leaves(state)[0]).sum())}}
 print(json.dumps(out))
 """
 
 
 def test_device_sampler_steps_on_eight_simulated_devices_match_one():
     out = on_eight_simulated_devices(DEVICE_STEPS_SCRIPT)
-    assert out["8"]["groups"] == out["1"]["groups"]  # the same episodes, however split
-    assert out["8"]["loss"] == pytest.approx(out["1"]["loss"], abs=1e-5)
-    assert out["8"]["param"] == pytest.approx(out["1"]["param"], abs=1e-4)
+    one = out["1 False"]
+    for run in ("1 True", "8 False", "8 True"):  # packed or not, on 1 device or split over 8
+        assert out[run]["groups"] == one["groups"]  # the same episodes, however laid out
+        assert out[run]["loss"] == pytest.approx(one["loss"], abs=1e-5)
+        assert out[run]["param"] == pytest.approx(one["param"], abs=1e-4)
 
 
 MULTI_PROCESS_SCRIPT = """

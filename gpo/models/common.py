@@ -29,18 +29,24 @@ class MLP(nnx.Module):
         return x
 
 
-def same_question_BxTxT(question_BxT: jax.Array, mask_BxT: jax.Array) -> jax.Array:
+def same_question_BxTxT(question_BxT: jax.Array, mask_BxT: jax.Array,
+                        episode_BxT: jax.Array | None = None) -> jax.Array:
+    """Whether two points are options of one question of one episode (rows may hold several
+    episodes, `gpo.packing`: then `episode_BxT` tells them apart)."""
     both = mask_BxT[:, :, None] & mask_BxT[:, None, :]
+    if episode_BxT is not None:
+        both = both & (episode_BxT[:, :, None] == episode_BxT[:, None, :])
     return (question_BxT[:, :, None] == question_BxT[:, None, :]) & both
 
 
 def softmax_within_questions(logits_BxT: jax.Array, question_BxT: jax.Array,
-                             mask_BxT: jax.Array) -> jax.Array:
+                             mask_BxT: jax.Array, episode_BxT: jax.Array | None = None
+                             ) -> jax.Array:
     """Softmax of each target point's logit over the points of its own question.
 
     Points of one question share a question id; padding (mask False) gets probability 0.
     """
-    same = same_question_BxTxT(question_BxT, mask_BxT)
+    same = same_question_BxTxT(question_BxT, mask_BxT, episode_BxT)
     logits_BxT = jnp.where(mask_BxT, logits_BxT, 0.0)
     peak_BxT = jnp.max(jnp.where(same, logits_BxT[:, None, :], _NEG), axis=-1)
     # Padding rows have no peak; shift them by 0 so exp stays finite (inf * 0 is NaN in grads).
@@ -72,12 +78,12 @@ def cross_entropy(prob_BxT, true_BxT, mask_BxT) -> jax.Array:
     return jnp.mean(jnp.sum(jnp.where(mask_BxT, kl, 0.0), axis=-1))
 
 
-def wasserstein(prob_BxT, true_BxT, question_BxT, mask_BxT, ordinal_BxT, gap_BxT
-                ) -> jax.Array:
+def wasserstein(prob_BxT, true_BxT, question_BxT, mask_BxT, ordinal_BxT, gap_BxT,
+                episode_BxT=None) -> jax.Array:
     """The alignment metric's distance as a loss: per question, the integral of
     |CDF_pred - CDF_true| over its ordinal scale (scaled to [0, 1]), summed over an episode's
     questions, averaged over episodes. Nominal questions (no scale) have zero gaps: no loss."""
-    same = same_question_BxTxT(question_BxT, mask_BxT)
+    same = same_question_BxTxT(question_BxT, mask_BxT, episode_BxT)
     at_or_below = same & (ordinal_BxT[:, None, :] <= ordinal_BxT[:, :, None])
     diff_BxT = jnp.where(mask_BxT, prob_BxT - true_BxT, 0.0)
     cdf_BxT = jnp.einsum("bts,bs->bt", at_or_below.astype(diff_BxT.dtype), diff_BxT)

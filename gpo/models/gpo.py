@@ -6,7 +6,8 @@ H heads, K = D / H head width, L layers.
 Context token = MLP([x; y]), target token = MLP([x; 0]). Every token attends to the context
 tokens only, so targets never see each other and no position is encoded (a set, not a
 sequence). Computed as context self-attention plus target->context cross-attention with the
-same layer weights: O(C^2 + C T) instead of attention over all C + T tokens.
+same layer weights: O(C^2 + C T) instead of attention over all C + T tokens. A token sees only
+its own episode's context, so several episodes may share a row (`gpo.packing`).
 """
 
 from __future__ import annotations
@@ -61,20 +62,23 @@ class ContextAttentionLayer(nnx.Module):
         self.ff_out = nnx.Linear(feedforward, width, rngs=rngs)
         self.norm_ff = nnx.LayerNorm(width, rngs=rngs)
 
-    def __call__(self, tokens_BxNxD, context_BxCxD, context_mask_BxC):
+    def __call__(self, tokens_BxNxD, context_BxCxD, visible):
+        """visible: which context tokens each token attends to, [B, N, C] (GPO: its own
+        episode's), or [B, C] when every token sees the same."""
+        visible_BxNxC = visible[:, None, :] if visible.ndim == 2 else visible
         B, N, D = tokens_BxNxD.shape
         H, K = self.heads, D // self.heads
         q_BxNxHxK = self.query(tokens_BxNxD).reshape(B, N, H, K)
         k_BxCxHxK = self.key(context_BxCxD).reshape(B, -1, H, K)
         v_BxCxHxK = self.value(context_BxCxD).reshape(B, -1, H, K)
-        attended = attend(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, context_mask_BxC).reshape(B, N, D)
+        attended = attend(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, visible_BxNxC).reshape(B, N, D)
         x = self.norm_attention(tokens_BxNxD + self.out(attended))
         return self.norm_ff(x + self.ff_out(nnx.relu(self.ff_in(x))))
 
 
-def _attention(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, mask_BxC):
+def _attention(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, visible_BxNxC):
     logits_BxHxNxC = jnp.einsum("bnhk,bchk->bhnc", q_BxNxHxK, k_BxCxHxK)
-    logits_BxHxNxC = jnp.where(mask_BxC[:, None, None, :],
+    logits_BxHxNxC = jnp.where(visible_BxNxC[:, None, :, :],
                                logits_BxHxNxC / math.sqrt(q_BxNxHxK.shape[-1]), _NEG)
     weights = jax.nn.softmax(logits_BxHxNxC, axis=-1)
     return jnp.einsum("bhnc,bchk->bnhk", weights, v_BxCxHxK)
@@ -83,8 +87,8 @@ def _attention(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, mask_BxC):
 CPU_EPISODES_AT_ONCE = 2
 
 
-def attend(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, mask_BxC):
-    """Multi-head attention of the tokens over the unmasked context tokens.
+def attend(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, visible_BxNxC):
+    """Multi-head attention of the tokens over the context tokens each may see.
 
     On a CPU, two episodes at a time (`lax.map`), their logits recomputed in the backward pass:
     the [H, N, C] logits of two episodes stay in cache, where one batched pass streams all B
@@ -92,14 +96,16 @@ def attend(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, mask_BxC):
     132 ms forward, 62 ms against 232 ms with the gradient, per call). Accelerators, and
     several CPU devices (episodes split over devices, which pairs would cut across), take the
     batched pass."""
-    B = q_BxNxHxK.shape[0]
-    chunk = CPU_EPISODES_AT_ONCE if B % CPU_EPISODES_AT_ONCE == 0 else 1
-    if jax.default_backend() != "cpu" or jax.device_count() > 1 or B == chunk:
-        return _attention(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, mask_BxC)
-    split = lambda x: x.reshape((B // chunk, chunk) + x.shape[1:])  # noqa: E731
+    B, chunk = q_BxNxHxK.shape[0], CPU_EPISODES_AT_ONCE
+    if jax.default_backend() != "cpu" or jax.device_count() > 1 or B <= chunk:
+        return _attention(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, visible_BxNxC)
+    pad = -B % chunk  # an odd batch gets one empty episode (nothing visible: finite zeros)
+    split = lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(  # noqa: E731
+        (-1, chunk) + x.shape[1:])
     out = jax.lax.map(lambda args: jax.checkpoint(_attention)(*args),
-                      (split(q_BxNxHxK), split(k_BxCxHxK), split(v_BxCxHxK), split(mask_BxC)))
-    return out.reshape(q_BxNxHxK.shape)
+                      (split(q_BxNxHxK), split(k_BxCxHxK), split(v_BxCxHxK),
+                       split(visible_BxNxC)))
+    return out.reshape((B + pad,) + q_BxNxHxK.shape[1:])[:B]
 
 
 @jax.tree_util.register_dataclass
@@ -109,11 +115,21 @@ class ContextState:
 
     tokens_LxBxCxD: jax.Array
     mask_BxC: jax.Array
+    episode_BxC: jax.Array
+
+    def visible_to(self, episode_BxN: jax.Array) -> jax.Array:
+        return visible_context(self.mask_BxC, self.episode_BxC, episode_BxN)
+
+
+def visible_context(mask_BxC, episode_BxC, episode_BxN) -> jax.Array:
+    """[B, N, C]: the (unmasked) context tokens of each token's own episode."""
+    return mask_BxC[:, None, :] & (episode_BxN[:, :, None] == episode_BxC[:, None, :])
 
 
 @register_head("gpo")
 class GPO(Head):
     config_class = GPOConfig
+    packs_episodes = True
 
     def __init__(self, config: GPOConfig, *, rngs: nnx.Rngs):
         self.config = config
@@ -127,18 +143,20 @@ class GPO(Head):
         tokens = self.embedder(jnp.concatenate([context.x_BxNxE, context.prob_BxN[..., None]],
                                                axis=-1))
         per_layer = []
+        visible = visible_context(context.mask_BxN, context.episode_BxN, context.episode_BxN)
         for layer in self.layers:
             per_layer.append(tokens)
-            tokens = layer(tokens, tokens, context.mask_BxN)
-        return ContextState(jnp.stack(per_layer), context.mask_BxN)
+            tokens = layer(tokens, tokens, visible)
+        return ContextState(jnp.stack(per_layer), context.mask_BxN, context.episode_BxN)
 
     def predict(self, group: ContextState, targets: Points):
         x_BxTxE = targets.x_BxNxE
         zeros = jnp.zeros(x_BxTxE.shape[:-1] + (1,), x_BxTxE.dtype)
         tokens = self.embedder(jnp.concatenate([x_BxTxE, zeros], axis=-1))
+        visible = group.visible_to(targets.episode_BxN)
         for layer, context_tokens in zip(self.layers, group.tokens_LxBxCxD):
-            tokens = layer(tokens, context_tokens, group.mask_BxC)
+            tokens = layer(tokens, context_tokens, visible)
         out_BxTx2 = self.predictor(tokens)
         prob_BxT = softmax_within_questions(out_BxTx2[..., 0], targets.question_BxN,
-                                            targets.mask_BxN)
+                                            targets.mask_BxN, targets.episode_BxN)
         return prob_BxT, predictive_std(out_BxTx2[..., 1], self.config.bound_std)

@@ -19,6 +19,9 @@ Capabilities are declared as class attributes, never discovered with hasattr:
 - `has_group_space`: `interpolate_groups` gives a group between two others (PAL, PPD).
 - `reads_references`: the head reads the reference groups' answers in `Points`; a run keeps
   them so `gpo.load` needs no data folder (the reference head).
+- `packs_episodes`: the head keeps points of different episodes apart by `Points.episode_BxN`
+  (attention, softmax within questions), so meta-training may pack several episodes into one
+  row (`gpo.packing`; GPO).
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class Points:
     reference_respondents_BxNxS: jax.Array
     ordinal_BxN: jax.Array
     gap_BxN: jax.Array
+    episode_BxN: jax.Array  # the episode a point belongs to: its row, unless rows are packed
 
     @classmethod
     def of(cls, x_BxNxE, question_BxN, mask_BxN=None, prob_BxN=None) -> Points:
@@ -86,16 +90,19 @@ class Points:
         prob = zeros if prob_BxN is None else jnp.asarray(prob_BxN, jnp.float32)
         no_reference = jnp.zeros(question.shape + (0,), jnp.float32)
         return cls(x, prob, question, mask, zeros, no_reference, no_reference.astype(bool),
-                   no_reference, zeros, zeros)
+                   no_reference, zeros, zeros, _row_episodes(question))
 
 
 def gather_points(table: OptionTable, batch: dict[str, jax.Array], part: str) -> Points:
     """The `part` ('context' or 'target') points of a packed batch, gathered on the device."""
     n = "C" if part == "context" else "T"
     rows = batch[f"{part}_option_Bx{n}"]
-    known = table.reference_known_RxS[rows] & batch["reference_mask_BxS"][:, None, :]
+    episode = batch.get(f"{part}_episode_Bx{n}")  # present when rows are packed
+    episode = _row_episodes(rows) if episode is None else episode
+    of_episode = jnp.maximum(episode, 0)  # padding reads episode 0's flags, masked anyway
+    known = table.reference_known_RxS[rows] & batch["reference_mask_BxS"][of_episode]
     if part == "target":
-        known = known & ~batch["hide_target_references_B"][:, None, None]
+        known = known & ~batch["hide_target_references_B"][of_episode][..., None]
     return Points(x_BxNxE=table.x_RxE[rows], prob_BxN=batch[f"{part}_prob_Bx{n}"],
                   question_BxN=batch[f"{part}_question_Bx{n}"],
                   mask_BxN=batch[f"{part}_mask_Bx{n}"],
@@ -104,7 +111,14 @@ def gather_points(table: OptionTable, batch: dict[str, jax.Array], part: str) ->
                   reference_known_BxNxS=known,
                   reference_respondents_BxNxS=table.reference_respondents_RxS[rows],
                   ordinal_BxN=table.ordinal_R[rows],
-                  gap_BxN=table.gap_R[rows])
+                  gap_BxN=table.gap_R[rows],
+                  episode_BxN=episode)
+
+
+def _row_episodes(like_BxN: jax.Array) -> jax.Array:
+    """One episode a row: each point's episode is its row."""
+    B, N = like_BxN.shape
+    return jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, N))
 
 
 class Head(nnx.Module):
@@ -115,6 +129,7 @@ class Head(nnx.Module):
     learns_training_groups: ClassVar[bool] = False
     has_group_space: ClassVar[bool] = False
     reads_references: ClassVar[bool] = False
+    packs_episodes: ClassVar[bool] = False
 
     @classmethod
     def default_loss(cls, metric: str) -> str:
