@@ -198,6 +198,10 @@ class RunConfig:
             section, field = path.split(".", 1)
             if section not in raw or not isinstance(raw[section], dict | type(None)):
                 raise ValueError(f"override {item!r}: unknown section {section!r}")
+            if section == "model" and raw["model"] is None:
+                # the head's default config; training fills in the input width (a placeholder)
+                raw["model"] = dataclasses.asdict(
+                    head_class(raw["head"]).config_class.paper(embedding_dim=1))
             raw[section] = dict(raw[section] or {})
             raw[section][field] = parsed
         return RunConfig.from_dict(raw)

@@ -14,7 +14,7 @@ from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data import make_synthetic_survey
 from gpo.data.synthetic import make_planted_agreement_survey
 from gpo.embed import LexicalEmbedder, embed_survey
-from gpo.models import GPOConfig
+from gpo.models import GPOConfig, PALConfig
 from gpo.train import TrainingDiverged, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +61,9 @@ def test_config_overrides_from_the_command_line():
     pal = config.override(["head=pal"])  # a GPO model config cannot serve PAL: dropped
     assert pal.head == "pal" and pal.model is None and pal.train == config.train
     assert config.override(["head=gpo"]).model == config.model
+    # a field of a head's default model config: the rest stays the default
+    pal_wide = pal.override(["model.prototypes=3"]).model
+    assert pal_wide.prototypes == 3 and pal_wide.latent == PALConfig(embedding_dim=1).latent
     for bad, match in (("train.steps", "not section.field=value"),
                        ("steps=3", "not section.field=value"),
                        ("optim.lr=1", "unknown section 'optim'"),
