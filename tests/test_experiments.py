@@ -126,6 +126,17 @@ def test_baselines_and_ceilings(shared, capsys):
     assert len(table_row(out, "group regression (affine)")) == 4
 
 
+def test_matmul_dtype(shared, capsys):
+    out = run_script("matmul_dtype.py", ["--data-dir", shared["data"], "--embedder", "lexical",
+                                         "--steps", "1", "--seeds", "0",
+                                         *common(shared, "matmul_dtype")], capsys)
+    for method in ("GPO float32", "GPO bfloat16", "group regression"):
+        assert len(table_row(out, method)) == 3  # k = 5, 10, 20
+    assert "GPO bfloat16 - GPO float32, paired over" in out
+    paired = report(shared, "matmul_dtype")["paired_bf16_minus_f32"]
+    assert set(paired) == {"5", "10", "20"} and all(len(v) == 3 for v in paired.values())
+
+
 def test_benchmarks(shared, capsys, monkeypatch):
     out = run_script("bench_all.py", ["--data-dir", shared["data"] + "/opinionqa",
                                       "--questions", "2", "--train-steps", "1",

@@ -154,3 +154,24 @@ def test_attention_two_episodes_at_a_time_equals_one_batched_pass():
     odd = attend(q[:5], k[:5], v[:5], mask[:5])  # an odd batch: padded with an empty episode
     np.testing.assert_allclose(odd, _attention(q[:5], k[:5], v[:5], mask[:5]), atol=1e-6)
     assert jnp.isfinite(odd).all()
+
+
+def test_bfloat16_matmuls_keep_float32_weights_and_stay_close(model):
+    """matmul_dtype='bfloat16' multiplies in bf16 and accumulates in f32: the same weights
+    (float32 either way) give predictions within bf16 rounding of the f32 model's."""
+    import jax
+
+    config = GPOConfig(embedding_dim=E, width=32, heads=4, layers=2, feedforward=32,
+                       matmul_dtype="bfloat16")
+    low = GPO(config, rngs=nnx.Rngs(0))
+    assert {leaf.dtype for leaf in jax.tree.leaves(nnx.state(low))} == {jnp.dtype("float32")}
+    nnx.update(low, nnx.state(model))  # the f32 model's weights
+    data = episode()
+    prob, std = run(model, *data)
+    prob_low, std_low = run(low, *data)
+    assert prob_low.dtype == std_low.dtype == jnp.float32
+    assert not np.array_equal(prob_low, prob)  # bf16 did round something
+    np.testing.assert_allclose(prob_low, prob, atol=0.02)
+    np.testing.assert_allclose(std_low, std, rtol=0.05)
+    with pytest.raises(ValueError, match="matmul_dtype must be one of"):
+        GPOConfig(embedding_dim=E, matmul_dtype="float16")

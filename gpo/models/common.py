@@ -12,14 +12,29 @@ from flax import nnx
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays NaN-free
 
 
+MATMUL_DTYPES = ("float32", "bfloat16")
+
+
+def linear(d_in: int, d_out: int, matmul_dtype: str = "float32", *, rngs: nnx.Rngs
+           ) -> nnx.Linear:
+    """A Linear layer with float32 weights whose matmul multiplies in `matmul_dtype` and
+    accumulates in float32 (bfloat16: the tensor cores' fast path on accelerators)."""
+    if matmul_dtype == "float32":
+        return nnx.Linear(d_in, d_out, rngs=rngs)
+    return nnx.Linear(d_in, d_out, dtype=jnp.dtype(matmul_dtype),
+                      preferred_element_type=jnp.float32, rngs=rngs)
+
+
 class MLP(nnx.Module):
     """Linear, then (ReLU, Linear) x (depth - 1): GPO's embedder and predictor shape."""
 
-    def __init__(self, d_in: int, d_hidden: int, d_out: int, depth: int, *, rngs: nnx.Rngs):
+    def __init__(self, d_in: int, d_hidden: int, d_out: int, depth: int,
+                 matmul_dtype: str = "float32", *, rngs: nnx.Rngs):
         if depth < 1:
             raise ValueError(f"MLP depth must be >= 1, got {depth}")
         dims = [d_in] + [d_hidden] * (depth - 1) + [d_out]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(dims, dims[1:])])
+        self.layers = nnx.List([linear(a, b, matmul_dtype, rngs=rngs)
+                                for a, b in zip(dims, dims[1:])])
 
     def __call__(self, x):
         for i, layer in enumerate(self.layers):

@@ -19,7 +19,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gpo.models.common import _NEG, MLP, predictive_std, softmax_within_questions
+from gpo.models.common import (
+    _NEG,
+    MATMUL_DTYPES,
+    MLP,
+    linear,
+    predictive_std,
+    softmax_within_questions,
+)
 from gpo.models.head import Head, Points
 from gpo.models.registry import register_head
 
@@ -33,8 +40,13 @@ class GPOConfig:
     feedforward: int = 128
     embed_depth: int = 4
     bound_std: bool = False  # std = 0.05 + 0.95 softplus(.) instead of exp(.)
+    matmul_dtype: str = "float32"  # or 'bfloat16': matmuls multiply in bf16, accumulate
+    #                                in f32; weights, layer norms and softmax stay f32
 
     def __post_init__(self):
+        if self.matmul_dtype not in MATMUL_DTYPES:
+            raise ValueError(f"matmul_dtype must be one of {MATMUL_DTYPES}, "
+                             f"got {self.matmul_dtype!r}")
         if self.embedding_dim < 1:
             raise ValueError(f"embedding_dim must be positive, got {self.embedding_dim}")
         if self.width % self.heads:
@@ -51,15 +63,17 @@ class GPOConfig:
 class ContextAttentionLayer(nnx.Module):
     """A post-norm transformer layer whose keys and values are the context tokens only."""
 
-    def __init__(self, width: int, heads: int, feedforward: int, *, rngs: nnx.Rngs):
+    def __init__(self, width: int, heads: int, feedforward: int,
+                 matmul_dtype: str = "float32", *, rngs: nnx.Rngs):
         self.heads = heads
-        self.query = nnx.Linear(width, width, rngs=rngs)
-        self.key = nnx.Linear(width, width, rngs=rngs)
-        self.value = nnx.Linear(width, width, rngs=rngs)
-        self.out = nnx.Linear(width, width, rngs=rngs)
+        self.matmul_dtype = matmul_dtype
+        self.query = linear(width, width, matmul_dtype, rngs=rngs)
+        self.key = linear(width, width, matmul_dtype, rngs=rngs)
+        self.value = linear(width, width, matmul_dtype, rngs=rngs)
+        self.out = linear(width, width, matmul_dtype, rngs=rngs)
         self.norm_attention = nnx.LayerNorm(width, rngs=rngs)
-        self.ff_in = nnx.Linear(width, feedforward, rngs=rngs)
-        self.ff_out = nnx.Linear(feedforward, width, rngs=rngs)
+        self.ff_in = linear(width, feedforward, matmul_dtype, rngs=rngs)
+        self.ff_out = linear(feedforward, width, matmul_dtype, rngs=rngs)
         self.norm_ff = nnx.LayerNorm(width, rngs=rngs)
 
     def __call__(self, tokens_BxNxD, context_BxCxD, visible):
@@ -71,23 +85,27 @@ class ContextAttentionLayer(nnx.Module):
         q_BxNxHxK = self.query(tokens_BxNxD).reshape(B, N, H, K)
         k_BxCxHxK = self.key(context_BxCxD).reshape(B, -1, H, K)
         v_BxCxHxK = self.value(context_BxCxD).reshape(B, -1, H, K)
-        attended = attend(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, visible_BxNxC).reshape(B, N, D)
+        attended = attend(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, visible_BxNxC,
+                          self.matmul_dtype).reshape(B, N, D)
         x = self.norm_attention(tokens_BxNxD + self.out(attended))
         return self.norm_ff(x + self.ff_out(nnx.relu(self.ff_in(x))))
 
 
-def _attention(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, visible_BxNxC):
-    logits_BxHxNxC = jnp.einsum("bnhk,bchk->bhnc", q_BxNxHxK, k_BxCxHxK)
+def _attention(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, visible_BxNxC, matmul_dtype="float32"):
+    low = lambda x: x.astype(matmul_dtype)  # noqa: E731  # the softmax stays float32
+    logits_BxHxNxC = jnp.einsum("bnhk,bchk->bhnc", low(q_BxNxHxK), low(k_BxCxHxK),
+                                preferred_element_type=jnp.float32)
     logits_BxHxNxC = jnp.where(visible_BxNxC[:, None, :, :],
                                logits_BxHxNxC / math.sqrt(q_BxNxHxK.shape[-1]), _NEG)
     weights = jax.nn.softmax(logits_BxHxNxC, axis=-1)
-    return jnp.einsum("bhnc,bchk->bnhk", weights, v_BxCxHxK)
+    return jnp.einsum("bhnc,bchk->bnhk", low(weights), low(v_BxCxHxK),
+                      preferred_element_type=jnp.float32)
 
 
 CPU_EPISODES_AT_ONCE = 2
 
 
-def attend(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, visible_BxNxC):
+def attend(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, visible_BxNxC, matmul_dtype="float32"):
     """Multi-head attention of the tokens over the context tokens each may see.
 
     On a CPU, two episodes at a time (`lax.map`), their logits recomputed in the backward pass:
@@ -98,11 +116,12 @@ def attend(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, visible_BxNxC):
     batched pass."""
     B, chunk = q_BxNxHxK.shape[0], CPU_EPISODES_AT_ONCE
     if jax.default_backend() != "cpu" or jax.device_count() > 1 or B <= chunk:
-        return _attention(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, visible_BxNxC)
+        return _attention(q_BxNxHxK, k_BxCxHxK, v_BxCxHxK, visible_BxNxC, matmul_dtype)
     pad = -B % chunk  # an odd batch gets one empty episode (nothing visible: finite zeros)
     split = lambda x: jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(  # noqa: E731
         (-1, chunk) + x.shape[1:])
-    out = jax.lax.map(lambda args: jax.checkpoint(_attention)(*args),
+    out = jax.lax.map(lambda args: jax.checkpoint(_attention, static_argnums=4)(
+        *args, matmul_dtype),
                       (split(q_BxNxHxK), split(k_BxCxHxK), split(v_BxCxHxK),
                        split(visible_BxNxC)))
     return out.reshape((B + pad,) + q_BxNxHxK.shape[1:])[:B]
@@ -134,10 +153,12 @@ class GPO(Head):
     def __init__(self, config: GPOConfig, *, rngs: nnx.Rngs):
         self.config = config
         c = config
-        self.embedder = MLP(c.embedding_dim + 1, c.width, c.width, c.embed_depth, rngs=rngs)
-        self.layers = nnx.List([ContextAttentionLayer(c.width, c.heads, c.feedforward, rngs=rngs)
+        self.embedder = MLP(c.embedding_dim + 1, c.width, c.width, c.embed_depth,
+                            c.matmul_dtype, rngs=rngs)
+        self.layers = nnx.List([ContextAttentionLayer(c.width, c.heads, c.feedforward,
+                                                      c.matmul_dtype, rngs=rngs)
                                 for _ in range(c.layers)])
-        self.predictor = MLP(c.width, c.feedforward, 2, 2, rngs=rngs)
+        self.predictor = MLP(c.width, c.feedforward, 2, 2, c.matmul_dtype, rngs=rngs)
 
     def encode_context(self, context: Points) -> ContextState:
         tokens = self.embedder(jnp.concatenate([context.x_BxNxE, context.prob_BxN[..., None]],
