@@ -96,7 +96,8 @@ class TrainConfig:
     packing: str = "auto"                       # device sampler: 'rows' packs several
                                                 # episodes a row (gpo.packing; heads that
                                                 # pack), 'off' pads each; 'auto': rows on a
-                                                # CPU, where padding costs compute
+                                                # CPU, where padding costs compute, for runs
+                                                # of 200 steps or more
 
     def __post_init__(self):
         if self.loss not in LOSSES:

@@ -291,13 +291,19 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
                        meta["history"], time.perf_counter() - started)
 
 
+# Packing costs a few seconds up front (the layout search, and compiling the padded step a
+# batch that does not fit falls back to): 'auto' leaves shorter runs padded.
+PACK_FROM_STEPS = 200
+
+
 def packs(t, head_cls) -> bool:
     """Whether meta-training packs several episodes a row (`TrainConfig.packing`)."""
     if t.packing == "rows" and not head_cls.packs_episodes:
         raise ValueError(f"train.packing='rows': head {head_cls.name!r} does not keep the "
                          "episodes of a row apart; use packing='off' or 'auto'")
     if t.packing == "auto":
-        return t.sampler == "device" and head_cls.packs_episodes and jax.default_backend() == "cpu"
+        return (t.sampler == "device" and head_cls.packs_episodes
+                and jax.default_backend() == "cpu" and t.steps >= PACK_FROM_STEPS)
     return t.packing == "rows"
 
 

@@ -170,6 +170,7 @@ def test_the_chosen_layout_costs_least_on_the_runs_first_steps(setup):
 def test_packing_is_chosen_per_head_and_refused_where_a_head_cannot_pack():
     device = TrainConfig(packing="auto")
     assert packs(device, GPO) == (jax.default_backend() == "cpu")
+    assert not packs(TrainConfig(steps=30), GPO)  # too short to repay the layout search
     assert not packs(device, PPD)  # PPD pools a row's points into one group embedding
     assert not packs(TrainConfig(packing="off"), GPO)
     assert not packs(TrainConfig(sampler="host"), GPO)

@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = dict(width=16, heads=2, layers=1, feedforward=16, embed_depth=2)
 
 
+# The two ways episodes reach a training step: sampled on the host, or on the device and
+# packed several to a row (what a CPU run of the default length does).
+SAMPLERS = {"host": {"sampler": "host"}, "device": {"sampler": "device", "packing": "rows"}}
+
+
 def tiny_config(steps=30, **train_overrides) -> RunConfig:
     train_cfg = dict(steps=steps, batch_size=4, context_range=(2, 6), target_range=(2, 6),
                      eval_every=10, checkpoint_every=10, learning_rate=3e-3, warmup_steps=2)
@@ -76,7 +81,7 @@ def test_config_overrides_from_the_command_line():
 @pytest.mark.parametrize("sampler", ["host", "device"])
 def test_training_learns_and_keeps_the_best(tiny_data, tmp_path, sampler):
     survey, emb = tiny_data
-    result = train(tiny_config(steps=60, sampler=sampler), survey, emb, tmp_path / "run",
+    result = train(tiny_config(steps=60, **SAMPLERS[sampler]), survey, emb, tmp_path / "run",
                    progress=False)
     assert result.steps == 60 and len(result.history) == 6
     losses = [h["loss"] for h in result.history]
@@ -91,7 +96,7 @@ def test_training_learns_and_keeps_the_best(tiny_data, tmp_path, sampler):
 @pytest.mark.parametrize("sampler", ["host", "device"])
 def test_resuming_gives_the_same_parameters(tiny_data, tmp_path, sampler):
     survey, emb = tiny_data
-    config = tiny_config(sampler=sampler)
+    config = tiny_config(**SAMPLERS[sampler])
     train(config, survey, emb, tmp_path / "whole", progress=False)
     train(config, survey, emb, tmp_path / "split", progress=False, stop_after=13)
     assert params_of(tmp_path / "split")[0] == 13
@@ -137,7 +142,7 @@ def test_divergence_stops_the_run_naming_step_and_episodes(tiny_data, tmp_path, 
     survey, emb = tiny_data
     with pytest.raises(TrainingDiverged, match=r"at step \d+; episodes \[[0-9, ]+\] "
                                                r"\(groups \['synthetic=group"):
-        train(tiny_config(learning_rate=1e12, warmup_steps=0, sampler=sampler), survey, emb,
+        train(tiny_config(learning_rate=1e12, warmup_steps=0, **SAMPLERS[sampler]), survey, emb,
               tmp_path / "run", progress=False)
 
 
@@ -149,7 +154,7 @@ from gpo.train import train
 sys.path.insert(0, {tests!r})
 from test_train import tiny_config
 survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-train(tiny_config(steps={steps}, checkpoint_every=5, sampler={sampler!r}), survey,
+train(tiny_config(steps={steps}, checkpoint_every=5, **{settings!r}), survey,
       embed_survey(survey, LexicalEmbedder(dim=32)), sys.argv[1], progress=False)
 """
 
@@ -158,7 +163,8 @@ train(tiny_config(steps={steps}, checkpoint_every=5, sampler={sampler!r}), surve
 def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_path, sampler):
     steps = 400
     survey, emb = tiny_data
-    script = KILL_SCRIPT.format(tests=str(ROOT / "tests"), steps=steps, sampler=sampler)
+    script = KILL_SCRIPT.format(tests=str(ROOT / "tests"), steps=steps,
+                                settings=SAMPLERS[sampler])
     child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "killed")],
                              cwd=ROOT, stderr=subprocess.PIPE)
     latest = tmp_path / "killed" / "checkpoints" / "latest"
@@ -173,7 +179,7 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_p
     child.wait()
     killed_at = params_of(tmp_path / "killed")[0]
     assert 10 <= killed_at < steps
-    config = tiny_config(steps=steps, checkpoint_every=5, sampler=sampler)
+    config = tiny_config(steps=steps, checkpoint_every=5, **SAMPLERS[sampler])
     train(config, survey, emb, tmp_path / "killed", progress=False)
     train(config, survey, emb, tmp_path / "whole", progress=False)
     _, a = params_of(tmp_path / "killed")
