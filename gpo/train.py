@@ -44,19 +44,22 @@ def episode_loss(loss_name: str, prob_BxT, std_BxT, targets, episodes: int | Non
     several). 'X+nll' trains the probabilities with X and, separately, the predicted std with
     the Gaussian NLL of the (fixed) probabilities: each part of the output learns from the loss
     that fits it."""
-    true, mask = targets.prob_BxN, targets.mask_BxN
     # Every loss is a mean over rows of per-row sums: rescaled, a mean over episodes.
     per_episode = 1.0 if episodes is None else prob_BxT.shape[0] / episodes
+    return _row_mean_loss(loss_name, prob_BxT, std_BxT, targets) * per_episode
+
+
+def _row_mean_loss(loss_name: str, prob_BxT, std_BxT, targets) -> jax.Array:
+    true, mask = targets.prob_BxN, targets.mask_BxN
     if loss_name.endswith("+nll"):
         std_loss = gaussian_nll(jax.lax.stop_gradient(prob_BxT), std_BxT, true, mask)
-        return (episode_loss(loss_name[:-len("+nll")], prob_BxT, std_BxT, targets, episodes)
-                + std_loss * per_episode)
+        return _row_mean_loss(loss_name[:-len("+nll")], prob_BxT, std_BxT, targets) + std_loss
     if loss_name == "gaussian_nll":
-        return gaussian_nll(prob_BxT, std_BxT, true, mask) * per_episode
+        return gaussian_nll(prob_BxT, std_BxT, true, mask)
     if loss_name == "wasserstein":
         return wasserstein(prob_BxT, true, targets.question_BxN, mask, targets.ordinal_BxN,
-                           targets.gap_BxN, targets.episode_BxN) * per_episode
-    return cross_entropy(prob_BxT, true, mask) * per_episode
+                           targets.gap_BxN, targets.episode_BxN)
+    return cross_entropy(prob_BxT, true, mask)
 
 
 def init_model_state(config: RunConfig, seed: int, mesh) -> tuple[Any, Any]:
