@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from gpo.baselines import USES_ONLY_CONTEXT, run_baselines
 from gpo.data import data_dir, load_dataset
 from gpo.embed import LexicalEmbedder, embed_survey
-from gpo.report import format_table, write_json
+from gpo.evaluation.baselines import USES_ONLY_CONTEXT, run_baselines
+from gpo.evaluation.report import format_table, write_json
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import bench_embed
 import bench_metrics
 import bench_train
 
-from gpo.report import write_json
+from gpo.evaluation.report import write_json
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
 
     embed = bench_embed.measure(args.data_dir, args.questions)
-    # as gpo.train on a CPU: the device sampler, episodes packed several a row
+    # as gpo.training on a CPU: the device sampler, episodes packed several a row
     one = bench_train.throughput(1, args.train_steps, args.batch_size, "packed")["steps_per_s"]
     eight = bench_train.throughput(8, args.train_steps, args.batch_size, "packed")["steps_per_s"]
     latency = bench_train.latency(args.repeats)

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from gpo.metrics import alignment, js_alignment
+from gpo.evaluation.metrics import alignment, js_alignment
 
 
 def measure(repeats: int = 20) -> dict[str, float]:

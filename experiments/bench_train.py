@@ -1,8 +1,8 @@
 """Meta-training throughput at the paper's config, each path in its own process, one run:
 the host sampler (NumPy episodes, one dispatch a step), the device sampler (episodes drawn by
 jax.random inside `lax.scan`, many steps a dispatch) with every episode padded to its capacity
-(train.packing=off) or packed several to a row (train.packing=rows, what gpo.train does on a
-CPU), and a plain PyTorch implementation of the same architecture built the way GPO's
+(train.packing=off) or packed several to a row (train.packing=rows, what gpo.training does on
+a CPU), and a plain PyTorch implementation of the same architecture built the way GPO's
 reference code builds it; then 8 simulated CPU devices against 1, and the latency of adapt +
 predict for one group.
 
@@ -20,7 +20,7 @@ steps). On a GPU, XLA drives a compiled loop's iterations from the host thread, 
 device sampler's dispatch returns only once its steps have run: its host ms/step is then
 mostly that wait, not host work. "shapes": distinct batch shapes compiled in the timed run
 (packed: the rows, and the padded layout a step falls back to when its episodes do not fit);
-"compile s" includes choosing the rows (`gpo.packing.choose_layout`).
+"compile s" includes choosing the rows (`gpo.training.packing.choose_layout`).
 """
 
 from __future__ import annotations
@@ -37,38 +37,40 @@ import time
 SETUP = """
 import dataclasses, json, time
 import jax, jax.numpy as jnp, numpy as np
-from gpo.config import RunConfig, TrainConfig
+from gpo.config import SamplingConfig, TrainConfig
 from gpo.data import make_synthetic_survey
-from gpo.data.episodes import EpisodeSampler
 from gpo.models import GPOConfig
-from gpo.option_table import EmbeddingStats, References, build_option_table
+from gpo.points import EmbeddingStats, References, survey_option_table
 from gpo.sharding import make_mesh, put_batch, replicated
+from gpo.training.sampling import EpisodeSampler
 survey = make_synthetic_survey(seed=0, n_groups=36, n_questions=624).survey
 emb = np.random.default_rng(0).normal(size=survey.option_mask_QxO.shape + (576,)).astype("f4")
-cfg = RunConfig(head="gpo", model=GPOConfig.paper(576), train=TrainConfig(batch_size={batch}))
-sampler = EpisodeSampler(survey, np.arange(14), np.arange(624), {batch}, (10, 100), (10, 100),
+head_config = GPOConfig.paper(576)
+sampling = SamplingConfig(batch_size={batch}, hide_references=0.0)  # paper: 10-100 + 10-100
+train = TrainConfig(sampling=sampling)
+sampler = EpisodeSampler(survey, np.arange(14), np.arange(624), sampling,
                          reference_groups=np.arange(14))
 """
 
 JAX_PATH = SETUP + """
-from gpo.device_sampler import DeviceSampler
-from gpo.packing import choose_layout, pack_rows
-from gpo.train import init_model_state, make_device_steps, make_optimizer, make_train_step
+from gpo.training.device_sampler import DeviceSampler
+from gpo.training.packing import choose_layout, pack_rows
+from gpo.training.steps import (init_model_state, init_optimizer_state, make_device_steps,
+                                make_optimizer, make_train_step)
 mesh = make_mesh()
 references = References.from_survey(survey, np.arange(14), np.arange(624))
-table = jax.device_put(build_option_table(emb, EmbeddingStats.fit(emb, survey.option_mask_QxO),
-                                          survey, references), replicated(mesh))
-graphdef, state = init_model_state(cfg, 0, mesh)
-tx = make_optimizer(cfg)
-opt = jax.jit(tx.init, out_shardings=jax.tree.map(lambda _: replicated(mesh),
-              jax.eval_shape(tx.init, state)))(state)
+table = jax.device_put(survey_option_table(emb, EmbeddingStats.fit(emb, survey.option_mask_QxO),
+                                           survey, references), replicated(mesh))
+graphdef, state = init_model_state("gpo", head_config, 0, mesh)
+tx = make_optimizer(train)
+opt = init_optimizer_state(tx, state, mesh)
 steps, host, shapes, extra = {steps}, 0.0, set(), {{}}
-if "{path}" == "host":  # as gpo.train's loop: sample, pack, put, dispatch; read a step late
+if "{path}" == "host":  # as gpo.training's loop: sample, pack, put, dispatch; read a step late
     step = make_train_step(graphdef, tx, "gaussian_nll", mesh)
     def one(i):
         global state, opt
-        batch = sampler.sample(i).arrays()
-        shapes.add((batch["context_option_BxC"].shape[1], batch["target_option_BxT"].shape[1]))
+        batch = sampler.sample(i)
+        shapes.add((batch.context.option_BxN.shape[1], batch.target.option_BxN.shape[1]))
         state, opt, m = step(state, opt, table, put_batch(batch, mesh))
         return m
     start = time.perf_counter()
@@ -87,14 +89,15 @@ if "{path}" == "host":  # as gpo.train's loop: sample, pack, put, dispatch; read
     float(pending["loss"])
     seconds = time.perf_counter() - start
     host_ms = 1e3 * host / steps
-else:  # gpo.train with train.sampler=device: n steps per dispatch, metrics read per call
-    device_sampler, arrays = DeviceSampler.like(sampler)
+else:  # gpo.training with train.sampler=device: n steps per dispatch, metrics read per call
+    device_sampler, arrays = DeviceSampler.build(survey, np.arange(14), np.arange(624),
+                                                 sampling, reference_groups=np.arange(14))
     arrays = jax.device_put(arrays, replicated(mesh))
     sample = lambda step: device_sampler.sample(arrays, step)
     start = time.perf_counter()
     layout = None  # "device": every episode padded to the most points it may have
     if "{path}" == "packed":  # as train.packing=rows: episodes several to a row
-        layout = choose_layout(sample, cfg.model.width, multiple=len(jax.devices()))
+        layout = choose_layout(sample, head_config.width, multiple=len(jax.devices()))
         shapes.add(dataclasses.astuple(layout))
     extra["capacity"] = "%d + %d" % (device_sampler.context_capacity,
                                      device_sampler.target_capacity)
@@ -174,13 +177,14 @@ emb_t = torch.tensor(emb.reshape(-1, E), device=device)
 
 
 def one(i):
-    batch = {{k: torch.as_tensor(v, device=device) for k, v in sampler.sample(i).arrays().items()}}
-    xc, xt = emb_t[batch["context_option_BxC"].long()], emb_t[batch["target_option_BxT"].long()]
-    prob, std = model(xc, batch["context_prob_BxC"], xt, batch["context_mask_BxC"],
-                      batch["target_mask_BxT"], batch["target_question_BxT"])
-    z = (batch["target_prob_BxT"] - prob) / std
+    episodes = sampler.sample(i)
+    c, t = (jax.tree.map(lambda v: torch.as_tensor(np.asarray(v), device=device), part)
+            for part in (episodes.context, episodes.target))
+    xc, xt = emb_t[c.option_BxN.long()], emb_t[t.option_BxN.long()]
+    prob, std = model(xc, c.prob_BxN, xt, c.mask_BxN, t.mask_BxN, t.question_BxN)
+    z = (t.prob_BxN - prob) / std
     nll = 0.5 * z ** 2 + std.log()
-    loss = torch.where(batch["target_mask_BxT"], nll, 0.0).sum(-1).mean()
+    loss = torch.where(t.mask_BxN, nll, 0.0).sum(-1).mean()
     optimiser.zero_grad()
     loss.backward()
     optimiser.step()
@@ -266,12 +270,12 @@ def latency(repeats: int = 50) -> dict:
     from gpo.api import GroupPreferenceModel
     from gpo.config import RunConfig
     from gpo.models import GPO, GPOConfig
-    from gpo.option_table import EmbeddingStats
+    from gpo.points import EmbeddingStats
 
     E = 576
-    config = RunConfig(head="gpo", model=GPOConfig.paper(E))
     stats = EmbeddingStats(np.zeros(E, np.float32), np.ones(E, np.float32))
-    model = GroupPreferenceModel(config, GPO(config.model, rngs=nnx.Rngs(0)), stats)
+    model = GroupPreferenceModel(RunConfig(head="gpo"),
+                                 GPO(GPOConfig.paper(E), rngs=nnx.Rngs(0)), stats)
     rng = np.random.default_rng(0)
     context = [(rng.normal(size=(4, E)).astype(np.float32), rng.dirichlet(np.ones(4)))
                for _ in range(20)]
@@ -355,7 +359,7 @@ def main() -> None:
             print(f"  ratio device sampler ({label}) / PyTorch       "
                   f"{new['steps_per_s'] / torch['steps_per_s']:.2f}x (target >= 1.5x)")
     if not args.no_devices:
-        # as gpo.train on a CPU (train.packing=auto): packed rows
+        # as gpo.training on a CPU (train.packing=auto): packed rows
         one = throughput(1, args.steps, args.batch_size, "packed", args.per_call)
         eight = throughput(8, args.steps, args.batch_size, "packed", args.per_call)
         report["devices"] = {"1": one, "8": eight}
@@ -369,7 +373,7 @@ def main() -> None:
               f"{lat['median_ms']:.1f} ms, p90 {lat['p90_ms']:.1f} ms "
               f"(target < 20 ms: {'met' if lat['median_ms'] < 20 else 'not met'})")
     if args.out:
-        from gpo.report import write_json
+        from gpo.evaluation.report import write_json
         write_json(args.out, report)
 
 

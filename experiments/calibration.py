@@ -26,9 +26,9 @@ from common import (  # noqa: E402
 )
 
 from gpo.config import DataConfig, EmbedConfig  # noqa: E402
-from gpo.evaluate import run_predictions  # noqa: E402
-from gpo.metrics import calibration  # noqa: E402
-from gpo.report import format_table, write_json  # noqa: E402
+from gpo.evaluation.evaluate import run_predictions  # noqa: E402
+from gpo.evaluation.metrics import calibration  # noqa: E402
+from gpo.evaluation.report import format_table, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
     embeddings = embed(survey, embed_config, args.embeddings)
     rows, curves = {}, {}
-    for label, (head, model) in head_variants(embeddings.shape[-1], heads=args.heads).items():
+    for label, (head, model) in head_variants(heads=args.heads).items():
         config, root = variant_run(args, label, head, model, data, embed_config)
         train_and_evaluate(config, survey, embeddings, root, (args.k,), args.seeds,
                            log=lambda _: None, baselines=False)

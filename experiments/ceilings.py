@@ -15,12 +15,12 @@ import argparse
 import numpy as np
 from common import main_guard
 
-from gpo.baselines import group_mixture, group_regression
 from gpo.config import DataConfig
-from gpo.data.episodes import EvalTask, make_eval_task, make_split
-from gpo.metrics import score_predictions
+from gpo.data.splits import EvalTask, make_eval_task, make_split
+from gpo.evaluation.baselines import group_mixture, group_regression
+from gpo.evaluation.metrics import score_predictions
+from gpo.evaluation.report import format_table, write_json
 from gpo.pipeline import load_survey
-from gpo.report import format_table, write_json
 
 KS = (5, 10, 20)
 

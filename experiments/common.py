@@ -15,10 +15,9 @@ import numpy as np
 
 from gpo.config import RunConfig, TrainConfig
 from gpo.data.survey import Survey
-from gpo.evaluate import Evaluation, evaluate_run
-from gpo.models import PALConfig
+from gpo.evaluation.evaluate import Evaluation, evaluate_run
 from gpo.pipeline import dataset_folder, embed, load_survey  # noqa: F401  (scripts' imports)
-from gpo.train import train
+from gpo.training import train
 
 
 def experiment_parser(doc: str, *, data_help: str | None, out: str, runs: str = "runs/heads",
@@ -55,7 +54,7 @@ def experiment_parser(doc: str, *, data_help: str | None, out: str, runs: str = 
                         help=f"training budget in GPO steps (default: {steps})")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a field of every trained config, e.g. "
-                             "--set train.batch_size=32 (changes the run folders' names)")
+                             "--set train.sampling.batch_size=32 (changes the run folders' names)")
     parser.add_argument("--out", default=out, help=f"JSON report (default: {out})")
     return parser
 
@@ -76,18 +75,16 @@ def experiment_train_config(head: str, steps: int, **overrides) -> TrainConfig:
     return preset(max(1, round(steps * share)), **overrides)
 
 
-def head_variants(embedding_dim: int, pal_ks: Sequence[int] = (1, 2, 4, 8),
-                  heads: Sequence[str] = ("GPO", "PPD", "PAL")
-                  ) -> dict[str, tuple[str, object]]:
-    """The heads experiments compare, by label: (head name, model config or None)."""
+def head_variants(pal_ks: Sequence[int] = (1, 2, 4, 8),
+                  heads: Sequence[str] = ("GPO", "PPD", "PAL")) -> dict[str, tuple[str, dict]]:
+    """The heads experiments compare, by label: (head name, its config's model section)."""
     out = {}
     for label in heads:
         if label == "PAL":
             for k in pal_ks:
-                out[f"PAL K={k}"] = ("pal", dataclasses.replace(PALConfig.paper(embedding_dim),
-                                                                prototypes=k))
+                out[f"PAL K={k}"] = ("pal", {"prototypes": k})
         else:
-            out[label] = (label.lower(), None)
+            out[label] = (label.lower(), {})
     return out
 
 
@@ -106,7 +103,7 @@ def run_directory(root: str | Path, config: RunConfig, label: str) -> Path:
 PUBLISHED_SAMPLER = "host"
 
 
-def variant_run(args, label: str, head: str, model, data, embed_config,
+def variant_run(args, label: str, head: str, model: dict, data, embed_config,
                 train: TrainConfig | None = None) -> tuple[RunConfig, Path]:
     """A head variant's config (the experiment budget, then any --set overrides) and its run
     folder (overrides name it too, so runs of other configs never mix)."""

@@ -24,10 +24,10 @@ from common import (
 )
 
 from gpo.config import DataConfig, EmbedConfig
-from gpo.evaluate import SplitResult, evaluate_head, survey_table
-from gpo.report import format_table, write_json
+from gpo.evaluation.evaluate import SplitResult, evaluate_head, survey_table
+from gpo.evaluation.report import format_table, write_json
 from gpo.run_dir import RunDir
-from gpo.train import split_for
+from gpo.training.loop import split_for
 
 KS = (5, 10, 20)
 
@@ -49,7 +49,7 @@ def main() -> None:
     us_embeddings = embed(us_survey, embed_config)
 
     variants, transfers = {}, {}
-    for label, (head, model) in head_variants(embeddings.shape[-1], heads=args.heads).items():
+    for label, (head, model) in head_variants(heads=args.heads).items():
         config, run_dir = variant_run(args, label, head, model, countries, embed_config)
         variants[label] = train_and_evaluate(config, survey, embeddings, run_dir, KS,
                                              args.seeds)

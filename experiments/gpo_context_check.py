@@ -18,8 +18,7 @@ from common import PUBLISHED_SAMPLER, main_guard, train_and_evaluate
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data.synthetic import make_planted_agreement_survey
-from gpo.models import GPOConfig
-from gpo.report import format_table, write_json
+from gpo.evaluation.report import format_table, write_json
 
 # name: (loss, learning rate, bound_std)
 VARIANTS = {
@@ -58,7 +57,7 @@ def main() -> None:
     for name in args.variants:
         loss, lr, bounded = VARIANTS[name]
         config = RunConfig(
-            head="gpo", model=GPOConfig(embedding_dim=embeddings.shape[-1], bound_std=bounded),
+            head="gpo", model={"bound_std": bounded},
             data=DataConfig(eval_k=args.k), embed=EmbedConfig(model="lexical"),
             train=TrainConfig.cpu(args.steps, learning_rate=lr, loss=loss,
                                   sampler=PUBLISHED_SAMPLER))

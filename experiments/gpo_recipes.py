@@ -28,7 +28,7 @@ from common import (
 )
 
 from gpo.config import DataConfig, EmbedConfig, TrainConfig
-from gpo.report import format_table, write_json
+from gpo.evaluation.report import format_table, write_json
 
 # name: (preset, overrides, multiple of --steps)
 VARIANTS = {
@@ -52,8 +52,8 @@ BASELINES_SHOWN = ("population prior", "nearest group", "group mixture", "group 
 def recipe(name: str, steps: int) -> TrainConfig:
     preset, overrides, multiple = VARIANTS[name]
     if preset == "paper":
-        return TrainConfig(steps=steps * multiple, eval_every=250, checkpoint_every=250,
-                           **overrides)
+        return TrainConfig.of(steps=steps * multiple, eval_every=250, checkpoint_every=250,
+                              **overrides)
     return TrainConfig.cpu(steps * multiple, **overrides)
 
 

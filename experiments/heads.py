@@ -15,6 +15,7 @@ the fitted PAL weights of a few groups.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -34,8 +35,8 @@ from common import (
 
 import gpo
 from gpo.config import DataConfig, EmbedConfig
-from gpo.data.episodes import make_eval_task
-from gpo.report import format_table, write_json
+from gpo.data.splits import make_eval_task
+from gpo.evaluation.report import format_table, write_json
 from gpo.run_dir import RunDir
 
 SETTINGS = {  # name: (dataset, protocol, context sizes k)
@@ -64,7 +65,7 @@ def main() -> None:
                         choices=["REFERENCE", "GPO", "PAL", "PPD"],
                         help="heads to train (default: REFERENCE GPO PAL PPD)")
     args = parser.parse_args()
-    report: dict = {"train": {h: experiment_train_config(h, args.steps).__dict__
+    report: dict = {"train": {h: dataclasses.asdict(experiment_train_config(h, args.steps))
                               for h in HEAD_RECIPES}, "seeds": args.seeds, "tables": {}}
     for setting in args.settings:
         data = setting_data(setting, args.data_dir)
@@ -77,8 +78,7 @@ def main() -> None:
             print(f"\n{setting}: {survey}; {embedder} embeddings {embeddings.shape[-1]}-wide "
                   f"({time.perf_counter() - start:.0f}s)")
             variants = {}
-            for label, (head, model) in head_variants(embeddings.shape[-1], args.pal_k,
-                                                      args.heads).items():
+            for label, (head, model) in head_variants(args.pal_k, args.heads).items():
                 config, run_dir = variant_run(args, label, head, model, data, embed_config)
                 variants[label] = train_and_evaluate(config, survey, embeddings, run_dir, ks,
                                                      args.seeds)

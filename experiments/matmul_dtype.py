@@ -22,9 +22,8 @@ from common import (
 )
 
 from gpo.config import DataConfig, EmbedConfig
-from gpo.metrics import paired_difference
-from gpo.models import GPOConfig
-from gpo.report import format_table, write_json
+from gpo.evaluation.metrics import paired_difference
+from gpo.evaluation.report import format_table, write_json
 
 KS = (5, 10, 20)
 DTYPES = ("float32", "bfloat16")
@@ -40,8 +39,8 @@ def main() -> None:
     embeddings = embed(survey, embed_config)
     runs = {}
     for dtype in DTYPES:
-        model = GPOConfig(embedding_dim=embeddings.shape[-1], matmul_dtype=dtype)
-        config, run_dir = variant_run(args, f"GPO {dtype}", "gpo", model, data, embed_config)
+        config, run_dir = variant_run(args, f"GPO {dtype}", "gpo", {"matmul_dtype": dtype}, data,
+                                      embed_config)
         runs[f"GPO {dtype}"] = train_and_evaluate(config, survey, embeddings, run_dir, KS,
                                                   args.seeds)
     evaluation = merge_variants(runs)

@@ -15,10 +15,10 @@ import numpy as np
 from common import main_guard
 
 from gpo.config import DataConfig
-from gpo.data.episodes import EvalTask, make_eval_task, make_split
-from gpo.metrics import noise_ceiling
+from gpo.data.splits import EvalTask, make_eval_task, make_split
+from gpo.evaluation.metrics import noise_ceiling
+from gpo.evaluation.report import format_table, write_json
 from gpo.pipeline import load_survey
-from gpo.report import format_table, write_json
 
 
 def main() -> None:

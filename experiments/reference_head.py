@@ -32,10 +32,10 @@ from common import (
 )
 
 from gpo.config import DataConfig, EmbedConfig, TrainConfig
-from gpo.data.episodes import make_eval_task
+from gpo.data.splits import make_eval_task
 from gpo.data.synthetic import make_planted_agreement_survey
-from gpo.metrics import noise_ceiling, paired_difference
-from gpo.report import format_table, write_json
+from gpo.evaluation.metrics import noise_ceiling, paired_difference
+from gpo.evaluation.report import format_table, write_json
 from gpo.run_dir import RunDir
 
 HEAD = "REFERENCE"
@@ -122,7 +122,7 @@ def main() -> None:
         label = f"{HEAD} {picked}"
         heads = {HEAD: runs[label]}
         if dataset == "persona":
-            (_, (head, model)), = head_variants(embeddings.shape[-1], (4,), ("PAL",)).items()
+            (_, (head, model)), = head_variants((4,), ("PAL",)).items()
             config, run_dir = variant_run(args, "PAL K=4", head, model, data, embed_config,
                                           train=TrainConfig.cpu(args.pal_steps * 10))
             heads["PAL K=4"] = train_and_evaluate(config, survey, embeddings, run_dir, ks,

@@ -23,8 +23,8 @@ from common import (
 )
 
 from gpo.config import DataConfig, EmbedConfig
-from gpo.plots import plot_alignment_vs_k
-from gpo.report import format_table, write_json
+from gpo.evaluation.plots import plot_alignment_vs_k
+from gpo.evaluation.report import format_table, write_json
 
 KS = (1, 2, 5, 10, 20, 50, 100)
 
@@ -45,8 +45,7 @@ def main() -> None:
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
     embeddings = embed(survey, embed_config, args.embeddings)
     variants = {}
-    for label, (head, model) in head_variants(embeddings.shape[-1],
-                                              heads=args.heads).items():
+    for label, (head, model) in head_variants(heads=args.heads).items():
         config, run_dir = variant_run(args, label, head, model, data, embed_config)
         variants[label] = train_and_evaluate(config, survey, embeddings, run_dir, KS,
                                              args.seeds)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from common import main_guard
 
+from gpo.evaluation.report import evaluation_table, write_json
 from gpo.pipeline import evaluate_saved_run
-from gpo.report import evaluation_table, write_json
 
 
 def main() -> None:

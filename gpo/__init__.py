@@ -11,7 +11,7 @@ _PUBLIC = {
     "AdaptedGroup": "gpo.api", "GroupPreferenceModel": "gpo.api", "Prediction": "gpo.api",
     "load": "gpo.api",
     "DataConfig": "gpo.config", "EmbedConfig": "gpo.config", "RunConfig": "gpo.config",
-    "TrainConfig": "gpo.config",
+    "SamplingConfig": "gpo.config", "TrainConfig": "gpo.config",
     "Group": "gpo.data", "Question": "gpo.data", "Survey": "gpo.data",
     "load_globalopinionqa": "gpo.data", "load_opinionqa": "gpo.data",
     "GPOConfig": "gpo.models", "Head": "gpo.models", "Points": "gpo.models",

@@ -19,13 +19,21 @@ import numpy as np
 from flax import nnx
 
 from gpo.config import RunConfig
-from gpo.data.episodes import pack_points, padded_size
 from gpo.embed import Embedder, make_embedder
-from gpo.models import Head, OptionTable, gather_points
-from gpo.option_table import EmbeddingStats
+from gpo.models import Head
+from gpo.points import (
+    EmbeddingStats,
+    EpisodeBatch,
+    References,
+    build_option_table,
+    gather_points,
+    pack_points,
+    padded_size,
+)
 from gpo.run_dir import RunDir
 
-_CONTEXT_MULTIPLE = 16
+_CONTEXT_MULTIPLE = 16   # context points are padded to multiples of this (few compiled shapes)
+_QUESTION_MULTIPLE = 8   # and a call's option table to multiples of this many questions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,13 +80,14 @@ class Predictions(list):
 
 @dataclasses.dataclass(frozen=True)
 class _Resolved:
+    """A question of an adapt() or predict() call, resolved against the run."""
+
     name: str                    # text, key or "question i"
     key: str | None
     options: tuple[str, ...]
     embeddings_NxE: np.ndarray   # raw (unstandardised) option embeddings
-    reference_NxS: np.ndarray    # the reference groups' answers (0 where unknown)
-    reference_known_NxS: np.ndarray
-    reference_respondents_NxS: np.ndarray
+    ordinals: tuple[float, ...]  # the options' ordinal positions
+    row: int | None              # the question's index in the run's references; None: new
 
 
 class GroupPreferenceModel:
@@ -88,6 +97,7 @@ class GroupPreferenceModel:
                  run: RunDir | None = None, checkpoint_step: int | None = None,
                  checkpoint_validation: float | None = None):
         self.config = config
+        self.head_config = run.head_config if run is not None else head.config
         self.run = run
         self.run_dir = None if run is None else run.path
         self.checkpoint_step = checkpoint_step              # the step whose weights these are
@@ -104,19 +114,16 @@ class GroupPreferenceModel:
             graphdef, state).predict(group, gather_points(table, batch, "target")))
         self._questions: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
         self._texts: dict[str, str] = {}
-        self._reference_SxQxO = np.zeros((0, 0, 0), np.float32)
-        self._reference_known_SxQ = np.zeros((0, 0), bool)
-        self._reference_respondents_SxQ = np.zeros((0, 0), np.float32)
+        self._ordinals: dict[str, tuple[float, ...]] = {}
         self._row: dict[str, int] = {}
+        self._references = References((), np.zeros((0, 0, 1), np.float32),
+                                      np.zeros((0, 0), bool), np.zeros((0, 0), np.float32))
         if run is not None:
             self._questions = run.survey_questions()
             self._texts = run.question_texts()
+            self._ordinals = run.question_ordinals()
             self._row = {key: q for q, key in enumerate(self._questions)}
-            references = run.references()
-            self._reference_SxQxO = references.probs_SxQxO
-            self._reference_known_SxQ = references.answered_SxQ
-            self._reference_respondents_SxQ = np.where(
-                references.answered_SxQ, np.nan_to_num(references.respondents_SxQ, nan=0.0), 0.0)
+            self._references = run.references()
         self._embedder: Embedder | None = None
 
     @property
@@ -138,11 +145,11 @@ class GroupPreferenceModel:
 
     @property
     def embedding_dim(self) -> int:
-        return self.config.model.embedding_dim
+        return self.head_config.embedding_dim
 
     @property
     def n_references(self) -> int:
-        return self._reference_SxQxO.shape[0]
+        return len(self._references.labels)
 
     @property
     def embedder(self) -> Embedder:
@@ -171,33 +178,44 @@ class GroupPreferenceModel:
 
     def _pack(self, part: str, resolved: list[_Resolved], distributions=None, counts=None,
               multiple: int | None = None):
-        """One episode of points through the shared packer, over a table of just its rows."""
+        """One episode of points over an option table of just these questions, built and
+        packed as training builds and packs them."""
+        O = max([self._references.probs_SxQxO.shape[-1]] + [len(r.options) for r in resolved])
+        table, _ = self._table_of(resolved, padded_size(len(resolved), _QUESTION_MULTIPLE), O)
         sizes = [len(r.options) for r in resolved]
+        question = np.repeat(np.arange(len(resolved)), sizes)
+        option = np.concatenate([np.arange(n) for n in sizes])
         n = sum(sizes)
         capacity = padded_size(n, multiple) if multiple else padded_size(n)
-        S = self.n_references
-        x = np.zeros((capacity, self.embedding_dim), np.float32)
-        reference = np.zeros((capacity, S), np.float32)
-        known = np.zeros((capacity, S), bool)
-        reference_counts = np.zeros((capacity, S), np.float32)
-        x[:n] = self.stats.apply(np.concatenate([r.embeddings_NxE for r in resolved]))
-        reference[:n] = np.concatenate([r.reference_NxS for r in resolved])
-        known[:n] = np.concatenate([r.reference_known_NxS for r in resolved])
-        reference_counts[:n] = np.concatenate([r.reference_respondents_NxS for r in resolved])
-        table = OptionTable(x, reference, known, reference_counts,
-                            np.zeros(capacity, np.float32), np.zeros(capacity, np.float32))
-        question = np.repeat(np.arange(len(resolved)), sizes)
         probs = np.concatenate(distributions) if distributions else np.zeros(n)
         point_counts = np.repeat(counts, sizes) if counts is not None else np.zeros(n)
-        batch = pack_points(part, [np.arange(n)], [question], [probs], [point_counts],
-                            capacity)
-        batch["reference_mask_BxS"] = np.ones((1, S), bool)
-        batch["hide_target_references_B"] = np.zeros(1, bool)
+        points = pack_points(part, [question * O + option], [question], [probs],
+                             [point_counts], capacity)
+        empty = pack_points("unused", [np.zeros(0, int)], [np.zeros(0, int)], [np.zeros(0)],
+                            [np.zeros(0)], 1)
+        batch = EpisodeBatch(np.zeros(1, np.int32), np.ones((1, self.n_references), bool),
+                             np.zeros(1, bool), context=points if part == "context" else empty,
+                             target=points if part == "target" else empty)
         return table, batch
+
+    def _table_of(self, resolved: list[_Resolved], n_questions: int, O: int):
+        """(option table, option mask) of these questions, padded to `n_questions` of `O`
+        options: built as training builds a survey's."""
+        embeddings = np.zeros((n_questions, O, self.embedding_dim), np.float32)
+        option_mask = np.zeros((n_questions, O), bool)
+        ordinals = np.zeros((n_questions, O), np.float64)
+        for q, r in enumerate(resolved):
+            n = len(r.options)
+            embeddings[q, :n], option_mask[q, :n] = r.embeddings_NxE, True
+            ordinals[q] = max(r.ordinals)  # padding repeats the largest (zero-width gaps)
+            ordinals[q, :n] = r.ordinals
+        rows = [r.row for r in resolved] + [None] * (n_questions - len(resolved))
+        table = build_option_table(embeddings, self.stats, option_mask, ordinals,
+                                   self._references.take(rows, O))
+        return table, option_mask
 
     def _resolve(self, questions: Sequence, where: str) -> list[_Resolved]:
         out, to_embed = [], []
-        S = self.n_references
         for i, q in enumerate(questions):
             label = f"{where} item {i}"
             if isinstance(q, str):
@@ -205,12 +223,8 @@ class GroupPreferenceModel:
                     raise ValueError(f"{label}: unknown question key {q!r}; give (text, "
                                      "options) or option embeddings for new questions")
                 options, emb = self._questions[q]
-                row = self._row[q]
-                n = len(options)
-                out.append(_Resolved(
-                    self._texts.get(q, q), q, options, emb, self._reference_SxQxO[:, row, :n].T,
-                    np.repeat(self._reference_known_SxQ[:, row][None], n, 0),
-                    np.repeat(self._reference_respondents_SxQ[:, row][None], n, 0)))
+                out.append(_Resolved(self._texts.get(q, q), q, options, emb, self._ordinals[q],
+                                     self._row[q]))
             elif isinstance(q, np.ndarray | jax.Array):
                 emb = np.asarray(q, np.float32)
                 if emb.ndim != 2 or emb.shape[1] != self.embedding_dim:
@@ -219,13 +233,13 @@ class GroupPreferenceModel:
                 if not np.isfinite(emb).all():
                     raise ValueError(f"{label}: option embeddings are not finite (option "
                                      f"{int(np.argwhere(~np.isfinite(emb))[0, 0])})")
-                out.append(_unknown_to_references(f"question {i}", tuple(
-                    f"option {j}" for j in range(len(emb))), emb, S))
+                out.append(_new_question(f"question {i}", tuple(
+                    f"option {j}" for j in range(len(emb))), emb))
             elif isinstance(q, tuple | list) and len(q) == 2 and isinstance(q[0], str):
                 text, options = q[0], tuple(str(o) for o in q[1])
                 if len(options) < 2:
                     raise ValueError(f"{label}: {text[:60]!r} needs at least 2 options")
-                out.append(_unknown_to_references(text, options, np.zeros(0), S))
+                out.append(_new_question(text, options, np.zeros(0)))
                 to_embed.append((len(out) - 1, text, options))
             else:
                 raise ValueError(f"{label}: a question is a key, (text, options) or an "
@@ -239,16 +253,15 @@ class GroupPreferenceModel:
                 if not np.isfinite(v).all():
                     raise ValueError(f"{where} item {index}: the embedder gave non-finite "
                                      f"embeddings for {text[:60]!r}")
-                out[index] = _unknown_to_references(text, options, v, S)
+                out[index] = _new_question(text, options, v)
         return out
 
 
-def _unknown_to_references(name: str, options: tuple[str, ...], embeddings: np.ndarray,
-                           S: int) -> _Resolved:
-    """A question no reference group answered (new to the run)."""
-    n = len(options)
-    return _Resolved(name, None, options, embeddings, np.zeros((n, S), np.float32),
-                     np.zeros((n, S), bool), np.zeros((n, S), np.float32))
+def _new_question(name: str, options: tuple[str, ...], embeddings: np.ndarray) -> _Resolved:
+    """A question no reference group answered (new to the run); its options count as an
+    evenly spaced scale, in the order given."""
+    return _Resolved(name, None, options, embeddings,
+                     tuple(float(i) for i in range(len(options))), None)
 
 
 class AdaptedGroup:

@@ -1,5 +1,5 @@
-"""The `gpo` command: embed, train, eval, predict, demo. Each subcommand parses its flags and
-calls one library function; heavy modules load only once a subcommand runs."""
+"""The `gpo` command: embed, train, eval, predict, demo. Each subcommand parses its
+flags and calls one library function; heavy modules load only once a subcommand runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-DATASETS = ("opinionqa", "globalopinionqa", "persona", "synthetic")  # = gpo.config.DATASETS
+from gpo.data.datasets import DATASETS
 
 CONTEXT_FORMAT = """context JSON: a list of objects, one per answered question:
   [{"question": "SAFECRIME_W26", "distribution": [0.3, 0.5, 0.15, 0.05]},
@@ -55,9 +55,9 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
+    from gpo.evaluation.plots import plot_alignment_vs_k, plot_per_group
+    from gpo.evaluation.report import evaluation_table, write_html, write_json
     from gpo.pipeline import evaluate_saved_run
-    from gpo.plots import plot_alignment_vs_k, plot_per_group
-    from gpo.report import evaluation_table, write_html, write_json
     evaluation, survey, what = evaluate_saved_run(args.run_dir, args.k, args.seeds,
                                                    args.data_dir, args.all_questions)
     title = (f"{survey.name}, protocol {evaluation.protocol}, split seed "
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("embed", help="embed a survey's options with a frozen LLM")
-    p.add_argument("--dataset", default="opinionqa", choices=DATASETS,
+    p.add_argument("--dataset", default="opinionqa", choices=list(DATASETS),
                    help="which survey (default: opinionqa)")
     p.add_argument("--data-dir", help="the dataset folder or its parent (default: "
                    "$GPO_DATA_DIR)")

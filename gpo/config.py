@@ -1,5 +1,10 @@
 """Run configuration: frozen dataclasses nested by concern, validated on construction, with
-named presets and a JSON round trip (a run directory's config.json is the source of truth)."""
+named presets and a JSON round trip (a run directory's config.json is the source of truth).
+
+Importing it loads no JAX: the head's own config (`RunConfig.model`, a dict of the fields a
+run sets) is checked and built by the head registry (`gpo.models.registry.head_config`),
+which fills in what the data decides (the embedding width, the number of groups).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,17 @@ import json
 import math
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gpo.data.episodes import check_sampling
-from gpo.models.registry import head_class
+from gpo.data.datasets import DATASETS, dataset
 
-DATASETS = ("synthetic", "opinionqa", "globalopinionqa", "persona")
+DEFAULT_HEAD = "reference"
 LOSSES = ("default", "gaussian_nll", "kl", "wasserstein", "kl+nll", "wasserstein+nll")
 SAMPLERS = ("host", "device")
 PACKINGS = ("auto", "rows", "off")
+CONTEXT_DISTRIBUTIONS = ("uniform", "log_uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,8 +42,7 @@ class DataConfig:
     persona_types: int = 4
 
     def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        dataset(self.dataset)  # refuses an unknown name, listing the known ones
         if self.protocol not in ("A", "B"):
             raise ValueError(f"protocol must be 'A' or 'B', got {self.protocol!r}")
         if not 0 <= self.validation_fraction < 1:
@@ -46,7 +51,7 @@ class DataConfig:
 
     @property
     def metric(self) -> str:
-        return {"globalopinionqa": "js", "persona": "accuracy"}.get(self.dataset, "wasserstein")
+        return dataset(self.dataset).metric
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +72,57 @@ class EmbedConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """The distribution of meta-training episodes, read whole by both samplers (NumPy on the
+    host, `gpo.training.sampling`; jax.random inside the jitted step,
+    `gpo.training.device_sampler`). Both stay: the host's random stream is the one every
+    figure in README was trained on, the device's is the fast default.
+
+    An episode: a group drawn uniformly from the meta-training groups; context and target
+    question counts drawn from their ranges (context uniformly or log-uniformly), capped by
+    what the group answered; disjoint questions drawn without replacement; every option of a
+    chosen question a point. A `group_mixup` fraction of episodes is a Dirichlet(1) mix of
+    `mixup_groups` training groups (their shared questions; no respondent counts); a
+    `hide_references` fraction reads its targets as if no reference group had answered them
+    (how heads that read references learn their text-only fallback).
+    """
+
+    batch_size: int = 32                        # episodes per step (GPO: 32)
+    context_range: tuple[int, int] = (10, 100)  # questions per episode (GPO: U[10, 100])
+    target_range: tuple[int, int] = (10, 100)
+    context_distribution: str = "uniform"       # or 'log_uniform' over context_range
+    group_mixup: float = 0.0                    # fraction of episodes from mixed groups
+    mixup_groups: int = 3                       # training groups per mix
+    hide_references: float = 0.25               # fraction of episodes whose targets hide the
+                                                # reference groups' answers (heads that read
+                                                # no references ignore it)
+
+    def __post_init__(self):
+        object.__setattr__(self, "context_range", tuple(self.context_range))
+        object.__setattr__(self, "target_range", tuple(self.target_range))
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("context_range", "target_range"):
+            low, high = getattr(self, name)
+            if not 1 <= low <= high:
+                raise ValueError(f"{name} must satisfy 1 <= low <= high, got {(low, high)}")
+        for name in ("group_mixup", "hide_references"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a fraction in [0, 1], got "
+                                 f"{getattr(self, name)}")
+        if self.group_mixup and self.mixup_groups < 2:
+            raise ValueError(f"mixup_groups must be >= 2, got {self.mixup_groups}")
+        if self.context_distribution not in CONTEXT_DISTRIBUTIONS:
+            raise ValueError(f"context_distribution must be one of {CONTEXT_DISTRIBUTIONS}, "
+                             f"got {self.context_distribution!r}")
+
+
+_SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingConfig)}
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     steps: int = 2000
-    batch_size: int = 32                        # episodes per step (GPO: 32)
     learning_rate: float = 3e-4                 # GPO: Adam 3e-4, cosine decay
     warmup_steps: int = 50
     weight_decay: float = 0.0
@@ -77,34 +130,25 @@ class TrainConfig:
                                                 # 'gaussian_nll', 'kl', 'wasserstein' (W1);
                                                 # 'X+nll': X for the probabilities, the
                                                 # Gaussian NLL for the predicted std
-    context_range: tuple[int, int] = (10, 100)  # questions per episode (GPO: U[10, 100])
-    target_range: tuple[int, int] = (10, 100)
     eval_every: int = 200
     checkpoint_every: int = 200
-    seed: int = 0
+    seed: int = 0                               # weights and episodes
     devices: int | None = None                  # default: all
-    group_mixup: float = 0.0                    # fraction of episodes from mixed groups
-    mixup_groups: int = 3                       # training groups per mix (see EpisodeSampler)
-    hide_references: float = 0.25               # fraction of episodes whose targets hide the
-                                                # reference groups' answers (EpisodeSampler;
-                                                # heads that read no references ignore it)
-    context_distribution: str = "uniform"       # or 'log_uniform' over context_range
     sampler: str = "device"                     # episodes drawn by jax.random inside the
-                                                # jitted step (gpo.device_sampler), or 'host':
-                                                # by NumPy (EpisodeSampler), one dispatch a step
+                                                # jitted step, or 'host': by NumPy, one
+                                                # dispatch a step
     steps_per_call: int = 50                    # device sampler: steps per jitted call
     packing: str = "auto"                       # device sampler: 'rows' packs several
-                                                # episodes a row (gpo.packing; heads that
-                                                # pack), 'off' pads each; 'auto': rows on a
-                                                # CPU, where padding costs compute, for runs
-                                                # of 200 steps or more
+                                                # episodes a row (gpo.training.packing; heads
+                                                # that pack), 'off' pads each; 'auto': rows
+                                                # where they pay (gpo.training.loop.packs)
+    sampling: SamplingConfig = SamplingConfig()
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if min(self.steps, self.batch_size, self.eval_every, self.checkpoint_every) < 1:
-            raise ValueError("steps, batch_size, eval_every and checkpoint_every must be >= 1")
-        check_sampling(self.group_mixup, self.hide_references, self.context_distribution)
+        if min(self.steps, self.eval_every, self.checkpoint_every) < 1:
+            raise ValueError("steps, eval_every and checkpoint_every must be >= 1")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.packing not in PACKINGS:
@@ -116,22 +160,27 @@ class TrainConfig:
             raise ValueError(f"steps_per_call must be >= 1, got {self.steps_per_call}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        object.__setattr__(self, "context_range", tuple(self.context_range))
-        object.__setattr__(self, "target_range", tuple(self.target_range))
 
     @classmethod
     def paper(cls) -> TrainConfig:
         return cls()
 
     @classmethod
+    def of(cls, **fields) -> TrainConfig:
+        """A TrainConfig from flat keyword fields: those of `SamplingConfig` go to
+        `sampling`, the rest to the TrainConfig itself."""
+        sampling = {k: fields.pop(k) for k in list(fields) if k in _SAMPLING_FIELDS}
+        return cls(**fields, sampling=SamplingConfig(**sampling))
+
+    @classmethod
     def cpu(cls, steps: int = 400, **overrides) -> TrainConfig:
         """The budget of the demo and experiments/ on 2 CPU cores: 16 episodes of 5-30 context
         and 5-30 target questions a step, a higher learning rate (the paper: 32 episodes of
-        10-100 + 10-100 questions for far more steps)."""
+        10-100 + 10-100 questions for far more steps). Overrides are flat (`TrainConfig.of`)."""
         every = max(1, min(250, steps))
-        return cls(**{"steps": steps, "batch_size": 16, "context_range": (5, 30),
-                      "target_range": (5, 30), "learning_rate": 1e-3, "eval_every": every,
-                      "checkpoint_every": every, **overrides})
+        return cls.of(**{"steps": steps, "batch_size": 16, "context_range": (5, 30),
+                         "target_range": (5, 30), "learning_rate": 1e-3, "eval_every": every,
+                         "checkpoint_every": every, **overrides})
 
     @classmethod
     def reference(cls, steps: int = 300, **overrides) -> TrainConfig:
@@ -144,32 +193,43 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    head: str = "reference"
-    model: Any = None   # the head's config; its embedding_dim is set from the embedder
+    head: str = DEFAULT_HEAD
+    model: dict = dataclasses.field(default_factory=dict)  # fields of the head's config that
+    #   differ from its defaults (e.g. {"prototypes": 4}); the rest, and the sizes the data
+    #   decides, come from the head registry when the head is built
     data: DataConfig = DataConfig()
     embed: EmbedConfig = EmbedConfig()
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self):
-        config_cls = head_class(self.head).config_class
-        if self.model is not None and not isinstance(self.model, config_cls):
-            raise ValueError(f"head {self.head!r} needs a {config_cls.__name__}, got "
-                             f"{type(self.model).__name__}")
+        if not isinstance(self.head, str) or not self.head:
+            raise ValueError(f"head must name a registered head, got {self.head!r}")
+        model = {} if self.model is None else self.model
+        if not isinstance(model, Mapping):
+            raise ValueError(f"config section 'model' must be an object of the head's config "
+                             f"fields, got {type(model).__name__}")
+        object.__setattr__(self, "model", dict(model))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict) -> RunConfig:
+        """Parse a config's JSON form; an older layout (sampling fields directly under
+        `train`) is read as the current one."""
         raw = dict(raw)
-        head = raw.get("head", "gpo")
-        config_cls = head_class(head).config_class
-        model = raw.pop("model", None)
-        return cls(head=head,
-                   model=None if model is None else _build(config_cls, model, "model"),
-                   data=_build(DataConfig, raw.get("data", {}), "data"),
-                   embed=_build(EmbedConfig, raw.get("embed", {}), "embed"),
-                   train=_build(TrainConfig, raw.get("train", {}), "train"))
+        unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"config: unknown sections {unknown}; have ['data', 'embed', "
+                             "'head', 'model', 'train']")
+        head = raw.get("head", DEFAULT_HEAD)
+        if not isinstance(head, str):
+            raise ValueError(f"config field head: {head!r} is not a string")
+        return cls(head=head, model=raw.get("model") or {},
+                   data=build_section(DataConfig, raw.get("data", {}), "data"),
+                   embed=build_section(EmbedConfig, raw.get("embed", {}), "embed"),
+                   train=build_section(TrainConfig, _nest_sampling(raw.get("train", {})),
+                                       "train"))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
@@ -178,9 +238,10 @@ class RunConfig:
     def load(cls, path: str | Path) -> RunConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
-    def override(self, assignments: list[str]) -> RunConfig:
-        """Apply 'section.field=value' or 'head=name' overrides (value parsed as JSON, else a
-        string). Changing the head drops a model config written for the old one."""
+    def override(self, assignments: Sequence[str]) -> RunConfig:
+        """Apply 'section.field=value' (any depth, e.g. train.sampling.batch_size=8) or
+        'head=name' overrides (value parsed as JSON, else a string). Changing the head drops
+        a model section written for the old one."""
         raw = self.to_dict()
         for item in assignments:
             if "=" not in item:
@@ -192,32 +253,57 @@ class RunConfig:
                 parsed = value
             if path == "head":
                 if parsed != raw["head"]:
-                    raw["head"], raw["model"] = parsed, None
+                    raw["head"], raw["model"] = parsed, {}
                 continue
             if "." not in path:
                 raise ValueError(f"override {item!r} is not section.field=value or head=name")
-            section, field = path.split(".", 1)
-            if section not in raw or not isinstance(raw[section], dict | type(None)):
+            section, *inner, field = path.split(".")
+            if section not in raw or not isinstance(raw[section], dict):
                 raise ValueError(f"override {item!r}: unknown section {section!r}")
-            if section == "model" and raw["model"] is None:
-                # the head's default config; training fills in the input width (a placeholder)
-                raw["model"] = dataclasses.asdict(
-                    head_class(raw["head"]).config_class.paper(embedding_dim=1))
-            raw[section] = dict(raw[section] or {})
-            raw[section][field] = parsed
+            node = raw[section]
+            for name in inner:
+                if not isinstance(node.get(name), dict):
+                    raise ValueError(f"override {item!r}: {section}.{name} is not a section")
+                node = node[name]
+            node[field] = parsed
         return RunConfig.from_dict(raw)
 
 
-def _build(cls, raw: dict, section: str):
-    names = {f.name for f in dataclasses.fields(cls)}
+def _nest_sampling(train: Any) -> Any:
+    """`train` with any sampling field given at its top (the layout before SamplingConfig)
+    moved into `train.sampling`, where it wins over a value already there."""
+    if not isinstance(train, Mapping) or not set(train) & _SAMPLING_FIELDS:
+        return train
+    train = dict(train)
+    sampling = dict(train.get("sampling") or {})
+    sampling.update({k: train.pop(k) for k in list(train) if k in _SAMPLING_FIELDS})
+    train["sampling"] = sampling
+    return train
+
+
+def build_section(cls, raw: Any, section: str, fields: Sequence | None = None,
+                  construct: bool = True):
+    """`cls` from a config section's JSON object, every value checked against its field's
+    type (a nested dataclass field is a section of its own); one error names the field.
+    With `construct=False`, the checked values as a dict (for configs built elsewhere)."""
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"config section {section!r} must be an object, got "
+                         f"{type(raw).__name__}")
+    fields = dataclasses.fields(cls) if fields is None else fields
+    names = {f.name for f in fields}
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ValueError(f"config section {section!r}: unknown fields {unknown}; "
                          f"have {sorted(names)}")
     hints = typing.get_type_hints(cls)
-    values = {name: _typed(value, hints.get(name), f"{section}.{name}")
-              for name, value in raw.items()}
-    return cls(**values)
+    values = {}
+    for name, value in raw.items():
+        hint = hints.get(name)
+        if dataclasses.is_dataclass(hint):
+            values[name] = build_section(hint, value, f"{section}.{name}")
+        else:
+            values[name] = _typed(value, hint, f"{section}.{name}")
+    return cls(**values) if construct else values
 
 
 def _typed(value, hint, field: str):
@@ -260,3 +346,8 @@ def _typed(value, hint, field: str):
     if hint is str and not isinstance(value, str):
         raise ValueError(f"config field {field}: {value!r} is not a string")
     return value
+
+
+__all__ = ["CONTEXT_DISTRIBUTIONS", "DATASETS", "DEFAULT_HEAD", "DataConfig", "EmbedConfig",
+           "LOSSES", "PACKINGS", "RunConfig", "SAMPLERS", "SamplingConfig", "TrainConfig",
+           "build_section"]

@@ -13,15 +13,15 @@ import numpy as np
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data import data_dir, make_synthetic_survey
-from gpo.data.episodes import make_eval_task
 from gpo.data.opinionqa import find_human_resp, load_opinionqa
-from gpo.evaluate import Evaluation, evaluate_run
-from gpo.metrics import noise_ceiling
+from gpo.data.splits import make_eval_task
+from gpo.evaluation.evaluate import Evaluation, evaluate_run
+from gpo.evaluation.metrics import noise_ceiling
+from gpo.evaluation.plots import plot_alignment_vs_k, plot_per_group
+from gpo.evaluation.report import evaluation_table, write_html, write_json
 from gpo.pipeline import embed
-from gpo.plots import plot_alignment_vs_k, plot_per_group
-from gpo.report import evaluation_table, write_html, write_json
 from gpo.run_dir import RunDir
-from gpo.train import train
+from gpo.training.loop import train
 
 DEMO_QUESTIONS = 240  # an OpinionQA subset: embedding all 624 takes ~4 minutes on 2 cores
 DEMO_STEPS = 300
@@ -70,7 +70,7 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
              f"({config.head.upper()} adapts in-context; baselines fit the same context "
              "answers)")
     ceiling = None
-    if dataset == "opinionqa":  # respondent counts are known: how predictable is the data?
+    if np.isfinite(survey.respondents_GxQ).all():  # how predictable is the data at all?
         split, _ = RunDir(run_dir).split.resolve(survey)
         task = make_eval_task(survey, split, max(DEMO_KS), seed=split.seed)
         ceiling = noise_ceiling(survey, task).mean

@@ -10,45 +10,33 @@ from pathlib import Path
 import numpy as np
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig
-from gpo.data import data_dir, load_dataset, make_synthetic_survey
-from gpo.data.persona import make_persona_preferences
+from gpo.data import data_dir
+from gpo.data.datasets import dataset
 from gpo.data.survey import Survey
 from gpo.embed import embed_survey, make_embedder
-from gpo.evaluate import Evaluation, evaluate_run
-from gpo.option_table import check_finite
+from gpo.evaluation.evaluate import Evaluation, evaluate_run
+from gpo.models.registry import check_model_section
+from gpo.points import check_finite
 from gpo.run_dir import RunDir
-from gpo.train import TrainResult, train
+from gpo.training.loop import TrainResult, train
 
 
 def dataset_folder(config: DataConfig) -> Path | None:
-    """The folder a data config reads (None for generated data)."""
-    if config.dataset == "synthetic":
+    """The folder a data config reads (None for generated data): the dataset's own folder
+    under the data root, or the root itself."""
+    entry = dataset(config.dataset)
+    if entry.folder is None:
         return None
     root = data_dir(config.data_dir)
     if root is None:
-        needed = "the anthropic_persona folder or its parent" if config.dataset == "persona" \
-            else "see data_cards/"
         raise FileNotFoundError(f"dataset {config.dataset!r} needs data.data_dir or "
-                                f"$GPO_DATA_DIR ({needed})")
-    folder = "anthropic_persona" if config.dataset == "persona" else config.dataset
-    return root / folder if (root / folder).is_dir() else root
+                                f"$GPO_DATA_DIR ({entry.holds})")
+    return root / entry.folder if (root / entry.folder).is_dir() else root
 
 
 def load_survey(config: DataConfig) -> Survey:
     """The survey a data config names, filtered as experiments use it."""
-    if config.dataset == "synthetic":
-        return make_synthetic_survey(seed=config.synthetic_seed, n_groups=config.synthetic_groups,
-                                     n_questions=config.synthetic_questions).survey
-    folder = dataset_folder(config)
-    if config.dataset == "persona":
-        return make_persona_preferences(folder, seed=config.synthetic_seed,
-                                        n_types=config.persona_types,
-                                        n_users=config.synthetic_groups,
-                                        n_pairs=config.synthetic_questions).survey
-    survey = load_dataset(folder, config.dataset)
-    if config.dataset == "opinionqa":
-        return survey.complete_questions()
-    return survey.drop_sparse(config.min_group_answers)
+    return dataset(config.dataset).load(config, dataset_folder(config))
 
 
 def embed(survey: Survey, config: EmbedConfig, precomputed: str | Path | None = None
@@ -92,7 +80,9 @@ def read_embeddings(path: str | Path, survey: Survey, model: str) -> np.ndarray:
 def train_run(config: RunConfig, run_dir: str | Path, progress: bool = True,
               survey: Survey | None = None, embeddings: np.ndarray | None = None
               ) -> TrainResult:
-    """Load (unless given), embed (unless given) and meta-train; the run records its data."""
+    """Load (unless given), embed (unless given) and meta-train; the run records its data.
+    The head's config section is checked first, before any minute goes to embedding."""
+    check_model_section(config.head, config.model)
     survey = load_survey(config.data) if survey is None else survey
     embeddings = embed(survey, config.embed) if embeddings is None else embeddings
     return train(config, survey, embeddings, run_dir, progress=progress,

@@ -2,8 +2,9 @@
 
     config.json         the RunConfig (the source of truth for how the run was made)
     run.json            the data it was trained on: dataset, data folder, question keys in
-                        order, texts, options, the group split (labels) and question
-                        split (keys)
+                        order, texts, options and their ordinal positions, the group split
+                        (labels) and question split (keys); and the head's typed config
+                        as built (the config's model fields and the data's sizes)
     arrays.npz          the questions' option embeddings, the standardisation statistics and
                         the reference groups' answers (the run's training groups)
     checkpoints/        orbax: latest (resume) and best (use)
@@ -17,17 +18,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flax import nnx
 
 from gpo.checkpoint import Checkpoints
 from gpo.config import RunConfig
-from gpo.data.episodes import Split
+from gpo.data.splits import Split
 from gpo.data.survey import Survey
 from gpo.models import Head
-from gpo.models.registry import abstract_head
-from gpo.option_table import EmbeddingStats, References
+from gpo.models.registry import DATA_FIELDS, abstract_head, head_class
+from gpo.points import EmbeddingStats, References
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +86,7 @@ class RunDir:
 
     # -- writing (training) -------------------------------------------------------------
 
-    def start(self, config: RunConfig, survey: Survey, split: RunSplit,
+    def start(self, config: RunConfig, head_config: Any, survey: Survey, split: RunSplit,
               embeddings_QxOxE: np.ndarray, stats: EmbeddingStats, references: References,
               data_dir: str | None) -> None:
         """Record a run before its first step; a run folder resumed with another config or
@@ -94,9 +96,11 @@ class RunDir:
                   "data_dir": data_dir, "questions": survey.question_keys,
                   "texts": [q.text for q in survey.questions],
                   "options": [list(q.answer_options) for q in survey.questions],
-                  "split": dataclasses.asdict(split)}
+                  "ordinals": [list(q.ordinals) for q in survey.questions],
+                  "split": dataclasses.asdict(split),
+                  "head_config": dataclasses.asdict(head_config)}
         if self.has_checkpoints():
-            self._check_same(config, record)
+            self._check_same(config, head_config, record)
         config.save(self.path / "config.json")
         (self.path / "run.json").write_text(json.dumps(record, indent=1))
         np.savez_compressed(self.path / "arrays.npz", embeddings=embeddings_QxOxE,
@@ -106,8 +110,8 @@ class RunDir:
                             reference_answered=references.answered_SxQ,
                             reference_respondents=references.respondents_SxQ)
 
-    def _check_same(self, config: RunConfig, record: dict) -> None:
-        if _what(self.config) != _what(config):
+    def _check_same(self, config: RunConfig, head_config: Any, record: dict) -> None:
+        if _what(self.config) != _what(config) or self.head_config != head_config:
             raise ValueError(f"{self.path} holds a run with a different config; use a new run "
                              "directory or delete the old one")
         if (self.path / "run.json").exists():
@@ -133,13 +137,29 @@ class RunDir:
     def has_checkpoints(self) -> bool:
         return (self.path / "checkpoints").exists()
 
+    def _raw_config(self) -> dict:
+        return json.loads((self.path / "config.json").read_text())
+
     @property
     def config(self) -> RunConfig:
         """The run's config, parsed: fields added to gpo since the run was made take the value
-        that reproduces how it was made (episodes sampled on the host), else their default."""
-        raw = json.loads((self.path / "config.json").read_text())
+        that reproduces how it was made (episodes sampled on the host), else their default;
+        a model section of an older gpo (which held the sizes the data decides) keeps only
+        the head's own fields."""
+        raw = self._raw_config()
         raw.setdefault("train", {}).setdefault("sampler", "host")
+        raw["model"] = {k: v for k, v in (raw.get("model") or {}).items()
+                        if k not in DATA_FIELDS}
         return RunConfig.from_dict(raw)
+
+    @property
+    def head_config(self) -> Any:
+        """The head's typed config as training built it (runs of an older gpo recorded it
+        whole as config.json's model section)."""
+        config = self.config
+        record = self.record if (self.path / "run.json").exists() else {}
+        fields = record.get("head_config") or self._raw_config()["model"]
+        return head_class(config.head).config_class(**fields)
 
     @property
     def record(self) -> dict:
@@ -148,6 +168,13 @@ class RunDir:
     @property
     def question_keys(self) -> list[str]:
         return self.record["questions"]
+
+    def question_ordinals(self) -> dict[str, tuple[float, ...]]:
+        """Question key -> its options' ordinal positions (runs of an older gpo did not record
+        them: their options count as evenly spaced, in order)."""
+        record = self.record
+        ordinals = record.get("ordinals") or [list(range(len(o))) for o in record["options"]]
+        return {key: tuple(map(float, o)) for key, o in zip(record["questions"], ordinals)}
 
     @property
     def data_dir(self) -> str | None:
@@ -193,8 +220,7 @@ class RunDir:
     def restore_head(self) -> tuple[Head, dict]:
         """The trained head (best checkpoint, else latest) and that checkpoint's metadata
         (`step`, `validation`)."""
-        config = self.config
-        graphdef, abstract = abstract_head(config.head, config.model)
+        graphdef, abstract = abstract_head(self.config.head, self.head_config)
         checkpoints = self.checkpoints()
         try:
             restored = checkpoints.restore_model(abstract)
@@ -218,9 +244,11 @@ class RunDir:
 
 def _what(config: RunConfig) -> dict:
     """A config without where things live (data folder, embedding cache), how many steps
-    run per dispatch or how episodes are laid out in rows (the same steps either way): what a
-    run is."""
+    run per dispatch or how episodes are laid out in rows (the same steps either way), and
+    without its model section, which is compared as the head config it builds: what a run
+    is."""
     raw = json.loads(json.dumps(config.to_dict()))
+    raw.pop("model")
     raw["data"].pop("data_dir")
     raw["embed"].pop("cache_dir")
     raw["train"].pop("steps_per_call")

@@ -52,12 +52,12 @@ def check_batch_split(batch_size: int, mesh: Mesh) -> None:
                          "choose a batch size divisible by the device count")
 
 
-def put_batch(arrays: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host batch -> global arrays split over "data". Every process holds the same host batch
-    (episodes are seeded from (seed, step)) and contributes the shards it can address."""
-    out = {}
-    for name, value in arrays.items():
+def put_batch(batch, mesh: Mesh):
+    """A host batch (a pytree of NumPy arrays) -> global arrays split over "data". Every
+    process holds the same host batch (episodes are seeded from (seed, step)) and contributes
+    the shards it can address."""
+    def put(value: np.ndarray) -> jax.Array:
         check_batch_split(value.shape[0], mesh)
-        out[name] = jax.make_array_from_callback(value.shape, data_sharded(mesh),
-                                                 lambda index, v=value: v[index])
-    return out
+        return jax.make_array_from_callback(value.shape, data_sharded(mesh),
+                                            lambda index: value[index])
+    return jax.tree.map(put, batch)

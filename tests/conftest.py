@@ -1,14 +1,25 @@
 """Shared fixtures. Tests on the real datasets read their folder from $GPO_DATA_DIR (or the
-../shared/data beside a checkout) and skip, saying why, when it is absent; .ci/run sets it."""
+../shared/data beside a checkout) and skip, saying why, when it is absent; .ci/run sets it.
+
+One tiny trained run per head is made once a session (`trained_run`) and shared by the API,
+CLI, head and head-protocol tests; a test that damages a run copies it first.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import tiny_config, tiny_embeddings, tiny_survey
+
 _DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Steps of each head's shared run: enough to move off its initial weights and keep a best
+# checkpoint by validation, few enough to cost seconds.
+RUN_STEPS = {"gpo": 20, "reference": 20, "ppd": 10, "pal": 20}
 
 
 def _data_root() -> Path | None:
@@ -37,3 +48,36 @@ def opinionqa(data_root):
 def globalopinionqa(data_root):
     from gpo.data import load_globalopinionqa
     return load_globalopinionqa(data_root / "globalopinionqa")
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(survey, embeddings) of the tiny synthetic survey."""
+    return tiny_survey(), tiny_embeddings()
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """trained_run(head) -> (run folder, TrainResult) of the head's tiny run, trained once a
+    session. Treat the folder as read-only; copy it (`copied_run`) to damage it."""
+    from gpo.training import train
+    runs = {}
+
+    def get(head: str = "gpo"):
+        if head not in runs:
+            run_dir = tmp_path_factory.mktemp(f"run_{head}") / "run"
+            result = train(tiny_config(RUN_STEPS[head], head=head), tiny_survey(),
+                           tiny_embeddings(), run_dir, progress=False)
+            runs[head] = (run_dir, result)
+        return runs[head]
+    return get
+
+
+@pytest.fixture
+def copied_run(trained_run, tmp_path):
+    """copied_run(head) -> a private copy of the head's shared run folder."""
+    def copy(head: str = "gpo") -> Path:
+        target = tmp_path / f"copy_{head}"
+        shutil.copytree(trained_run(head)[0], target)
+        return target
+    return copy

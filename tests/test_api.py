@@ -6,25 +6,15 @@ import pytest
 import gpo
 from gpo.checkpoint import CheckpointError
 from gpo.cli import main as cli_main
-from gpo.data import make_synthetic_survey
-from gpo.data.episodes import make_eval_task, make_split
-from gpo.embed import LexicalEmbedder, embed_survey
-from gpo.evaluate import predict_task, run_table
+from gpo.data.splits import make_eval_task, make_split
+from gpo.evaluation.evaluate import predict_task, run_table
 from gpo.run_dir import RunDir
-from gpo.train import train
-from tests.test_train import tiny_config
-
-TRAINED = {}  # the fixture's TrainResult
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-    embeddings = embed_survey(survey, LexicalEmbedder(dim=32))
-    run_dir = tmp_path_factory.mktemp("api") / "run"
-    config = tiny_config(steps=20)
-    TRAINED["result"] = train(config, survey, embeddings, run_dir, progress=False)
-    return survey, embeddings, run_dir
+@pytest.fixture
+def run(tiny, trained_run):
+    """(survey, embeddings, run folder) of the shared tiny GPO run."""
+    return (*tiny, trained_run("gpo")[0])
 
 
 def test_adapt_and_predict_by_key_text_and_embedding(run):
@@ -100,23 +90,16 @@ def test_cli_predict(run, tmp_path, capsys):
     assert all(abs(sum(p["probs"]) - 1) < 1e-5 for p in out)
 
 
-def test_ppd_head_trains_saves_and_reloads_through_the_same_code(run, tmp_path):
-    import dataclasses
-
-    from gpo.models import PPDConfig
+def test_ppd_head_trains_saves_and_reloads_through_the_same_code(run, trained_run):
     survey, embeddings, _ = run
-    config = dataclasses.replace(
-        tiny_config(steps=10), head="ppd",
-        model=PPDConfig(embedding_dim=32, width=16, heads=2, feedforward=16, set_layers=1,
-                        group_tokens=2, predictor_layers=1))
-    train(config, survey, embeddings, tmp_path / "ppd", progress=False)
-    model = gpo.load(tmp_path / "ppd")
+    ppd_dir = trained_run("ppd")[0]
+    model = gpo.load(ppd_dir)
     assert model.config.head == "ppd"
     q0, q1 = survey.questions[:2]
     context = [(q0.key, survey.probs_GxQxO[0, 0, :len(q0.answer_options)])]
     group = model.adapt(context)
     assert group.group_embedding.shape == (2, 16)
-    again = gpo.load(tmp_path / "ppd").adapt(context)
+    again = gpo.load(ppd_dir).adapt(context)
     np.testing.assert_array_equal(group.group_embedding, again.group_embedding)
     np.testing.assert_array_equal(group.predict([q1.key])[0].probs,
                                   again.predict([q1.key])[0].probs)
@@ -132,11 +115,11 @@ def test_ppd_head_trains_saves_and_reloads_through_the_same_code(run, tmp_path):
         gpo.load(run[2]).adapt(context).interpolate(gpo.load(run[2]).adapt(context), 0.5)
 
 
-def test_loaded_model_names_its_checkpoint(run):
+def test_loaded_model_names_its_checkpoint(run, trained_run):
     """load() says which step's weights it holds and their validation alignment."""
     _, _, run_dir = run
     model = gpo.load(run_dir)
-    best = max(TRAINED["result"].history, key=lambda record: record["validation"])
+    best = max(trained_run("gpo")[1].history, key=lambda record: record["validation"])
     assert (model.checkpoint_step, model.checkpoint_validation) == (best["step"],
                                                                     best["validation"])
 
@@ -178,14 +161,12 @@ def _truncate_arrays(folder):
         data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
 
 
-def test_damaged_checkpoints_are_named_in_one_message(run, tmp_path):
+def test_damaged_checkpoints_are_named_in_one_message(copied_run):
     """A truncated best checkpoint falls back to the latest, saying so; with both damaged,
     one error names each step and the array, and the CLI prints one line."""
-    import shutil
     import subprocess
     import sys
-    copy = tmp_path / "run"
-    shutil.copytree(run[2], copy)
+    copy = copied_run("gpo")
     best = next((copy / "checkpoints" / "best").iterdir())
     _truncate_arrays(best / "model")
     with pytest.warns(UserWarning, match=rf"best checkpoint \(step {best.name}\): array "

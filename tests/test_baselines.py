@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 from scipy.optimize import nnls
 
-from gpo.baselines import (
+from gpo.data import Survey, make_synthetic_survey
+from gpo.data.splits import make_eval_task, make_split
+from gpo.embed import LexicalEmbedder, embed_survey
+from gpo.evaluation.baselines import (
     BASELINES,
     group_mixture,
     group_regression,
@@ -12,10 +15,7 @@ from gpo.baselines import (
     run_baselines,
     uniform,
 )
-from gpo.data import Survey, make_synthetic_survey
-from gpo.data.episodes import make_eval_task, make_split
-from gpo.embed import LexicalEmbedder, embed_survey
-from gpo.metrics import score_predictions
+from gpo.evaluation.metrics import score_predictions
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,22 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from gpo.cli import DATASETS, build_parser, main
-from tests.test_api import run  # noqa: F401  (the trained run fixture)
+
+
+@pytest.fixture
+def run(tiny, trained_run):
+    """(survey, embeddings, run folder) of the shared tiny GPO run."""
+    return (*tiny, trained_run("gpo")[0])
 
 
 def test_every_option_has_help_with_its_default():
-    from gpo.config import DATASETS as CONFIG_DATASETS
-    assert set(DATASETS) == set(CONFIG_DATASETS)
+    from gpo.config import DataConfig
+    for name in DATASETS:
+        DataConfig(dataset=name)  # every choice the CLI offers is a dataset a config can name
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command").choices
     for name, sub in subparsers.items():
@@ -49,7 +56,7 @@ def test_help_is_fast():
     ([{"question": "SYN0000", "distribution": [1, 0], "respondents": 10},
       {"question": "SYN0001", "distribution": [1, 0]}], "given for some entries but not"),
 ])
-def test_malformed_context_is_one_line_naming_entry_and_field(run, tmp_path, capsys,  # noqa: F811
+def test_malformed_context_is_one_line_naming_entry_and_field(run, tmp_path, capsys,
                                                               context, message):
     (tmp_path / "context.json").write_text(json.dumps(context))
     (tmp_path / "questions.json").write_text(json.dumps(["SYN0001"]))
@@ -62,18 +69,30 @@ def test_malformed_context_is_one_line_naming_entry_and_field(run, tmp_path, cap
     assert __import__("re").search(message, err), err
 
 
-def test_respondents_are_read_from_the_context_file(run, tmp_path, capsys):  # noqa: F811
-    survey, _, run_dir = run
-    q0, q1 = survey.questions[:2]
-    (tmp_path / "questions.json").write_text(json.dumps([q1.key]))
+def test_respondents_are_read_from_the_context_file(tiny, trained_run, tmp_path, capsys):
+    """The reference head weighs a context answer by its respondents: the same answers from
+    3 people move the prediction less than from 3,000."""
+    survey, _ = tiny
+    run_dir = trained_run("reference")[0]
+    g = 11  # a test group of split 0
+    target = survey.questions[20]
+    (tmp_path / "questions.json").write_text(json.dumps([target.key]))
     out = {}
-    for count in (None, 3):
-        entry = {"question": q0.key, "distribution": [1.0] * len(q0.answer_options)}
-        if count:
-            entry["respondents"] = count
-        (tmp_path / "context.json").write_text(json.dumps([entry]))
+    for count in (None, 3, 3000):
+        entries = []
+        for q, question in enumerate(survey.questions[:8]):
+            entry = {"question": question.key, "distribution": survey.probs_GxQxO[
+                g, q, :len(question.answer_options)].tolist()}
+            if count:
+                entry["respondents"] = count
+            entries.append(entry)
+        (tmp_path / "context.json").write_text(json.dumps(entries))
         main(["predict", "--run-dir", str(run_dir), "--context", str(tmp_path / "context.json"),
               "--questions", str(tmp_path / "questions.json")])
-        out[count] = json.loads(capsys.readouterr().out)[0]
-    assert out[None]["options"] == list(q1.answer_options)
-    assert abs(sum(out[3]["probs"]) - 1) < 1e-5
+        out[count] = np.array(json.loads(capsys.readouterr().out)[0]["probs"])
+    assert all(abs(probs.sum() - 1) < 1e-5 for probs in out.values())
+    assert np.abs(out[3] - out[3000]).max() > 1e-3  # the counts were read
+    from gpo.data.splits import make_split
+    references = make_split(survey, "A", seed=0).train_groups
+    split_prior = survey.probs_GxQxO[references, 20, :len(target.answer_options)].mean(0)
+    assert np.abs(out[3] - split_prior).sum() < np.abs(out[3000] - split_prior).sum()

@@ -13,12 +13,10 @@ from flax import nnx
 
 import gpo
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
-from gpo.data import make_synthetic_survey
-from gpo.embed import LexicalEmbedder, embed_survey
-from gpo.evaluate import evaluate_run
+from gpo.evaluation.evaluate import evaluate_run
 from gpo.models import head_class
 from gpo.models.common import softmax_within_questions
-from gpo.train import train
+from gpo.training import train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,19 +60,19 @@ class ContextMean(gpo.Head):
         return {"summary": group.summary_BxD}
 
 
-def test_a_new_head_trains_and_adapts_through_the_public_api(tmp_path):
+def test_a_new_head_trains_and_adapts_through_the_public_api(tiny, tmp_path):
     assert head_class("context_mean_test") is ContextMean
-    survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-    embeddings = embed_survey(survey, LexicalEmbedder(dim=32))
+    survey, embeddings = tiny
     config = RunConfig(head="context_mean_test", data=DataConfig(eval_k=5),
                        embed=EmbedConfig(model="lexical", dim=32),
-                       train=TrainConfig(steps=30, batch_size=4, context_range=(2, 6),
-                                         target_range=(2, 6), eval_every=10,
-                                         checkpoint_every=10, learning_rate=1e-2, loss="kl"))
+                       train=TrainConfig.of(steps=30, batch_size=4, context_range=(2, 6),
+                                            target_range=(2, 6), eval_every=10,
+                                            checkpoint_every=10, learning_rate=1e-2,
+                                            loss="kl"))
     result = train(config, survey, embeddings, tmp_path / "run", progress=False)
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     model = gpo.load(tmp_path / "run")
-    assert model.config.model == ContextMeanConfig(embedding_dim=32)
+    assert model.head_config == ContextMeanConfig(embedding_dim=32)  # the data's width
     q0, q1 = survey.questions[:2]
     group = model.adapt([(q0.key, survey.probs_GxQxO[0, 0, :len(q0.answer_options)])])
     assert group.features["summary"].shape == (8,)

@@ -3,7 +3,7 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
-from gpo.metrics import accuracy, alignment, calibration, js_alignment
+from gpo.evaluation.metrics import accuracy, alignment, calibration, js_alignment
 
 
 def one_question(pred, true, ordinals):

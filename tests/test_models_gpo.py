@@ -4,33 +4,17 @@ import pytest
 from flax import nnx
 
 from gpo.models import GPO, GPOConfig, Points, head_class
-from gpo.models.common import cross_entropy, gaussian_nll, softmax_within_questions, wasserstein
-
-E = 12
+from gpo.models.common import softmax_within_questions
+from gpo.training.losses import cross_entropy, gaussian_nll, wasserstein
+from tests.helpers import HEAD_E as E
+from tests.helpers import encode_and_predict as run
+from tests.helpers import hand_made_episodes as episode
 
 
 @pytest.fixture(scope="module")
 def model():
     return GPO(GPOConfig(embedding_dim=E, width=32, heads=4, layers=2, feedforward=32),
                rngs=nnx.Rngs(0))
-
-
-def episode(seed=0, B=2, C=7, T=9):
-    rng = np.random.default_rng(seed)
-    x_c = rng.normal(size=(B, C, E)).astype(np.float32)
-    y_c = rng.uniform(size=(B, C)).astype(np.float32)
-    m_c = np.ones((B, C), bool)
-    m_c[1, 5:] = False
-    x_t = rng.normal(size=(B, T, E)).astype(np.float32)
-    q_t = np.array([[0, 0, 1, 1, 1, 2, 2, -1, -1], [4, 4, 4, 9, 9, -1, -1, -1, -1]])
-    return x_c, y_c, m_c, x_t, q_t, q_t >= 0
-
-
-def run(model, x_c, y_c, m_c, x_t, q_t, m_t):
-    """(prob, std) of the targets after encoding the context: the head protocol's two calls."""
-    q_c = np.where(m_c, np.arange(m_c.shape[1])[None], -1)
-    group = model.encode_context(Points.of(x_c, q_c, m_c, y_c))
-    return model.predict(group, Points.of(x_t, q_t, m_t))
 
 
 def test_registered_and_paper_preset():
@@ -123,13 +107,13 @@ def test_losses():
 
 def test_wasserstein_loss_is_the_metric():
     """The Wasserstein loss equals 1 - alignment summed over an episode's ordinal questions."""
-    from gpo.metrics import alignment
+    from gpo.evaluation.metrics import alignment
     rng = np.random.default_rng(0)
     ordinals = np.array([[1.0, 3.0, 2.0], [1.0, 2.0, 2.0]])  # unsorted; a nominal-ish tie
     pred, true = rng.dirichlet(np.ones(3), size=(1, 2)), rng.dirichlet(np.ones(3), size=(1, 2))
     mask = np.ones((2, 3), bool)
     expected = (1 - alignment(pred, true, ordinals, mask, np.ones((1, 2), bool)).per_pair_GxQ)
-    from gpo.option_table import ordinal_positions
+    from gpo.points import ordinal_positions
     position, gap = ordinal_positions(ordinals, mask)
     q = np.repeat(np.arange(2), 3)[None]
     loss = wasserstein(jnp.asarray(pred.reshape(1, 6)), jnp.asarray(true.reshape(1, 6)), q,

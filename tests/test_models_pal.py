@@ -1,5 +1,3 @@
-import dataclasses
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -8,8 +6,8 @@ from flax import nnx
 import gpo
 from gpo.models import PAL, PALConfig, Points, head_class
 from gpo.models.pal import GroupWeights
-from gpo.train import train
-from tests.test_train import tiny_config
+from gpo.training import train
+from tests.helpers import tiny_config
 
 E = 12
 
@@ -67,25 +65,19 @@ def test_adapting_many_groups_is_one_batched_call(model):
     np.testing.assert_allclose(fitted.mixture_BxK[1], alone.mixture_BxK[0], atol=1e-5)
 
 
-def test_pal_trains_with_per_group_weights_and_reloads(tmp_path):
-    from gpo.data import make_synthetic_survey
-    from gpo.embed import LexicalEmbedder, embed_survey
-    survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-    embeddings = embed_survey(survey, LexicalEmbedder(dim=32))
-    config = dataclasses.replace(tiny_config(steps=20), head="pal",
-                                 model=PALConfig(embedding_dim=32, prototypes=3, latent=8,
-                                                 hidden=16, inner_steps=20))
-    result = train(config, survey, embeddings, tmp_path / "pal", progress=False)
+def test_pal_trains_with_per_group_weights_and_reloads(tiny, trained_run):
+    survey, _ = tiny
+    run_dir, result = trained_run("pal")
     assert result.history[-1]["loss"] < result.history[0]["loss"]
-    model = gpo.load(tmp_path / "pal")
-    assert model.config.model.n_groups == 12
+    model = gpo.load(run_dir)
+    assert model.head_config.n_groups == 12  # filled in from the survey
     learned = np.asarray(model.module.group_logits[...])
     assert learned.shape == (12, 3) and np.abs(learned).sum() > 0  # training groups moved
     q0, q1 = survey.questions[:2]
     group = model.adapt([(q0.key, survey.probs_GxQxO[0, 0, :len(q0.answer_options)])])
     assert group.mixture_weights.shape == (3,)
     np.testing.assert_allclose(group.mixture_weights.sum(), 1.0, atol=1e-5)
-    again = gpo.load(tmp_path / "pal").adapt(
+    again = gpo.load(run_dir).adapt(
         [(q0.key, survey.probs_GxQxO[0, 0, :len(q0.answer_options)])])
     np.testing.assert_array_equal(group.predict([q1.key])[0].probs,
                                   again.predict([q1.key])[0].probs)
@@ -97,13 +89,10 @@ def test_pal_trains_with_per_group_weights_and_reloads(tmp_path):
                                other.predict([q1.key])[0].probs, atol=1e-5)
 
 
-def test_pal_refuses_group_mixup(tmp_path):
+def test_pal_refuses_group_mixup(tiny, tmp_path):
     """A mixed training group has no learned weights of its own: say so, do not train."""
-    from gpo.data import make_synthetic_survey
-    survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-    config = dataclasses.replace(tiny_config(steps=2), head="pal",
-                                 model=PALConfig(embedding_dim=8, prototypes=3))
-    config = config.override(["train.group_mixup=0.5"])
+    survey, _ = tiny
+    config = tiny_config(steps=2, head="pal").override(["train.sampling.group_mixup=0.5"])
     with pytest.raises(ValueError, match="group_mixup.*'pal'"):
         train(config, survey, np.zeros((40, survey.max_options, 8), np.float32),
               tmp_path / "pal", progress=False)

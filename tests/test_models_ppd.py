@@ -3,7 +3,9 @@ import pytest
 from flax import nnx
 
 from gpo.models import PPD, Points, PPDConfig, head_class
-from tests.test_models_gpo import E, episode, run
+from tests.helpers import HEAD_E as E
+from tests.helpers import encode_and_predict as run
+from tests.helpers import hand_made_episodes as episode
 
 
 def encode(model, x_c, y_c, m_c):
@@ -49,4 +51,6 @@ def test_targets_depend_only_on_themselves_and_z(model):
     x_t2 = x_t.copy()
     x_t2[0, 5:7] += 1.0
     out = np.asarray(run(model, x_c, y_c, m_c, x_t2, q_t, m_t)[0])
-    np.testing.assert_allclose(out[0, :5], base[0, :5], atol=1e-6)
+    np.testing.assert_allclose(out[0, :5], base[0, :5], atol=1e-6)  # the others: untouched
+    assert not np.allclose(out[0, 5:7], base[0, 5:7], atol=1e-4)  # the changed ones move
+    np.testing.assert_allclose(out[1], base[1], atol=1e-6)  # the other episode too

@@ -12,27 +12,26 @@ import pytest
 from flax import nnx
 
 import gpo
-from gpo.baselines import group_regression
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
-from gpo.data import make_synthetic_survey
-from gpo.data.episodes import EpisodeSampler, make_eval_task, make_split
+from gpo.data.splits import make_eval_task, make_split
 from gpo.data.synthetic import make_planted_agreement_survey
-from gpo.embed import LexicalEmbedder, embed_survey
-from gpo.evaluate import evaluate_run, predict_task
+from gpo.evaluation.baselines import group_regression
+from gpo.evaluation.evaluate import evaluate_run, predict_task
 from gpo.models import Points, ReferenceConfig, ReferenceRegression, forward, head_class
-from gpo.option_table import EmbeddingStats, References, build_option_table
-from gpo.train import train
+from gpo.points import EmbeddingStats, References, survey_option_table
+from gpo.training import train
+from gpo.training.sampling import EpisodeSampler
+from tests.helpers import tiny_sampling
 
 
-@pytest.fixture(scope="module")
-def data():
-    survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-    return survey, embed_survey(survey, LexicalEmbedder(dim=32))
+@pytest.fixture
+def data(tiny):
+    return tiny
 
 
 def table_for(survey, embeddings, split):
     references = References.from_survey(survey, split.train_groups, split.train_questions)
-    return jax.device_put(build_option_table(
+    return jax.device_put(survey_option_table(
         embeddings, EmbeddingStats.fit(embeddings, survey.option_mask_QxO), survey,
         references))
 
@@ -70,20 +69,21 @@ def test_a_training_group_never_reads_its_own_answers(data):
     survey, embeddings = data
     split = make_split(survey, "A", seed=0)
     table = table_for(survey, embeddings, split)
-    sampler = EpisodeSampler(survey, split.train_groups, split.train_questions, batch_size=6,
-                             context_range=(3, 8), target_range=(3, 8), seed=0,
-                             reference_groups=split.train_groups, hide_references=0.0)
-    batch = sampler.sample(0).arrays()
+    sampler = EpisodeSampler(survey, split.train_groups, split.train_questions,
+                             tiny_sampling(batch_size=6, context_range=(3, 8),
+                                           target_range=(3, 8)),
+                             reference_groups=split.train_groups)
+    batch = sampler.sample(0)
     head = ReferenceRegression(ReferenceConfig(embedding_dim=32), rngs=nnx.Rngs(0))
     base = np.asarray(forward(head, table, batch, training=True)[0])
     column = {g: s for s, g in enumerate(split.train_groups)}
-    for b, g in enumerate(batch["group_B"]):
+    for b, g in enumerate(batch.group_B):
         rewritten = np.array(table.reference_RxS)
         rewritten[:, column[g]] = np.random.default_rng(b).uniform(size=rewritten.shape[0])
         changed = dataclasses.replace(table, reference_RxS=rewritten)
         out = np.asarray(forward(head, changed, batch, training=True)[0])
         np.testing.assert_array_equal(out[b], base[b])
-        others = [c for c, h in enumerate(batch["group_B"]) if h != g]
+        others = [c for c, h in enumerate(batch.group_B) if h != g]
         assert not np.allclose(out[others], base[others])  # others do read that column
 
 
@@ -121,13 +121,9 @@ def test_text_prior_where_no_reference_answered(data):
     np.testing.assert_allclose(per_question, 1.0, atol=1e-5)
 
 
-def test_api_weights_respondents_and_new_questions(data, tmp_path):
+def test_api_weights_respondents_and_new_questions(data, trained_run):
     survey, embeddings = data
-    config = RunConfig(data=DataConfig(eval_k=5), embed=EmbedConfig(model="lexical", dim=32),
-                       train=TrainConfig.reference(20, batch_size=4, eval_every=10,
-                                                   checkpoint_every=10))
-    train(config, survey, embeddings, tmp_path, progress=False)
-    model = gpo.load(tmp_path)
+    model = gpo.load(trained_run("reference")[0])
     assert model.n_references == len(make_split(survey, "A", seed=0).train_groups)
     g = 11  # a test group of split 0
     context = [(q.key, survey.probs_GxQxO[g, i, :len(q.answer_options)])

@@ -1,10 +1,10 @@
-import csv
 import json
 
 import numpy as np
 import pytest
 
 from gpo.data import SurveyDataError, load_dataset, load_opinionqa
+from tests.helpers import good_group_file, write_wave
 
 # -- the real files ---------------------------------------------------------------------------
 
@@ -68,41 +68,6 @@ def test_attribute_and_wave_filters(data_root):
 def test_load_dataset_detects_layout(data_root):
     assert load_dataset(data_root / "opinionqa").name == "opinionqa"
     assert load_dataset(data_root / "globalopinionqa").name == "globalopinionqa"
-
-
-# -- a small tree in the official layout, written by the test ---------------------------------
-
-INFO_HEADER = ["", "key", "option_mapping", "question", "references", "option_ordinal"]
-
-
-def write_wave(root, wave=1, per_group=None, info_rows=None, metadata=None, responses=None):
-    d = root / "human_resp" / f"American_Trends_Panel_W{wave}"
-    d.mkdir(parents=True, exist_ok=True)
-    info_rows = info_rows or [
-        ["0", f"FAV_W{wave}", "{}", "Do you favor it?",
-         "['Favor', 'Oppose, strongly', 'Refused']", "[1.0, 2.0]"],
-        ["1", f"SCALE_W{wave}", "{}", "How much?", "['A lot', 'Some', 'None', 'Refused']",
-         "[1.0, 2.0, 3.0]"],
-    ]
-    with open(d / "info.csv", "w", newline="") as f:
-        csv.writer(f).writerows([INFO_HEADER, *info_rows])
-    with open(d / "metadata.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["", "key", "options"],
-                                 *(metadata or [["0", "SEX", "['Male', 'Female']"]])])
-    if per_group is not None:
-        (d / "SEX_data.json").write_text(json.dumps(per_group))
-    if responses is not None:
-        with open(d / "responses.csv", "w", newline="") as f:
-            csv.writer(f).writerows(responses)
-    return d
-
-
-def good_group_file(wave=1):
-    return {f"FAV_W{wave}": {"MC_options": ["Favor", "Oppose", " strongly", "Refused"],
-                             "question_text": "Do you favor it?",
-                             "Male": {"Favor": 3.0, "Oppose, strongly": 1.0, "Refused": 4.0},
-                             "Female": {"Favor": 1.0, "Oppose, strongly": 1.0},
-                             "Refused": {"Favor": 9.0}}}
 
 
 def test_small_tree_loads(tmp_path):

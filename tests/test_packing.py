@@ -10,43 +10,37 @@ import pytest
 from flax import nnx
 
 from gpo.config import TrainConfig
-from gpo.data import make_synthetic_survey
-from gpo.data.episodes import EpisodeSampler
-from gpo.device_sampler import DeviceSampler
-from gpo.embed import LexicalEmbedder, embed_survey
-from gpo.models import GPO, PPD, GPOConfig, forward, gather_points
-from gpo.packing import RowLayout, choose_layout, pack_rows, point_counts, rows_needed
+from gpo.models import GPO, PPD, forward, gather_points
 from gpo.sharding import make_mesh, replicated
-from gpo.train import episode_loss, init_model_state, make_device_steps, packs
-from tests.test_train import TINY_MODEL, tiny_config, tiny_table
+from gpo.training.device_sampler import DeviceSampler
+from gpo.training.loop import packs
+from gpo.training.losses import episode_loss
+from gpo.training.packing import RowLayout, choose_layout, pack_rows, point_counts, rows_needed
+from gpo.training.steps import init_model_state, make_device_steps
+from tests.helpers import slots_of, tiny_head_config, tiny_sampling, tiny_table
 
 
 @pytest.fixture(scope="module")
-def setup():
-    survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-    table = tiny_table(survey, embed_survey(survey, LexicalEmbedder(dim=32)), np.arange(8))
-    host = EpisodeSampler(survey, np.arange(8), np.arange(40), 8, (2, 12), (2, 12),
-                          reference_groups=np.arange(8), seed=3)
-    sampler, arrays = DeviceSampler.like(host)
+def setup(tiny):
+    survey, embeddings = tiny
+    table = tiny_table(survey, embeddings, np.arange(8))
+    sampler, arrays = DeviceSampler.build(survey, np.arange(8), np.arange(40),
+                                          tiny_sampling(context_range=(2, 12),
+                                                        target_range=(2, 12)),
+                                          seed=3, reference_groups=np.arange(8))
     batch = jax.jit(sampler.sample)(arrays, 0)
     return survey, table, sampler, arrays, batch
 
 
 def points_of(batch, part, b):
     """Episode b's points as (option, prob, question, respondents) tuples, in slot order."""
-    n = "C" if part == "context" else "T"
-    episode = batch.get(f"{part}_episode_Bx{n}")
-    where = (np.asarray(episode) == b if episode is not None
-             else np.arange(len(batch["group_B"]))[:, None] == b)
-    where = where & np.asarray(batch[f"{part}_mask_Bx{n}"])
-    return [tuple(np.asarray(batch[f"{part}_{f}_Bx{n}"])[where].tolist())
-            for f in ("option", "prob", "question", "respondents")]
+    return [tuple(values.tolist()) for values in slots_of(batch, part, b).values()]
 
 
 def layout_for(batch, rows=None, scale=1.0):
     """Rows `scale` times an episode's capacity (0: as long as its largest episode); by
     default as few as the batch needs."""
-    C, T = batch["context_mask_BxC"].shape[1], batch["target_mask_BxT"].shape[1]
+    C, T = batch.context.mask_BxN.shape[1], batch.target.mask_BxN.shape[1]
     lengths = int(C * scale), int(T * scale)
     if scale == 0:
         lengths = tuple(int(count.max()) for count in point_counts(batch))
@@ -58,16 +52,16 @@ def layout_for(batch, rows=None, scale=1.0):
 @pytest.mark.parametrize("scale", [1.0, 0.0, 2.0])
 def test_every_episode_lands_whole_in_one_row(setup, scale):
     *_, batch = setup
-    B = len(batch["group_B"])
+    B = len(batch.group_B)
     layout = layout_for(batch, scale=scale)
     assert layout.rows < B  # small episodes share rows
     packed, fits = pack_rows(batch, layout)
     assert bool(fits)
-    assert packed["context_mask_BxC"].shape == (layout.rows, layout.context_length)
-    assert packed["target_mask_BxT"].shape == (layout.rows, layout.target_length)
-    for part, n in (("context", "C"), ("target", "T")):
-        episode = np.asarray(packed[f"{part}_episode_Bx{n}"])
-        mask = np.asarray(packed[f"{part}_mask_Bx{n}"])
+    assert packed.context.mask_BxN.shape == (layout.rows, layout.context_length)
+    assert packed.target.mask_BxN.shape == (layout.rows, layout.target_length)
+    for part in ("context", "target"):
+        episode = np.asarray(getattr(packed, part).episode_BxN)
+        mask = np.asarray(getattr(packed, part).mask_BxN)
         assert ((episode >= 0) == mask).all()
         for b in range(B):
             assert points_of(packed, part, b) == points_of(batch, part, b)
@@ -75,7 +69,7 @@ def test_every_episode_lands_whole_in_one_row(setup, scale):
             assert len(rows) == 1  # context and targets of an episode share one row
             cols = np.flatnonzero(episode[rows[0]] == b)
             assert (np.diff(cols) == 1).all()
-    assert (np.asarray(packed["group_B"]) == np.asarray(batch["group_B"])).all()
+    assert (np.asarray(packed.group_B) == np.asarray(batch.group_B)).all()
     _, fits = pack_rows(batch, dataclasses.replace(layout, rows=layout.rows - 1))
     assert not bool(fits)  # a row short: the step trains unpacked
 
@@ -83,9 +77,9 @@ def test_every_episode_lands_whole_in_one_row(setup, scale):
 def test_packed_rows_predict_and_lose_what_padded_episodes_do(setup):
     _, table, _, _, batch = setup
     table = jax.device_put(table)
-    model = GPO(GPOConfig(embedding_dim=32, **TINY_MODEL), rngs=nnx.Rngs(0))
+    model = GPO(tiny_head_config("gpo"), rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
-    B = len(batch["group_B"])
+    B = len(batch.group_B)
     packed, fits = pack_rows(batch, layout_for(batch))
     assert bool(fits)
 
@@ -97,9 +91,9 @@ def test_packed_rows_predict_and_lose_what_padded_episodes_do(setup):
     predict = jax.jit(lambda batch: forward(model, table, batch))
     prob, std = predict(batch)
     prob_packed, std_packed = predict(packed)
-    episode = np.asarray(packed["target_episode_BxT"])
+    episode = np.asarray(packed.target.episode_BxN)
     for b in range(B):
-        mask = np.asarray(batch["target_mask_BxT"][b])
+        mask = np.asarray(batch.target.mask_BxN[b])
         np.testing.assert_allclose(np.asarray(prob_packed)[episode == b],
                                    np.asarray(prob[b])[mask], atol=1e-5)
         np.testing.assert_allclose(np.asarray(std_packed)[episode == b],
@@ -116,7 +110,6 @@ def test_packed_rows_predict_and_lose_what_padded_episodes_do(setup):
 
 def test_packed_training_steps_match_padded_ones_even_when_a_batch_overflows(setup):
     survey, table, sampler, arrays, _ = setup
-    cfg = tiny_config()
     mesh = make_mesh(1)
     table = jax.device_put(table, replicated(mesh))
     arrays = jax.device_put(arrays, replicated(mesh))
@@ -125,7 +118,7 @@ def test_packed_training_steps_match_padded_ones_even_when_a_batch_overflows(set
     tight = layout_for(sampler.sample(arrays, 0), rows=max(needed) - 1)
     assert min(needed) <= tight.rows  # with `tight`, some steps fit and some train unpacked
     for label, r in (("padded", None), ("tight", tight)):
-        graphdef, state = init_model_state(cfg, 0, mesh)
+        graphdef, state = init_model_state("gpo", tiny_head_config("gpo"), 0, mesh)
         # SGD: Adam's first steps move every weight by about the learning rate whatever the
         # gradient's size, so the key biases (gradient 0 up to rounding: softmax ignores them)
         # would follow the rounding of each layout.
@@ -142,7 +135,7 @@ def test_packed_training_steps_match_padded_ones_even_when_a_batch_overflows(set
 def test_the_chosen_layout_costs_least_on_the_runs_first_steps(setup):
     *_, sampler, arrays, _ = setup
     sample = lambda step: sampler.sample(arrays, step)  # noqa: E731
-    B, C, T = sampler.batch_size, sampler.context_capacity, sampler.target_capacity
+    B, C, T = sampler.sampling.batch_size, sampler.context_capacity, sampler.target_capacity
     layout = choose_layout(sample, width=16, steps=32)
     context_SxB, target_SxB = jax.jit(jax.vmap(lambda s: point_counts(sample(s))))(
         np.arange(32))
@@ -160,9 +153,10 @@ def test_the_chosen_layout_costs_least_on_the_runs_first_steps(setup):
                   RowLayout(B // 2, C, T), RowLayout(B // 4, 2 * C, 2 * T)):
         assert expected_cost(layout) <= expected_cost(other)
     assert choose_layout(sample, width=16, multiple=4, steps=32).rows % 4 == 0
-    big, big_arrays = DeviceSampler.like(EpisodeSampler(  # episodes near their capacity
-        setup[0], np.arange(8), np.arange(40), 4, (12, 12), (12, 12),
-        reference_groups=np.arange(8)))
+    big, big_arrays = DeviceSampler.build(  # episodes near their capacity
+        setup[0], np.arange(8), np.arange(40),
+        tiny_sampling(batch_size=4, context_range=(12, 12), target_range=(12, 12)),
+        reference_groups=np.arange(8))
     layout = choose_layout(lambda s: big.sample(big_arrays, s), width=16, steps=8)
     assert layout is None or layout.rows == 4  # one a row: no room to share
 

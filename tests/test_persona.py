@@ -5,7 +5,7 @@ import pytest
 
 from gpo.data import SurveyDataError
 from gpo.data.persona import make_persona_preferences, read_persona_statements
-from gpo.metrics import accuracy
+from gpo.evaluation.metrics import accuracy
 
 
 def write_traits(folder, n_traits=6, n_statements=20):

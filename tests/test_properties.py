@@ -13,7 +13,7 @@ from scipy.stats import wasserstein_distance
 
 from gpo.data.globalopinionqa import parse_selections
 from gpo.data.survey import Question, SurveyDataError, check_answer
-from gpo.metrics import accuracy, alignment, js_alignment
+from gpo.evaluation.metrics import accuracy, alignment, js_alignment
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -124,7 +124,7 @@ def test_opinionqa_counts_load_exactly_or_are_refused(tmp_path_factory, counts):
     """A group's counts either load as exactly their renormalised non-refusal share, or the
     loader refuses naming the file, the question and the group."""
     from gpo.data import load_opinionqa
-    from tests.test_opinionqa import good_group_file, write_wave
+    from tests.helpers import good_group_file, write_wave
     root = tmp_path_factory.mktemp("oqa")
     data = good_group_file()
     data["FAV_W1"]["Male"] = counts

@@ -1,3 +1,7 @@
+"""Meta-training: it learns and keeps the best checkpoint, resumes exactly (also after a
+SIGKILL), refuses another config or broken inputs, names the episodes of a divergence, and
+gives the same steps on 8 simulated devices, in two processes and on one device."""
+
 import json
 import os
 import signal
@@ -11,42 +15,15 @@ import numpy as np
 import pytest
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
-from gpo.data import make_synthetic_survey
 from gpo.data.synthetic import make_planted_agreement_survey
-from gpo.embed import LexicalEmbedder, embed_survey
-from gpo.models import GPOConfig, PALConfig
-from gpo.train import TrainingDiverged, train
+from gpo.run_dir import RunDir
+from gpo.training import TrainingDiverged, train
+from tests.helpers import ROOT, on_eight_simulated_devices, tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = dict(width=16, heads=2, layers=1, feedforward=16, embed_depth=2)
-
-
-# The two ways episodes reach a training step: sampled on the host, or on the device and
-# packed several to a row (what a CPU run of the default length does).
-SAMPLERS = {"host": {"sampler": "host"}, "device": {"sampler": "device", "packing": "rows"}}
-
-
-def tiny_config(steps=30, **train_overrides) -> RunConfig:
-    train_cfg = dict(steps=steps, batch_size=4, context_range=(2, 6), target_range=(2, 6),
-                     eval_every=10, checkpoint_every=10, learning_rate=3e-3, warmup_steps=2)
-    train_cfg.update(train_overrides)
-    return RunConfig(head="gpo", model=GPOConfig(embedding_dim=32, **TINY_MODEL),
-                     data=DataConfig(eval_k=5), embed=EmbedConfig(model="lexical", dim=32),
-                     train=TrainConfig(**train_cfg))
-
-
-def tiny_table(survey, embeddings, reference_groups):
-    """The option table a run over `survey` reads, references = `reference_groups`."""
-    from gpo.option_table import EmbeddingStats, References, build_option_table
-    return build_option_table(embeddings, EmbeddingStats.fit(embeddings, survey.option_mask_QxO),
-                              survey, References.from_survey(survey, reference_groups,
-                                                             np.arange(len(survey.questions))))
-
-
-@pytest.fixture(scope="module")
-def tiny_data():
-    survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-    return survey, embed_survey(survey, LexicalEmbedder(dim=32))
+# The two ways episodes reach a training step: sampled on the host, or on the device (which
+# a tiny run of the default packing='auto' leaves padded; the packed path is
+# tests/test_packing.py's).
+SAMPLERS = {"host": {"sampler": "host"}, "device": {"sampler": "device"}}
 
 
 def params_of(run_dir: Path, which: str = "latest"):
@@ -57,30 +34,9 @@ def params_of(run_dir: Path, which: str = "latest"):
     return step, restored.model
 
 
-def test_config_overrides_from_the_command_line():
-    config = tiny_config().override(["train.steps=7", "train.context_range=[3, 9]",
-                                     "embed.model=minilm", "data.dataset=opinionqa"])
-    assert config.train.steps == 7 and config.train.context_range == (3, 9)
-    assert config.embed.model == "minilm" and config.data.dataset == "opinionqa"
-    assert config.model == tiny_config().model  # untouched sections stay
-    pal = config.override(["head=pal"])  # a GPO model config cannot serve PAL: dropped
-    assert pal.head == "pal" and pal.model is None and pal.train == config.train
-    assert config.override(["head=gpo"]).model == config.model
-    # a field of a head's default model config: the rest stays the default
-    pal_wide = pal.override(["model.prototypes=3"]).model
-    assert pal_wide.prototypes == 3 and pal_wide.latent == PALConfig(embedding_dim=1).latent
-    for bad, match in (("train.steps", "not section.field=value"),
-                       ("steps=3", "not section.field=value"),
-                       ("optim.lr=1", "unknown section 'optim'"),
-                       ("train.stepz=3", "unknown fields \\['stepz'\\]"),
-                       ("head=bert", "unknown head 'bert'")):
-        with pytest.raises(ValueError, match=match):
-            config.override([bad])
-
-
 @pytest.mark.parametrize("sampler", ["host", "device"])
-def test_training_learns_and_keeps_the_best(tiny_data, tmp_path, sampler):
-    survey, emb = tiny_data
+def test_training_learns_and_keeps_the_best(tiny, tmp_path, sampler):
+    survey, emb = tiny
     result = train(tiny_config(steps=60, **SAMPLERS[sampler]), survey, emb, tmp_path / "run",
                    progress=False)
     assert result.steps == 60 and len(result.history) == 6
@@ -89,13 +45,14 @@ def test_training_learns_and_keeps_the_best(tiny_data, tmp_path, sampler):
     assert result.best_step in [h["step"] for h in result.history]
     assert result.best_validation == max(h["validation"] for h in result.history)
     saved = RunConfig.load(tmp_path / "run" / "config.json")
-    assert saved.model.embedding_dim == 32 and saved.train.steps == 60
+    assert saved == tiny_config(steps=60, **SAMPLERS[sampler])
+    assert RunDir(tmp_path / "run").head_config.embedding_dim == 32  # the data's width
     assert params_of(tmp_path / "run", "best")[0] == result.best_step
 
 
 @pytest.mark.parametrize("sampler", ["host", "device"])
-def test_resuming_gives_the_same_parameters(tiny_data, tmp_path, sampler):
-    survey, emb = tiny_data
+def test_resuming_gives_the_same_parameters(tiny, tmp_path, sampler):
+    survey, emb = tiny
     config = tiny_config(**SAMPLERS[sampler])
     train(config, survey, emb, tmp_path / "whole", progress=False)
     train(config, survey, emb, tmp_path / "split", progress=False, stop_after=13)
@@ -107,16 +64,16 @@ def test_resuming_gives_the_same_parameters(tiny_data, tmp_path, sampler):
         np.testing.assert_array_equal(x, y)
 
 
-def test_a_different_config_does_not_resume(tiny_data, tmp_path):
-    survey, emb = tiny_data
+def test_a_different_config_does_not_resume(tiny, tmp_path):
+    survey, emb = tiny
     train(tiny_config(steps=10), survey, emb, tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match="different config"):
         train(tiny_config(steps=10, learning_rate=1e-2), survey, emb, tmp_path / "run",
               progress=False)
 
 
-def test_a_run_made_before_the_device_sampler_resumes_on_the_host_sampler(tiny_data, tmp_path):
-    survey, emb = tiny_data
+def test_a_run_made_before_the_device_sampler_resumes_on_the_host_sampler(tiny, tmp_path):
+    survey, emb = tiny
     train(tiny_config(steps=10, sampler="host"), survey, emb, tmp_path / "run", progress=False)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     for field in ("sampler", "steps_per_call"):  # as gpo wrote it before they existed
@@ -129,8 +86,32 @@ def test_a_run_made_before_the_device_sampler_resumes_on_the_host_sampler(tiny_d
     assert result.steps == 10 and params_of(tmp_path / "run")[0] == 10
 
 
-def test_non_finite_embeddings_are_rejected_naming_the_question(tiny_data, tmp_path):
-    survey, emb = tiny_data
+def test_a_run_in_the_layout_before_the_sampling_section_loads_and_resumes(tiny, tmp_path):
+    """Runs saved before `train.sampling` and typed model sections: sampling fields under
+    `train`, the head's whole config (embedding width included) as `model`, no head config
+    in run.json. They load, evaluate and resume as the same run."""
+    import gpo
+    survey, emb = tiny
+    config = tiny_config(steps=10, sampler="host")
+    train(config, survey, emb, tmp_path / "run", progress=False, stop_after=5)
+    run = tmp_path / "run"
+    saved, record = (json.loads((run / name).read_text()) for name in ("config.json",
+                                                                         "run.json"))
+    saved["train"].update(saved["train"].pop("sampling"))
+    saved["model"] = record.pop("head_config")
+    record.pop("ordinals")
+    (run / "config.json").write_text(json.dumps(saved))
+    (run / "run.json").write_text(json.dumps(record))
+    model = gpo.load(run)
+    assert model.head_config.embedding_dim == 32 and model.config.model == {
+        k: v for k, v in saved["model"].items() if k != "embedding_dim"}
+    assert model.options(survey.question_keys[0]) == survey.questions[0].answer_options
+    result = train(config, survey, emb, run, progress=False)
+    assert result.steps == 10 and params_of(run)[0] == 10
+
+
+def test_non_finite_embeddings_are_rejected_naming_the_question(tiny, tmp_path):
+    survey, emb = tiny
     bad = emb.copy()
     bad[3, 1, 0] = np.inf
     with pytest.raises(ValueError, match="first 'SYN0003' option 1"):
@@ -138,8 +119,8 @@ def test_non_finite_embeddings_are_rejected_naming_the_question(tiny_data, tmp_p
 
 
 @pytest.mark.parametrize("sampler", ["host", "device"])
-def test_divergence_stops_the_run_naming_step_and_episodes(tiny_data, tmp_path, sampler):
-    survey, emb = tiny_data
+def test_divergence_stops_the_run_naming_step_and_episodes(tiny, tmp_path, sampler):
+    survey, emb = tiny
     with pytest.raises(TrainingDiverged, match=r"at step \d+; episodes \[[0-9, ]+\] "
                                                r"\(groups \['synthetic=group"):
         train(tiny_config(learning_rate=1e12, warmup_steps=0, **SAMPLERS[sampler]), survey, emb,
@@ -148,23 +129,19 @@ def test_divergence_stops_the_run_naming_step_and_episodes(tiny_data, tmp_path, 
 
 KILL_SCRIPT = """
 import sys
-from gpo.data import make_synthetic_survey
-from gpo.embed import LexicalEmbedder, embed_survey
-from gpo.train import train
-sys.path.insert(0, {tests!r})
-from test_train import tiny_config
-survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-train(tiny_config(steps={steps}, checkpoint_every=5, **{settings!r}), survey,
-      embed_survey(survey, LexicalEmbedder(dim=32)), sys.argv[1], progress=False)
+sys.path.insert(0, {root!r})
+from gpo.training import train
+from tests.helpers import tiny_config, tiny_embeddings, tiny_survey
+train(tiny_config(steps={steps}, checkpoint_every=5, **{settings!r}), tiny_survey(),
+      tiny_embeddings(), sys.argv[1], progress=False)
 """
 
 
 @pytest.mark.parametrize("sampler", ["host", "device"])
-def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_path, sampler):
-    steps = 400
-    survey, emb = tiny_data
-    script = KILL_SCRIPT.format(tests=str(ROOT / "tests"), steps=steps,
-                                settings=SAMPLERS[sampler])
+def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny, tmp_path, sampler):
+    steps = 150
+    survey, emb = tiny
+    script = KILL_SCRIPT.format(root=str(ROOT), steps=steps, settings=SAMPLERS[sampler])
     child = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "killed")],
                              cwd=ROOT, stderr=subprocess.PIPE)
     latest = tmp_path / "killed" / "checkpoints" / "latest"
@@ -173,7 +150,7 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_p
         if latest.exists() and any(p.name.isdigit() and int(p.name) >= 10
                                    for p in latest.iterdir()):
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert child.poll() is None, f"child ended early: {child.stderr.read().decode()[-2000:]}"
     child.send_signal(signal.SIGKILL)
     child.wait()
@@ -188,70 +165,57 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted(tiny_data, tmp_p
         np.testing.assert_array_equal(x, y)
 
 
-SHARDED_SCRIPT = """
+# What the scripts below share: the tiny survey's table over 8 reference groups, one
+# batch of 8 host episodes, a tiny GPO's initial state and optimiser.
+SCRIPT_SETUP = """
 import json, sys
 import jax, numpy as np
-from gpo.data import make_synthetic_survey
-from gpo.data.episodes import EpisodeSampler
-from gpo.embed import LexicalEmbedder, embed_survey
+sys.path.insert(0, {root!r})
+from gpo.sharding import maybe_initialize_distributed
+distributed = maybe_initialize_distributed()
 from gpo.sharding import make_mesh, put_batch, replicated
-from gpo.train import init_model_state, make_optimizer, make_train_step
-sys.path.insert(0, {tests!r})
-from test_train import tiny_config, tiny_table
-cfg = tiny_config()
-survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-table_host = tiny_table(survey, embed_survey(survey, LexicalEmbedder(dim=32)), np.arange(8))
-batch = EpisodeSampler(survey, np.arange(8), np.arange(40), 8, (2, 6), (2, 6),
+from gpo.training.device_sampler import DeviceSampler
+from gpo.training.packing import RowLayout
+from gpo.training.sampling import EpisodeSampler
+from gpo.training.steps import (init_model_state, init_optimizer_state, make_device_steps,
+                                make_optimizer, make_train_step)
+from tests.helpers import (tiny_config, tiny_embeddings, tiny_head_config, tiny_sampling,
+                           tiny_survey, tiny_table)
+cfg, survey = tiny_config(), tiny_survey()
+table_host = tiny_table(survey, tiny_embeddings(), np.arange(8))
+batch = EpisodeSampler(survey, np.arange(8), np.arange(40), tiny_sampling(),
                        reference_groups=np.arange(8)).sample(0)
+
+def start(mesh):
+    graphdef, state = init_model_state("gpo", tiny_head_config(), 0, mesh)
+    tx = make_optimizer(cfg.train)
+    table = jax.tree.map(lambda a: jax.make_array_from_callback(
+        a.shape, replicated(mesh), lambda index: a[index]), table_host)
+    return graphdef, state, tx, init_optimizer_state(tx, state, mesh), table
+"""
+
+SHARDED_SCRIPT = SCRIPT_SETUP + """
 out = {{"devices": len(jax.devices())}}
 for n in (1, 8):
     mesh = make_mesh(n)
-    graphdef, state = init_model_state(cfg, 0, mesh)
-    tx = make_optimizer(cfg)
+    graphdef, state, tx, opt, table = start(mesh)
     step = make_train_step(graphdef, tx, "gaussian_nll", mesh)
-    state, _, metrics = step(state, tx.init(state), jax.device_put(table_host,
-                             replicated(mesh)), put_batch(batch.arrays(), mesh))
+    state, _, metrics = step(state, opt, table, put_batch(batch, mesh))
     out[n] = {{"loss": float(metrics["loss"]),
                "param": float(np.asarray(jax.tree.leaves(state)[0]).sum())}}
 print(json.dumps(out))
 """
 
 
-def on_eight_simulated_devices(script: str) -> dict:
-    """Run a script (formatted with the tests folder) with 8 simulated CPU devices; its JSON."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", script.format(tests=str(ROOT / "tests"))],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    assert out["devices"] == 8
-    return out
-
-
 def test_eight_simulated_devices_match_one():
-    out = on_eight_simulated_devices(SHARDED_SCRIPT)
+    out = on_eight_simulated_devices(SHARDED_SCRIPT.format(root=str(ROOT)))
     assert out["8"]["loss"] == pytest.approx(out["1"]["loss"], abs=1e-5)
     assert out["8"]["param"] == pytest.approx(out["1"]["param"], abs=1e-4)
 
 
-DEVICE_STEPS_SCRIPT = """
-import json, sys
-import jax, numpy as np
-from gpo.data import make_synthetic_survey
-from gpo.data.episodes import EpisodeSampler
-from gpo.device_sampler import DeviceSampler
-from gpo.embed import LexicalEmbedder, embed_survey
-from gpo.sharding import make_mesh, replicated
-from gpo.packing import RowLayout
-from gpo.train import init_model_state, make_device_steps, make_optimizer
-sys.path.insert(0, {tests!r})
-from test_train import tiny_config, tiny_table
-cfg = tiny_config()
-survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-table_host = tiny_table(survey, embed_survey(survey, LexicalEmbedder(dim=32)), np.arange(8))
-sampler, arrays_host = DeviceSampler.like(EpisodeSampler(
-    survey, np.arange(8), np.arange(40), 8, (2, 6), (2, 6), reference_groups=np.arange(8)))
+DEVICE_STEPS_SCRIPT = SCRIPT_SETUP + """
+sampler, arrays_host = DeviceSampler.build(survey, np.arange(8), np.arange(40), tiny_sampling(),
+                                           reference_groups=np.arange(8))
 out = {{"devices": len(jax.devices())}}
 for n in (1, 8):
     mesh = make_mesh(n)
@@ -259,12 +223,10 @@ for n in (1, 8):
     # two episodes' room a row: 8 episodes in 8 rows (one a device) leaves rows empty
     layout = RowLayout(8, 2 * sampler.context_capacity, 2 * sampler.target_capacity)
     for packed in (False, True):
-        graphdef, state = init_model_state(cfg, 0, mesh)
-        tx = make_optimizer(cfg)
+        graphdef, state, tx, opt, table = start(mesh)
         run_steps = make_device_steps(graphdef, tx, "gaussian_nll", mesh, sampler,
                                       layout if packed else None)
-        state, _, metrics = run_steps(state, tx.init(state), jax.device_put(table_host,
-                                      replicated(mesh)), arrays, 0, 3)
+        state, _, metrics = run_steps(state, opt, table, arrays, 0, 3)
         out[f"{{n}} {{packed}}"] = {{"loss": np.asarray(metrics["loss"]).tolist(),
                                  "groups": np.asarray(metrics["group_B"]).tolist(),
                                  "param": float(np.asarray(jax.tree.leaves(state)[0]).sum())}}
@@ -273,7 +235,7 @@ print(json.dumps(out))
 
 
 def test_device_sampler_steps_on_eight_simulated_devices_match_one():
-    out = on_eight_simulated_devices(DEVICE_STEPS_SCRIPT)
+    out = on_eight_simulated_devices(DEVICE_STEPS_SCRIPT.format(root=str(ROOT)))
     one = out["1 False"]
     for run in ("1 True", "8 False", "8 True"):  # packed or not, on 1 device or split over 8
         assert out[run]["groups"] == one["groups"]  # the same episodes, however laid out
@@ -281,32 +243,11 @@ def test_device_sampler_steps_on_eight_simulated_devices_match_one():
         assert out[run]["param"] == pytest.approx(one["param"], abs=1e-4)
 
 
-MULTI_PROCESS_SCRIPT = """
-import json, sys
-import jax, numpy as np
-from gpo.sharding import maybe_initialize_distributed
-distributed = maybe_initialize_distributed()
-from gpo.data import make_synthetic_survey
-from gpo.data.episodes import EpisodeSampler
-from gpo.embed import LexicalEmbedder, embed_survey
-from gpo.sharding import make_mesh, put_batch, replicated
-from gpo.train import init_model_state, make_optimizer, make_train_step
-sys.path.insert(0, {tests!r})
-from test_train import tiny_config, tiny_table
-cfg = tiny_config()
-survey = make_synthetic_survey(seed=0, n_groups=12, n_questions=40).survey
-table_host = tiny_table(survey, embed_survey(survey, LexicalEmbedder(dim=32)), np.arange(8))
-batch = EpisodeSampler(survey, np.arange(8), np.arange(40), 8, (2, 6), (2, 6),
-                       reference_groups=np.arange(8)).sample(0)
+MULTI_PROCESS_SCRIPT = SCRIPT_SETUP + """
 mesh = make_mesh()
-graphdef, state = init_model_state(cfg, 0, mesh)
-tx = make_optimizer(cfg)
-opt = jax.jit(tx.init, out_shardings=jax.tree.map(lambda _: replicated(mesh),
-              jax.eval_shape(tx.init, state)))(state)
+graphdef, state, tx, opt, table = start(mesh)
 step = make_train_step(graphdef, tx, "gaussian_nll", mesh)
-table = jax.tree.map(lambda a: jax.make_array_from_callback(
-    a.shape, replicated(mesh), lambda index: a[index]), table_host)
-state, _, metrics = step(state, opt, table, put_batch(batch.arrays(), mesh))
+state, _, metrics = step(state, opt, table, put_batch(batch, mesh))
 print(json.dumps({{"distributed": distributed, "processes": jax.process_count(),
                   "devices": len(jax.devices()), "loss": float(metrics["loss"])}}))
 """
@@ -317,7 +258,7 @@ def test_two_processes_on_localhost_match_one_process():
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    script = MULTI_PROCESS_SCRIPT.format(tests=str(ROOT / "tests"))
+    script = MULTI_PROCESS_SCRIPT.format(root=str(ROOT))
     base = dict(os.environ, JAX_PLATFORMS="cpu")
     base.pop("XLA_FLAGS", None)
     procs = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, text=True,
@@ -343,7 +284,7 @@ def test_two_processes_on_localhost_match_one_process():
 def test_gpo_reads_the_context(tmp_path):
     """At the paper's width and depth, a short meta-training run learns to read a group's
     rate from its context: far above the population prior on unseen groups."""
-    from gpo.evaluate import evaluate_run
+    from gpo.evaluation.evaluate import evaluate_run
     survey, embeddings = make_planted_agreement_survey()
     config = RunConfig(head="gpo", data=DataConfig(eval_k=10),
                        embed=EmbedConfig(model="lexical"),
@@ -357,8 +298,8 @@ def test_gpo_reads_the_context(tmp_path):
 
 def test_plus_nll_losses_train_the_std_and_leave_the_mean_to_the_metric():
     """'X+nll': the probabilities' gradient is X's alone; the std's is the Gaussian NLL's."""
-    from gpo.models import Points
-    from gpo.train import episode_loss
+    from gpo.points import Points
+    from gpo.training.losses import episode_loss
     rng = np.random.default_rng(0)
     q = np.repeat(np.arange(4), 3)[None]
     true = rng.dirichlet(np.ones(3), size=4).reshape(1, 12).astype(np.float32)

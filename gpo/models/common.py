@@ -1,4 +1,4 @@
-"""Pieces every preference head shares: the MLP, softmax within questions, and the losses.
+"""Pieces every preference head shares: the MLP, and softmax and normalisation within questions.
 
 Shapes: B episodes, C context points, T target points, E embedding width.
 """
@@ -47,7 +47,7 @@ class MLP(nnx.Module):
 def same_question_BxTxT(question_BxT: jax.Array, mask_BxT: jax.Array,
                         episode_BxT: jax.Array | None = None) -> jax.Array:
     """Whether two points are options of one question of one episode (rows may hold several
-    episodes, `gpo.packing`: then `episode_BxT` tells them apart)."""
+    episodes, `gpo.training.packing`: then `episode_BxT` tells them apart)."""
     both = mask_BxT[:, :, None] & mask_BxT[:, None, :]
     if episode_BxT is not None:
         both = both & (episode_BxT[:, :, None] == episode_BxT[:, None, :])
@@ -74,35 +74,6 @@ def softmax_within_questions(logits_BxT: jax.Array, question_BxT: jax.Array,
 def predictive_std(raw_BxT: jax.Array, bounded: bool) -> jax.Array:
     """std from the head's raw output: exp (GPO's default) or 0.05 + 0.95 softplus (bounded)."""
     return 0.05 + 0.95 * jax.nn.softplus(raw_BxT) if bounded else jnp.exp(raw_BxT)
-
-
-def gaussian_nll(prob_BxT, std_BxT, true_BxT, mask_BxT) -> jax.Array:
-    """GPO's loss: -log N(true; predicted probability, std), summed over an episode's target
-    points, averaged over episodes."""
-    z = (true_BxT - prob_BxT) / std_BxT
-    nll = 0.5 * z**2 + jnp.log(std_BxT) + 0.5 * jnp.log(2 * jnp.pi)
-    return jnp.mean(jnp.sum(jnp.where(mask_BxT, nll, 0.0), axis=-1))
-
-
-def cross_entropy(prob_BxT, true_BxT, mask_BxT) -> jax.Array:
-    """KL(true || predicted) summed over an episode's questions, averaged over episodes.
-
-    (Cross-entropy minus the target's entropy, so a perfect prediction scores 0.)"""
-    true = jnp.where(mask_BxT, true_BxT, 0.0)
-    kl = true * (jnp.log(jnp.maximum(true, 1e-12)) - jnp.log(jnp.maximum(prob_BxT, 1e-12)))
-    return jnp.mean(jnp.sum(jnp.where(mask_BxT, kl, 0.0), axis=-1))
-
-
-def wasserstein(prob_BxT, true_BxT, question_BxT, mask_BxT, ordinal_BxT, gap_BxT,
-                episode_BxT=None) -> jax.Array:
-    """The alignment metric's distance as a loss: per question, the integral of
-    |CDF_pred - CDF_true| over its ordinal scale (scaled to [0, 1]), summed over an episode's
-    questions, averaged over episodes. Nominal questions (no scale) have zero gaps: no loss."""
-    same = same_question_BxTxT(question_BxT, mask_BxT, episode_BxT)
-    at_or_below = same & (ordinal_BxT[:, None, :] <= ordinal_BxT[:, :, None])
-    diff_BxT = jnp.where(mask_BxT, prob_BxT - true_BxT, 0.0)
-    cdf_BxT = jnp.einsum("bts,bs->bt", at_or_below.astype(diff_BxT.dtype), diff_BxT)
-    return jnp.mean(jnp.sum(jnp.where(mask_BxT, jnp.abs(cdf_BxT) * gap_BxT, 0.0), axis=-1))
 
 
 def normalise_within_questions(value_BxT, question_BxT, mask_BxT) -> jax.Array:

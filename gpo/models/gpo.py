@@ -7,7 +7,7 @@ Context token = MLP([x; y]), target token = MLP([x; 0]). Every token attends to 
 tokens only, so targets never see each other and no position is encoded (a set, not a
 sequence). Computed as context self-attention plus target->context cross-attention with the
 same layer weights: O(C^2 + C T) instead of attention over all C + T tokens. A token sees only
-its own episode's context, so several episodes may share a row (`gpo.packing`).
+its own episode's context, so several episodes may share a row (`gpo.training.packing`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from gpo.models.common import (
     predictive_std,
     softmax_within_questions,
 )
-from gpo.models.head import Head, Points
+from gpo.models.head import Head
 from gpo.models.registry import register_head
+from gpo.points import Points
 
 
 @dataclasses.dataclass(frozen=True)

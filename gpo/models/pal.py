@@ -21,14 +21,15 @@ import optax
 from flax import nnx
 
 from gpo.models.common import MLP, softmax_within_questions
-from gpo.models.head import Head, Points
+from gpo.models.head import Head
 from gpo.models.registry import register_head
+from gpo.points import Points
 
 
 @dataclasses.dataclass(frozen=True)
 class PALConfig:
     embedding_dim: int
-    n_groups: int = 1           # set from the survey at training time
+    n_groups: int = 1           # the survey's groups (filled in by the registry)
     prototypes: int = 4         # K
     latent: int = 64            # L
     hidden: int = 128
@@ -61,11 +62,6 @@ class PAL(Head):
     config_class = PALConfig
     learns_training_groups = True
     has_group_space = True
-
-    @classmethod
-    def config_for_data(cls, config, embedding_dim: int, n_groups: int) -> PALConfig:
-        config = super().config_for_data(config, embedding_dim, n_groups)
-        return dataclasses.replace(config, n_groups=n_groups)
 
     def __init__(self, config: PALConfig, *, rngs: nnx.Rngs):
         c = self.config = config

@@ -20,8 +20,9 @@ from flax import nnx
 
 from gpo.models.common import MLP, predictive_std, softmax_within_questions
 from gpo.models.gpo import ContextAttentionLayer
-from gpo.models.head import Head, Points
+from gpo.models.head import Head
 from gpo.models.registry import register_head
+from gpo.points import Points
 
 
 @dataclasses.dataclass(frozen=True)

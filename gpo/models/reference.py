@@ -37,8 +37,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gpo.models.common import MLP, normalise_within_questions, softmax_within_questions
-from gpo.models.head import Head, Points
+from gpo.models.head import Head
 from gpo.models.registry import register_head
+from gpo.points import Points
 
 MIN_RIDGE = 1e-6
 
@@ -126,25 +127,34 @@ class ReferenceRegression(Head):
         return self.config.scalar_rate * param[...]
 
     def encode_context(self, context: Points) -> ReferenceFit:
-        prior, deviation_BxCxS, known, valid = _reference_view(context)
-        # Reference reliability: each group's sampling noise against the deviations' spread.
-        reference_noise_BxCxS = jnp.where(known, _sampling_variance(
-            prior[..., None], context.reference_respondents_BxNxS), 0.0)
+        return self.posterior(context, self.reference_scale(context))
+
+    def reference_scale(self, points: Points) -> jax.Array:
+        """`[B, S]` sqrt(a_s / S): each reference group's reliability a_s, its sampling noise
+        against the deviations' spread over these points, spread over the S groups that
+        answered any of them (0 for the others)."""
+        prior, deviation_BxNxS, known, valid = _reference_view(points)
+        reference_noise_BxNxS = jnp.where(known, _sampling_variance(
+            prior[..., None], points.reference_respondents_BxNxS), 0.0)
         points_BxS = jnp.maximum((known & valid[..., None]).sum(1), 1)
-        noise_BxS = (reference_noise_BxCxS * valid[..., None]).sum(1) / points_BxS
-        spread_B = ((deviation_BxCxS ** 2 - reference_noise_BxCxS) * valid[..., None]).sum(
+        noise_BxS = (reference_noise_BxNxS * valid[..., None]).sum(1) / points_BxS
+        spread_B = ((deviation_BxNxS ** 2 - reference_noise_BxNxS) * valid[..., None]).sum(
             (1, 2)) / jnp.maximum((known & valid[..., None]).sum((1, 2)), 1)
         reliability_BxS = 1.0 / (1.0 + jnp.exp(self._scalar(self.log_reliability)) * noise_BxS
                                  / jnp.maximum(spread_B, 1e-6)[:, None])
         usable_BxS = (known & valid[..., None]).any(1)
         S = jnp.maximum(usable_BxS.sum(-1), 1)
-        scale_BxS = jnp.where(usable_BxS, jnp.sqrt(reliability_BxS / S[:, None]), 0.0)
+        return jnp.where(usable_BxS, jnp.sqrt(reliability_BxS / S[:, None]), 0.0)
+
+    def posterior(self, context: Points, scale_BxS: jax.Array) -> ReferenceFit:
+        """The Bayesian fit of the context answers on the reference groups' deviations,
+        scaled by `scale_BxS` (`reference_scale`; question selection holds it fixed). Its
+        covariance depends on which points are in the context and on their respondents,
+        never on the answers' values."""
+        prior, deviation_BxCxS, _, valid = _reference_view(context)
         # Context precision: a ridge that follows the number of points, plus sampling noise.
         n_points = jnp.maximum(valid.sum(-1), 1).astype(jnp.float32)
-        # Floored: on noise-free data (planted tasks) the learned ridge would go to 0 and the
-        # precision to infinity.
-        ridge_B = MIN_RIDGE + jnp.exp(self._scalar(self.log_ridge)
-                                      + self._scalar(self.ridge_slope) * jnp.log(n_points))
+        ridge_B = self.ridge(n_points)
         sampling = jnp.exp(self._scalar(self.log_sampling))
         noise_BxC = ridge_B[:, None] + sampling * _sampling_variance(prior,
                                                                      context.respondents_BxN)
@@ -160,9 +170,27 @@ class ReferenceRegression(Head):
         return ReferenceFit(delta, covariance, scale_BxS, ridge_B,
                             jnp.broadcast_to(sampling, ridge_B.shape))
 
+    def ridge(self, n_points: jax.Array) -> jax.Array:
+        """The context points' ridge: a learned power of their number. Floored: on
+        noise-free data (planted tasks) the learned ridge would go to 0 and the precision to
+        infinity."""
+        return MIN_RIDGE + jnp.exp(self._scalar(self.log_ridge)
+                                   + self._scalar(self.ridge_slope) * jnp.log(n_points))
+
+    def std_scale(self) -> jax.Array:
+        """The factor the std's own loss learned for the posterior's std."""
+        return jnp.exp(self._scalar(self.log_std_scale))
+
+    @staticmethod
+    def features(points: Points, scale_BxS: jax.Array
+                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(population prior p̄, scaled deviations F = scale * D `[B, N, S]`, whether any
+        reference group answered) of each point: what a fit's coefficients multiply."""
+        prior, deviation_BxNxS, _, answered = _reference_view(points)
+        return prior, deviation_BxNxS * scale_BxS[:, None, :], answered
+
     def predict(self, group: ReferenceFit, targets: Points):
-        prior, deviation_BxTxS, _, answered = _reference_view(targets)
-        features_BxTxS = deviation_BxTxS * group.scale_BxS[:, None, :]
+        prior, features_BxTxS, answered = self.features(targets, group.scale_BxS)
         mean_BxT = prior + jnp.einsum("bts,bs->bt", features_BxTxS, group.delta_BxS)
         text_BxT = softmax_within_questions(self.prior(targets.x_BxNxE)[..., 0],
                                             targets.question_BxN, targets.mask_BxN)
@@ -175,7 +203,7 @@ class ReferenceRegression(Head):
         # The posterior's std, scaled by one factor the std's own loss learns (the ridge and
         # beta serve the mean, not the spread of the errors).
         posterior_std = jax.lax.stop_gradient(jnp.sqrt(jnp.maximum(posterior, 0.0) + noise))
-        std = jnp.where(answered, jnp.exp(self._scalar(self.log_std_scale)) * posterior_std,
+        std = jnp.where(answered, self.std_scale() * posterior_std,
                         jnp.exp(self._scalar(self.log_prior_std)))
         return prob, std
 

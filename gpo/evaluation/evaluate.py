@@ -12,20 +12,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 from flax import nnx
 
-from gpo.baselines import BASELINES, USES_ONLY_CONTEXT
-from gpo.data.episodes import EvalTask, Split, make_eval_task, pack_episodes, padded_size
-from gpo.data.episodes import reference_mask as episode_reference_mask
+from gpo.data.splits import EvalTask, Split, make_eval_task
 from gpo.data.survey import Survey
-from gpo.metrics import Score, score_predictions
-from gpo.models import Head, OptionTable, forward
-from gpo.option_table import EmbeddingStats, References, build_option_table
+from gpo.evaluation.baselines import BASELINES, USES_ONLY_CONTEXT
+from gpo.evaluation.metrics import Score, score_predictions
+from gpo.models import Head, forward
+from gpo.points import (
+    EmbeddingStats,
+    OptionTable,
+    References,
+    pack_episodes,
+    padded_size,
+    reference_mask,
+    survey_option_table,
+)
 from gpo.run_dir import RunDir
 
 
@@ -54,15 +61,45 @@ def predict_task(head: Head, table: OptionTable, survey: Survey, task: EvalTask,
         batch = pack_episodes(
             survey, groups, [np.flatnonzero(task.context_GxQ[r]) for r in padded],
             [np.flatnonzero(task.target_GxQ[r]) for r in padded], context_capacity,
-            target_capacity, episode_reference_mask(reference_groups_S, usable_S,
-                                                    [[g] for g in groups]))
-        prob_BxT, std_BxT = jax.device_get(_forward(graphdef, state, table, batch.arrays()))
+            target_capacity, reference_mask(reference_groups_S, usable_S,
+                                            [[g] for g in groups]))
+        prob_BxT, std_BxT = jax.device_get(_forward(graphdef, state, table, batch))
         for b, row in enumerate(rows):
-            mask = batch.target_mask_BxT[b]
-            option = batch.target_option_BxT[b][mask]
+            mask = batch.target.mask_BxN[b]
+            option = batch.target.option_BxN[b][mask]
             prob_GxQxO[row, option // O, option % O] = prob_BxT[b][mask]
             std_GxQxO[row, option // O, option % O] = std_BxT[b][mask]
     return prob_GxQxO, std_GxQxO
+
+
+@dataclasses.dataclass
+class GroupEvaluator:
+    """A head's alignment on fixed groups after k context answers each (while meta-training:
+    the validation groups, reading only the usable references). `run` yields (name, value);
+    the training loop records them and keeps the checkpoint that scores best on `name`."""
+
+    name: str
+    survey: Survey
+    task: EvalTask
+    reference_groups_S: np.ndarray
+    usable_S: np.ndarray | None
+    metric: str
+
+    def run(self, head: Head, table: OptionTable) -> Iterator[tuple[str, float]]:
+        prob, _ = predict_task(head, table, self.survey, self.task, self.reference_groups_S,
+                               self.usable_S)
+        yield self.name, score_predictions(self.survey, self.task, prob, self.metric).mean
+
+
+def validation_evaluator(survey: Survey, split: Split, validation_groups: np.ndarray,
+                         k: int, metric: str, usable_S: np.ndarray) -> GroupEvaluator | None:
+    """The validation groups' evaluator (k context questions drawn with the split's seed),
+    or None where no group is held out."""
+    if not len(validation_groups):
+        return None
+    task = make_eval_task(survey, dataclasses.replace(split, test_groups=validation_groups), k,
+                          seed=split.seed)
+    return GroupEvaluator("validation", survey, task, split.train_groups, usable_S, metric)
 
 
 @dataclasses.dataclass
@@ -114,7 +151,7 @@ class Evaluation:
 
     def rows(self, ks: Sequence[int] | None = None, methods: Iterable[str] | None = None,
              rename: dict[str, str] | None = None) -> dict[str, dict[str, list[float]]]:
-        """{method: {"k=K": per-split scores}}: what `gpo.report.format_table` prints."""
+        """{method: {"k=K": per-split scores}}: what `gpo.evaluation.report.format_table` prints."""
         ks = self.ks if ks is None else ks
         rename = rename or {}
         return {rename.get(m, m): {f"k={k}": self.per_split(m, k) for k in ks}
@@ -183,7 +220,7 @@ def survey_table(stats: EmbeddingStats, survey: Survey, split: Split,
     """The device option table a head reads for `survey`: embeddings standardised with the
     run's statistics, the split's training groups as references (on its training questions)."""
     references = References.from_survey(survey, split.train_groups, split.train_questions)
-    return jax.device_put(build_option_table(embeddings_QxOxE, stats, survey, references))
+    return jax.device_put(survey_option_table(embeddings_QxOxE, stats, survey, references))
 
 
 def run_table(run: RunDir, survey: Survey, split: Split,

@@ -1,5 +1,6 @@
-"""Host-side construction of the option table every head reads (`gpo.models.OptionTable`):
-standardised option embeddings, the reference groups' answers, ordinal positions.
+"""The option table every point indexes: one row per answer option with its standardised
+embedding, the reference groups' answers and its ordinal position; and its one builder, used
+by training, evaluation and the API alike.
 
 Shapes: Q questions, O options (padded), E embedding width, S reference groups, R = Q * O rows
 (row `q * O + o` is option o of question q).
@@ -10,10 +11,29 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 from gpo.data.survey import Survey
-from gpo.models.head import OptionTable
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class OptionTable:
+    """Option rows every point indexes (host arrays, or device arrays once `device_put`).
+
+    `reference_known_RxS` is False where a reference group did not answer (sparse surveys,
+    protocol B's held-out questions, questions new to the run). `ordinal_R` is the option's
+    position on its question's scale in [0, 1] and `gap_R` the distance to the next position
+    (0 for the last option and for nominal questions): the Wasserstein loss reads them.
+    """
+
+    x_RxE: jax.Array
+    reference_RxS: jax.Array
+    reference_known_RxS: jax.Array
+    reference_respondents_RxS: jax.Array   # 0 where unknown
+    ordinal_R: jax.Array
+    gap_R: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +93,22 @@ class References:
                    survey.answered_GxQ[groups] & readable_Q[None],
                    survey.respondents_GxQ[groups].astype(np.float32))
 
+    def take(self, questions: Sequence[int | None], max_options: int) -> References:
+        """The references of these question indices, in order, padded to `max_options`; None
+        is a question no reference group answered (new to the run)."""
+        S, _, O = self.probs_SxQxO.shape
+        O = min(O, max_options)
+        n = len(questions)
+        probs = np.zeros((S, n, max_options), np.float32)
+        answered = np.zeros((S, n), bool)
+        respondents = np.full((S, n), np.nan, np.float32)
+        for i, q in enumerate(questions):
+            if q is not None:
+                probs[:, i, :O] = self.probs_SxQxO[:, q, :O]
+                answered[:, i] = self.answered_SxQ[:, q]
+                respondents[:, i] = self.respondents_SxQ[:, q]
+        return References(self.labels, probs, answered, respondents)
+
 
 def ordinal_positions(ordinals_QxO: np.ndarray, option_mask_QxO: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
@@ -80,8 +116,10 @@ def ordinal_positions(ordinals_QxO: np.ndarray, option_mask_QxO: np.ndarray
     integrates: positions scaled by the question's span; the gap is 0 for the last option of
     the scale, tied options but one, padding and nominal questions (a span of 0)."""
     ordinals = np.where(option_mask_QxO, ordinals_QxO, np.inf)
-    low = np.min(ordinals, 1, keepdims=True)
-    high = np.max(np.where(option_mask_QxO, ordinals_QxO, -np.inf), 1, keepdims=True)
+    empty = ~option_mask_QxO.any(1, keepdims=True)  # padding questions (API tables)
+    low = np.where(empty, 0.0, np.min(ordinals, 1, keepdims=True))
+    high = np.where(empty, 0.0, np.max(np.where(option_mask_QxO, ordinals_QxO, -np.inf), 1,
+                                       keepdims=True))
     span = np.where(high > low, high - low, 1.0)
     position = np.where(option_mask_QxO, (ordinals - low) / span, 0.0)
     order = np.argsort(np.where(option_mask_QxO, position, np.inf), 1, kind="stable")
@@ -97,17 +135,19 @@ def ordinal_positions(ordinals_QxO: np.ndarray, option_mask_QxO: np.ndarray
 
 
 def build_option_table(embeddings_QxOxE: np.ndarray, stats: EmbeddingStats,
-                       survey: Survey, references: References) -> OptionTable:
-    """The host arrays of a survey's option table (device_put by the caller)."""
-    Q, O = survey.option_mask_QxO.shape
+                       option_mask_QxO: np.ndarray, ordinals_QxO: np.ndarray,
+                       references: References, name: str = "the questions") -> OptionTable:
+    """The host arrays of an option table over Q questions (device_put by the caller):
+    a survey's (`survey_option_table`) or the questions of one API call."""
+    Q, O = option_mask_QxO.shape
     if embeddings_QxOxE.shape[:2] != (Q, O):
         raise ValueError(f"embeddings have shape {embeddings_QxOxE.shape}, expected "
-                         f"{(Q, O)} + (E,) for {survey}")
+                         f"{(Q, O)} + (E,) for {name}")
     if references.probs_SxQxO.shape[1:] != (Q, O):
         raise ValueError(f"references cover {references.probs_SxQxO.shape[1:]} (questions, "
-                         f"options), the survey {(Q, O)}")
-    position, gap = ordinal_positions(survey.ordinals_QxO, survey.option_mask_QxO)
-    known_SxQxO = references.answered_SxQ[..., None] & survey.option_mask_QxO[None]
+                         f"options), {name} {(Q, O)}")
+    position, gap = ordinal_positions(ordinals_QxO, option_mask_QxO)
+    known_SxQxO = references.answered_SxQ[..., None] & option_mask_QxO[None]
     S = len(references.labels)
     return OptionTable(
         x_RxE=stats.apply(embeddings_QxOxE).reshape(Q * O, -1),
@@ -118,3 +158,10 @@ def build_option_table(embeddings_QxOxE: np.ndarray, stats: EmbeddingStats,
             known_SxQxO, np.nan_to_num(references.respondents_SxQ, nan=0.0)[..., None],
             0.0).reshape(S, Q * O).T.astype(np.float32),
         ordinal_R=position.reshape(-1), gap_R=gap.reshape(-1))
+
+
+def survey_option_table(embeddings_QxOxE: np.ndarray, stats: EmbeddingStats, survey: Survey,
+                        references: References) -> OptionTable:
+    """A survey's option table: its questions' embeddings, masks and ordinal scales."""
+    return build_option_table(embeddings_QxOxE, stats, survey.option_mask_QxO,
+                              survey.ordinals_QxO, references, str(survey))

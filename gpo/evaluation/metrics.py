@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats
 
-from gpo.data.episodes import EvalTask
+from gpo.data.splits import EvalTask
 from gpo.data.survey import Survey
 
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_PADDING = {"option": 0, "prob": 0.0, "mask": False, "question": -1, "respondents": 0.0}
+from gpo.points import PADDING, EpisodeBatch, PointSlots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,35 +62,36 @@ def place(context_B: jax.Array, target_B: jax.Array, layout: RowLayout
     return tuple(unsort(x) for x in placement)
 
 
-def point_counts(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    return (batch["context_mask_BxC"].sum(-1).astype(jnp.int32),
-            batch["target_mask_BxT"].sum(-1).astype(jnp.int32))
+def point_counts(batch: EpisodeBatch) -> tuple[jax.Array, jax.Array]:
+    return (batch.context.mask_BxN.sum(-1).astype(jnp.int32),
+            batch.target.mask_BxN.sum(-1).astype(jnp.int32))
 
 
-def pack_rows(batch: dict[str, jax.Array], layout: RowLayout
-              ) -> tuple[dict[str, jax.Array], jax.Array]:
-    """(the batch laid out in rows, whether every episode fit). Points are laid out as
-    `EpisodeBatch.arrays()` (an episode's points first in its slots), under the same keys with
-    rows in place of episodes, plus `<part>_episode_Bx<N>` (the episode of each point, -1 for
-    padding); the per-episode arrays (group_B, reference_mask_BxS, hide_target_references_B)
-    stay as they are."""
+def pack_rows(batch: EpisodeBatch, layout: RowLayout) -> tuple[EpisodeBatch, jax.Array]:
+    """(the batch laid out in rows, whether every episode fit). Each row holds its episodes'
+    points one after another (an episode's points first in its slots, as `pack_points` lays
+    them out), `episode_BxN` naming each point's episode (-1 for padding); the per-episode
+    arrays (group_B, reference_mask_BxS, hide_target_references_B) stay as they are."""
     row_B, offset_c_B, offset_t_B, placed_B = place(*point_counts(batch), layout)
-    B, R = len(row_B), layout.rows
-    packed = {k: v for k, v in batch.items() if not k.startswith(("context_", "target_"))}
-    for part, n, offset_B, length in (("context", "C", offset_c_B, layout.context_length),
-                                      ("target", "T", offset_t_B, layout.target_length)):
-        mask_BxN = batch[f"{part}_mask_Bx{n}"]
-        N = mask_BxN.shape[1]
+    R = layout.rows
+
+    def into_rows(slots: PointSlots, offset_B, length: int) -> PointSlots:
+        B, N = slots.mask_BxN.shape
         # Out-of-range rows drop the update: padding slots and unplaced episodes write nothing.
-        row_BxN = jnp.where(mask_BxN & placed_B[:, None], row_B[:, None], R)
+        row_BxN = jnp.where(slots.mask_BxN & placed_B[:, None], row_B[:, None], R)
         col_BxN = offset_B[:, None] + jnp.arange(N)[None, :]
-        episode_BxN = jnp.broadcast_to(jnp.arange(B, dtype=jnp.int32)[:, None], (B, N))
-        fields = {f"{part}_{field}_Bx{n}": (batch[f"{part}_{field}_Bx{n}"], fill)
-                  for field, fill in _PADDING.items()}
-        fields[f"{part}_episode_Bx{n}"] = (episode_BxN, -1)
-        for key, (value, fill) in fields.items():
-            packed[key] = (jnp.full((R, length), fill, value.dtype)
-                           .at[row_BxN, col_BxN].set(value, mode="drop"))
+        slots = dataclasses.replace(slots, episode_BxN=jnp.broadcast_to(
+            jnp.arange(B, dtype=jnp.int32)[:, None], (B, N)))
+        rows = {}
+        for field in dataclasses.fields(PointSlots):
+            value = getattr(slots, field.name)
+            rows[field.name] = (jnp.full((R, length), PADDING[field.name], value.dtype)
+                                .at[row_BxN, col_BxN].set(value, mode="drop"))
+        return PointSlots(**rows)
+
+    packed = dataclasses.replace(
+        batch, context=into_rows(batch.context, offset_c_B, layout.context_length),
+        target=into_rows(batch.target, offset_t_B, layout.target_length))
     return packed, placed_B.all()
 
 
@@ -103,7 +104,7 @@ def rows_needed(context_B: jax.Array, target_B: jax.Array, context_length: int,
     return jnp.where(placed_B.all(), row_B.max() + 1, B + 1)
 
 
-def choose_layout(sample: Callable[[jax.Array], dict[str, jax.Array]], width: int,
+def choose_layout(sample: Callable[[jax.Array], EpisodeBatch], width: int,
                   multiple: int = 1, steps: int = 256) -> RowLayout | None:
     """The row layout with the least expected `RowLayout.cost` over the first `steps` steps
     that `sample(step)` draws (a step that does not fit pays for the padded layout), or None
@@ -111,8 +112,8 @@ def choose_layout(sample: Callable[[jax.Array], dict[str, jax.Array]], width: in
     episodes are split over). A function of the sampler's settings and data alone, so a
     resumed run chooses the same layout."""
     shape = jax.eval_shape(sample, jnp.int32(0))
-    B, C = shape["context_mask_BxC"].shape
-    T = shape["target_mask_BxT"].shape[1]
+    B, C = shape.context.mask_BxN.shape
+    T = shape.target.mask_BxN.shape[1]
     counts = jax.jit(lambda s: jax.lax.map(lambda step: jnp.stack(point_counts(sample(step))),
                                            s))(jnp.arange(steps))
     context_SxB, target_SxB = np.asarray(counts[:, 0]), np.asarray(counts[:, 1])

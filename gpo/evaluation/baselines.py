@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from gpo.data.episodes import EvalTask, Split, make_eval_task, make_split
+from gpo.data.splits import EvalTask, Split, make_eval_task, make_split
 from gpo.data.survey import Survey
-from gpo.metrics import metric_function, score_predictions
+from gpo.evaluation.metrics import metric_function, score_predictions
 
 _EPS = 1e-6
 

@@ -1,0 +1,7 @@
+"""Meta-training: the samplers, row packing, losses, the jitted steps and the loop."""
+
+from __future__ import annotations
+
+from gpo.training.loop import TrainingDiverged, TrainResult, train
+
+__all__ = ["TrainResult", "TrainingDiverged", "train"]
