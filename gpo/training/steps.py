@@ -11,12 +11,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
 from gpo.config import TrainConfig
 from gpo.models import forward, gather_points
-from gpo.models.registry import abstract_head, build_head
+from gpo.models.registry import build_head
 from gpo.points import EpisodeBatch
 from gpo.sharding import data_sharded, replicated
 from gpo.training.device_sampler import DeviceSampler
@@ -25,16 +26,16 @@ from gpo.training.packing import RowLayout, pack_rows
 
 
 def init_model_state(head: str, head_config: Any, seed: int, mesh) -> tuple[Any, Any]:
-    """(graphdef, state): the weights materialised directly with their (replicated)
-    sharding, never initialised only to be overwritten."""
-    graphdef, abstract_state = abstract_head(head, head_config, seed)
+    """(graphdef, state): the weights initialised op by op, then replicated over the mesh.
 
-    @jax.jit
-    def init():
-        return nnx.state(build_head(head, head_config, rngs=nnx.Rngs(seed)))
-
-    shardings = jax.tree.map(lambda _: replicated(mesh), abstract_state)
-    return graphdef, jax.jit(init, out_shardings=shardings)()
+    Eagerly, because each initialiser then compiles once a process and is cached, where one
+    jitted initialiser is a new function every run and compiles anew (about 4 s for GPO at
+    the paper's config on 2 cores); the values are the same bit for bit. Every process draws
+    the same weights from the seed and contributes the shards it can address."""
+    graphdef, state = nnx.split(build_head(head, head_config, rngs=nnx.Rngs(seed)))
+    sharding = replicated(mesh)
+    return graphdef, jax.tree.map(lambda a: jax.make_array_from_callback(
+        a.shape, sharding, lambda index: np.asarray(a)[index]), state)
 
 
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
