@@ -69,6 +69,30 @@ HEAD_RECIPES = {"gpo": (TrainConfig.cpu, 1), "ppd": (TrainConfig.cpu, 2),
                 "pal": (TrainConfig.cpu, 10), "reference": (TrainConfig.reference, 0.75)}
 
 
+# The persona pairs as experiments/heads.py and reference_head.py build them.
+PERSONA = {"synthetic_groups": 60, "synthetic_questions": 400}
+
+# The reference head's recipe variants: name -> (TrainConfig overrides on
+# `TrainConfig.reference`, multiple of --steps).
+REFERENCE_VARIANTS = {
+    "base": ({}, 1),
+    "kl": ({"loss": "kl+nll"}, 1),               # KL instead of the metric's own loss
+    "mixup50": ({"group_mixup": 0.5}, 1),        # half the episodes from mixed groups
+    "uniform_k": ({"context_distribution": "uniform"}, 1),  # k uniform in 1-100, not log
+    "x2": ({}, 2),
+    "hide75": ({"hide_references": 0.75}, 1),   # the text prior sees 3x the episodes
+    "hide75_x2": ({"hide_references": 0.75}, 2),
+}
+
+
+def reference_recipe(variant: str, steps: int) -> TrainConfig:
+    """`TrainConfig.reference` (1-100 context questions, log-uniform; 10-100 targets; a
+    quarter of the episodes hide their targets' references, so the text prior learns) with
+    the variant's changes."""
+    overrides, multiple = REFERENCE_VARIANTS[variant]
+    return TrainConfig.reference(steps * multiple, **{"hide_references": 0.25, **overrides})
+
+
 def experiment_train_config(head: str, steps: int, **overrides) -> TrainConfig:
     """The 2-core budget of experiments/ for one head: its recipe at its step share."""
     preset, share = HEAD_RECIPES.get(head, HEAD_RECIPES["gpo"])

@@ -21,6 +21,7 @@ import time
 import numpy as np
 from common import (
     HEAD_RECIPES,
+    PERSONA,
     best_by_validation,
     comparison_rows,
     embed,
@@ -44,7 +45,6 @@ SETTINGS = {  # name: (dataset, protocol, context sizes k)
     "opinionqa_B": ("opinionqa", "B", (5, 10, 20)),
     "persona": ("persona", "A", (1, 2, 5, 10, 20, 50)),
 }
-PERSONA = {"synthetic_groups": 60, "synthetic_questions": 400}  # 60 users x 400 pairs
 
 
 def setting_data(name: str, data_dir: str) -> DataConfig:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 from common import (
+    PERSONA,
+    REFERENCE_VARIANTS,
     best_by_validation,
     embed,
     experiment_parser,
@@ -27,6 +29,7 @@ from common import (
     load_survey,
     main_guard,
     merge_variants,
+    reference_recipe,
     train_and_evaluate,
     variant_run,
 )
@@ -46,29 +49,11 @@ SETTINGS = {  # name: (dataset, protocol, context sizes k)
     "persona": ("persona", "A", (1, 2, 5, 10, 20, 50)),
     "planted": ("planted", "A", (10,)),
 }
-PERSONA = {"synthetic_groups": 60, "synthetic_questions": 400}  # as experiments/heads.py
-# name: (TrainConfig overrides on the recipe, multiple of --steps)
-VARIANTS = {
-    "base": ({}, 1),
-    "kl": ({"loss": "kl+nll"}, 1),               # KL instead of the metric's own loss
-    "mixup50": ({"group_mixup": 0.5}, 1),        # half the episodes from mixed groups
-    "uniform_k": ({"context_distribution": "uniform"}, 1),  # k uniform in 1-100, not log
-    "x2": ({}, 2),
-    "hide75": ({"hide_references": 0.75}, 1),   # the text prior sees 3x the episodes
-    "hide75_x2": ({"hide_references": 0.75}, 2),
-}
+VARIANTS = REFERENCE_VARIANTS
 DEFAULT_VARIANTS = ["base", "kl", "mixup50", "uniform_k"]
 # Under protocol B no reference group answered a test question: only the text prior answers,
 # so B picks among recipes that train it more, on its own validation groups.
 DEFAULT_B_VARIANTS = ["base", "hide75", "hide75_x2"]
-
-
-def recipe(variant: str, steps: int) -> TrainConfig:
-    """`TrainConfig.reference` (1-100 context questions, log-uniform; 10-100 targets; a
-    quarter of the episodes hide their targets' references, so the text prior learns) with
-    the variant's changes."""
-    overrides, multiple = VARIANTS[variant]
-    return TrainConfig.reference(steps * multiple, **{"hide_references": 0.25, **overrides})
 
 
 def setting_data(name: str, data_dir: str) -> DataConfig:
@@ -113,7 +98,7 @@ def main() -> None:
         runs = {}
         for variant in variants:
             config, run_dir = variant_run(args, f"{HEAD} {variant}", "reference", None, data,
-                                          embed_config, train=recipe(variant, args.steps))
+                                          embed_config, train=reference_recipe(variant, args.steps))
             runs[f"{HEAD} {variant}"] = train_and_evaluate(config, survey, embeddings,
                                                            run_dir, ks, args.seeds)
         picked = best_by_validation(runs, HEAD).split()[-1]

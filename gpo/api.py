@@ -1,16 +1,18 @@
-"""The Python API: load a trained run, adapt to a group from a few answers, predict.
+"""The Python API: load a trained run, choose which questions to ask a group, adapt to its
+answers, predict the rest.
 
     model = gpo.load("runs/opinionqa")
+    print(model.suggest_questions(5))            # what to ask a new group first
     group = model.adapt([("SAFECRIME_W26", [0.3, 0.5, 0.15, 0.05]), ...])
     pred = group.predict(["WORRYB_W26", ("Do you like tea?", ["Yes", "No"])])
 
 A question is a survey key of the training data, a `(text, options)` pair (embedded with the
-run's embedder), or an `(options x E)` array of precomputed option embeddings.
+run's embedder), or an `(options x E)` array of precomputed option embeddings
+(`gpo.questions`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,69 +27,28 @@ from gpo.points import (
     EmbeddingStats,
     EpisodeBatch,
     References,
-    build_option_table,
     gather_points,
     pack_points,
     padded_size,
+)
+from gpo.predictions import Prediction, Predictions
+from gpo.question_selection import (
+    DEFAULT_CRITERION,
+    UNITS,
+    QuestionSelector,
+    Suggestion,
+    Suggestions,
+)
+from gpo.questions import (
+    QuestionCatalogue,
+    ResolvedQuestion,
+    check_distribution,
+    check_respondents,
 )
 from gpo.run_dir import RunDir
 
 _CONTEXT_MULTIPLE = 16   # context points are padded to multiples of this (few compiled shapes)
 _QUESTION_MULTIPLE = 8   # and a call's option table to multiples of this many questions
-
-
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    question: str                # the question's text (or its key, or "question i")
-    options: tuple[str, ...]
-    probs: np.ndarray            # sums to 1 over options
-    std: np.ndarray              # the model's predictive std per option
-    key: str | None = None       # the survey key, when the question was given by key
-
-    def as_dict(self) -> dict:
-        return {"question": self.question, "key": self.key, "options": list(self.options),
-                "probs": [round(float(p), 6) for p in self.probs],
-                "std": [round(float(s), 6) for s in self.std]}
-
-    def __str__(self) -> str:
-        width = max(len(o) for o in self.options)
-        lines = [self.question]
-        lines += [f"  {o:<{width}}  {p:6.1%}" for o, p in zip(self.options, self.probs)]
-        return "\n".join(lines)
-
-
-class Predictions(list):
-    """The predictions of one predict() call: a list of `Prediction`, printable, and
-    convertible to one row per (question, option)."""
-
-    def records(self) -> list[dict]:
-        return [{"question": p.question, "key": p.key, "option": option,
-                 "prob": round(float(prob), 6), "std": round(float(std), 6)}
-                for p in self for option, prob, std in zip(p.options, p.probs, p.std)]
-
-    def to_frame(self):
-        """A pandas DataFrame of `records()` (pandas is optional: `pip install pandas`)."""
-        try:
-            import pandas
-        except ImportError as err:
-            raise ImportError("to_frame() needs pandas (pip install pandas); records() gives "
-                              "the same rows as dicts") from err
-        return pandas.DataFrame(self.records())
-
-    def __str__(self) -> str:
-        return "\n\n".join(str(p) for p in self)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Resolved:
-    """A question of an adapt() or predict() call, resolved against the run."""
-
-    name: str                    # text, key or "question i"
-    key: str | None
-    options: tuple[str, ...]
-    embeddings_NxE: np.ndarray   # raw (unstandardised) option embeddings
-    ordinals: tuple[float, ...]  # the options' ordinal positions
-    row: int | None              # the question's index in the run's references; None: new
 
 
 class GroupPreferenceModel:
@@ -112,36 +73,29 @@ class GroupPreferenceModel:
             graphdef, state).encode_context(gather_points(table, batch, "context")))
         self._predict = jax.jit(lambda state, group, table, batch: nnx.merge(
             graphdef, state).predict(group, gather_points(table, batch, "target")))
-        self._questions: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
-        self._texts: dict[str, str] = {}
-        self._ordinals: dict[str, tuple[float, ...]] = {}
-        self._row: dict[str, int] = {}
-        self._references = References((), np.zeros((0, 0, 1), np.float32),
-                                      np.zeros((0, 0), bool), np.zeros((0, 0), np.float32))
+        embed = lambda questions: self.embedder.embed_questions(questions)  # noqa: E731
         if run is not None:
-            self._questions = run.survey_questions()
-            self._texts = run.question_texts()
-            self._ordinals = run.question_ordinals()
-            self._row = {key: q for q, key in enumerate(self._questions)}
-            self._references = run.references()
+            self.catalogue = run.catalogue(stats, self.embedding_dim, embed)
+        else:  # a bare head: questions by embeddings or (text, options) only
+            self.catalogue = QuestionCatalogue({}, {}, {}, {}, References(
+                (), np.zeros((0, 0, 1), np.float32), np.zeros((0, 0), bool),
+                np.zeros((0, 0), np.float32)), stats, self.embedding_dim, embed)
         self._embedder: Embedder | None = None
+        self._question_selector: QuestionSelector | None = None
 
     @property
     def question_keys(self) -> list[str]:
-        """Keys of the training survey's questions, usable in adapt() and predict()."""
-        return list(self._questions)
+        """Keys of the training survey's questions, usable in adapt(), predict() and
+        suggest_questions()."""
+        return self.catalogue.keys
 
     def options(self, key: str) -> tuple[str, ...]:
         """The answer options of a training-survey question, in order."""
-        if key not in self._questions:
-            raise KeyError(f"unknown question key {key!r}")
-        return self._questions[key][0]
+        return self.catalogue.options(key)
 
     def text(self, key: str) -> str:
         """The text of a training-survey question."""
-        if key not in self._questions:
-            raise KeyError(f"unknown question key {key!r}")
-        return self._texts.get(key, key)
+        return self.catalogue.text(key)
 
     @property
     def embedding_dim(self) -> int:
@@ -149,7 +103,7 @@ class GroupPreferenceModel:
 
     @property
     def n_references(self) -> int:
-        return len(self._references.labels)
+        return len(self.catalogue.references.labels)
 
     @property
     def embedder(self) -> Embedder:
@@ -169,19 +123,91 @@ class GroupPreferenceModel:
             if not (isinstance(item, tuple | list) and len(item) == 2):
                 raise ValueError(f"context item {i}: expected (question, distribution), got "
                                  f"{type(item).__name__}")
-        counts = _check_respondents(respondents, len(context))
-        resolved = self._resolve([q for q, _ in context], where="context")  # one embed call
-        distributions = [_check_distribution(d, len(r.options), f"context item {i} ({r.name!r})")
+        counts = check_respondents(respondents, len(context))
+        resolved = self.catalogue.resolve([q for q, _ in context], where="context")
+        distributions = [check_distribution(d, len(r.options), f"context item {i} ({r.name!r})")
                          for i, (r, (_, d)) in enumerate(zip(resolved, context))]
         table, batch = self._pack("context", resolved, distributions, counts, _CONTEXT_MULTIPLE)
-        return AdaptedGroup(self, self._encode(self._state, table, batch))
+        return AdaptedGroup(self, self._encode(self._state, table, batch),
+                            [r.row for r in resolved],
+                            None if counts is None else [float(c) for c in counts])
 
-    def _pack(self, part: str, resolved: list[_Resolved], distributions=None, counts=None,
-              multiple: int | None = None):
+    @property
+    def default_criterion(self) -> str:
+        """The question-selection criterion `suggest_questions` uses unless told: the head's
+        own posterior where it has one (the reference head), else the design from the
+        reference answers every run keeps."""
+        return DEFAULT_CRITERION if self.config.head == "reference" else "design"
+
+    def suggest_questions(self, n: int = 5, candidates: Sequence | None = None, *,
+                          criterion: str | None = None, respondents: float | None = None
+                          ) -> Suggestions:
+        """The n questions to ask a new group first, best first, from the run's own data (no
+        answers yet): see `gpo.question_selection`.
+
+        candidates: survey keys to choose from (default: all the run's questions), or
+        (text, options) questions new to the run, which no training group answered: their
+        answers cannot inform the reference head, so they come last with gain 0.
+        criterion: 'metric', 'posterior' or 'design' (default: `default_criterion`).
+        respondents: how many people will answer each question, if known."""
+        return self._suggest(n, candidates, [], None, criterion, respondents)
+
+    def _suggest(self, n: int, candidates: Sequence | None, asked: list[int | None],
+                 asked_counts: list[float] | None, criterion: str | None,
+                 respondents: float | None) -> Suggestions:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive number of questions, got {n!r}")
+        criterion = criterion or self.default_criterion
+        if criterion != "design" and self.config.head != "reference":
+            raise ValueError(f"criterion {criterion!r} reads the reference head's posterior; "
+                             f"this run's head is {self.config.head!r}: use 'design'")
+        if respondents is not None and not (np.isfinite(respondents) and respondents > 0):
+            raise ValueError(f"respondents must be a positive number, got {respondents!r}")
+        rows, counts = [], []  # the run questions answered so far, each once, in order
+        for i, row in enumerate(asked):
+            if row is not None and row not in rows:
+                rows.append(row)
+                counts.append(None if asked_counts is None else asked_counts[i])
+        known, new = self.catalogue.candidates(candidates)
+        known = [row for row in known if row not in rows]
+        if not known and not new:
+            raise ValueError("this group already answered every candidate question; give "
+                             "other candidates (survey keys or (text, options) questions)")
+        picks = self._selector().select(n, known, criterion, rows, counts, respondents)
+        keys = self.question_keys
+        out = [self._suggestion(keys[p.question], p.gain) for p in picks]
+        chosen = {p.question for p in picks}
+        for row in known:  # what no usable reference group answered: uninformative
+            if len(out) < n and row not in chosen:
+                out.append(self._suggestion(keys[row], 0.0, "no training group answered it"))
+        for text, options in new:
+            if len(out) < n:
+                out.append(Suggestion(None, text, options, 0.0, "new to the run: no training "
+                                      "group answered it, so its answer cannot inform the "
+                                      "head"))
+        return Suggestions(out, criterion, UNITS[criterion])
+
+    def _suggestion(self, key: str, gain: float, note: str = "") -> Suggestion:
+        return Suggestion(key, self.text(key), self.options(key), gain, note)
+
+    def _selector(self) -> QuestionSelector:
+        """The question selector over an option table of all the run's questions."""
+        if self._question_selector is None:
+            resolved = [self.catalogue.of_key(k) for k in self.question_keys]
+            O = max(len(r.options) for r in resolved)
+            table, option_mask = self.catalogue.table(resolved, len(resolved), O)
+            head = self.module if self.config.head == "reference" else None
+            self._question_selector = QuestionSelector(head, table, option_mask)
+        return self._question_selector
+
+    def _pack(self, part: str, resolved: list[ResolvedQuestion], distributions=None,
+              counts=None, multiple: int | None = None):
         """One episode of points over an option table of just these questions, built and
         packed as training builds and packs them."""
-        O = max([self._references.probs_SxQxO.shape[-1]] + [len(r.options) for r in resolved])
-        table, _ = self._table_of(resolved, padded_size(len(resolved), _QUESTION_MULTIPLE), O)
+        O = max([self.catalogue.references.probs_SxQxO.shape[-1]]
+                + [len(r.options) for r in resolved])
+        table, _ = self.catalogue.table(resolved, padded_size(len(resolved),
+                                                              _QUESTION_MULTIPLE), O)
         sizes = [len(r.options) for r in resolved]
         question = np.repeat(np.arange(len(resolved)), sizes)
         option = np.concatenate([np.arange(n) for n in sizes])
@@ -198,78 +224,25 @@ class GroupPreferenceModel:
                              target=points if part == "target" else empty)
         return table, batch
 
-    def _table_of(self, resolved: list[_Resolved], n_questions: int, O: int):
-        """(option table, option mask) of these questions, padded to `n_questions` of `O`
-        options: built as training builds a survey's."""
-        embeddings = np.zeros((n_questions, O, self.embedding_dim), np.float32)
-        option_mask = np.zeros((n_questions, O), bool)
-        ordinals = np.zeros((n_questions, O), np.float64)
-        for q, r in enumerate(resolved):
-            n = len(r.options)
-            embeddings[q, :n], option_mask[q, :n] = r.embeddings_NxE, True
-            ordinals[q] = max(r.ordinals)  # padding repeats the largest (zero-width gaps)
-            ordinals[q, :n] = r.ordinals
-        rows = [r.row for r in resolved] + [None] * (n_questions - len(resolved))
-        table = build_option_table(embeddings, self.stats, option_mask, ordinals,
-                                   self._references.take(rows, O))
-        return table, option_mask
-
-    def _resolve(self, questions: Sequence, where: str) -> list[_Resolved]:
-        out, to_embed = [], []
-        for i, q in enumerate(questions):
-            label = f"{where} item {i}"
-            if isinstance(q, str):
-                if q not in self._questions:
-                    raise ValueError(f"{label}: unknown question key {q!r}; give (text, "
-                                     "options) or option embeddings for new questions")
-                options, emb = self._questions[q]
-                out.append(_Resolved(self._texts.get(q, q), q, options, emb, self._ordinals[q],
-                                     self._row[q]))
-            elif isinstance(q, np.ndarray | jax.Array):
-                emb = np.asarray(q, np.float32)
-                if emb.ndim != 2 or emb.shape[1] != self.embedding_dim:
-                    raise ValueError(f"{label}: option embeddings have shape {emb.shape}, "
-                                     f"expected (options, {self.embedding_dim})")
-                if not np.isfinite(emb).all():
-                    raise ValueError(f"{label}: option embeddings are not finite (option "
-                                     f"{int(np.argwhere(~np.isfinite(emb))[0, 0])})")
-                out.append(_new_question(f"question {i}", tuple(
-                    f"option {j}" for j in range(len(emb))), emb))
-            elif isinstance(q, tuple | list) and len(q) == 2 and isinstance(q[0], str):
-                text, options = q[0], tuple(str(o) for o in q[1])
-                if len(options) < 2:
-                    raise ValueError(f"{label}: {text[:60]!r} needs at least 2 options")
-                out.append(_new_question(text, options, np.zeros(0)))
-                to_embed.append((len(out) - 1, text, options))
-            else:
-                raise ValueError(f"{label}: a question is a key, (text, options) or an "
-                                 f"(options x {self.embedding_dim}) array, got {q!r:.80}")
-        if to_embed:
-            vectors = self.embedder.embed_questions([(t, o) for _, t, o in to_embed])
-            for (index, text, options), v in zip(to_embed, vectors):
-                if v.shape[1] != self.embedding_dim:
-                    raise ValueError(f"embedder gives width {v.shape[1]}, the model expects "
-                                     f"{self.embedding_dim}")
-                if not np.isfinite(v).all():
-                    raise ValueError(f"{where} item {index}: the embedder gave non-finite "
-                                     f"embeddings for {text[:60]!r}")
-                out[index] = _new_question(text, options, v)
-        return out
-
-
-def _new_question(name: str, options: tuple[str, ...], embeddings: np.ndarray) -> _Resolved:
-    """A question no reference group answered (new to the run); its options count as an
-    evenly spaced scale, in the order given."""
-    return _Resolved(name, None, options, embeddings,
-                     tuple(float(i) for i in range(len(options))), None)
-
 
 class AdaptedGroup:
     """A group's encoded context; predictions reuse it without recomputing context attention."""
 
-    def __init__(self, model: GroupPreferenceModel, context_state):
+    def __init__(self, model: GroupPreferenceModel, context_state,
+                 asked: list[int | None] | None = None, respondents: list[float] | None = None):
         self.model = model
         self.context = context_state
+        self.asked = asked or []          # the run's rows of the context questions (None: new)
+        self.respondents = respondents    # their respondent counts, where given
+
+    def suggest_questions(self, n: int = 5, candidates: Sequence | None = None, *,
+                          criterion: str | None = None, respondents: float | None = None
+                          ) -> Suggestions:
+        """The next n questions to ask this group, given the questions it answered (see
+        `GroupPreferenceModel.suggest_questions`; candidates default to the run's questions
+        it has not answered)."""
+        return self.model._suggest(n, candidates, self.asked, self.respondents, criterion,
+                                   respondents)
 
     @property
     def features(self) -> dict[str, np.ndarray]:
@@ -307,7 +280,7 @@ class AdaptedGroup:
         if not questions:
             return Predictions()
         m = self.model
-        resolved = m._resolve(list(questions), where="predict")
+        resolved = m.catalogue.resolve(list(questions), where="predict")
         table, batch = m._pack("target", resolved)
         prob, std = jax.device_get(m._predict(m._state, self.context, table, batch))
         out, start = Predictions(), 0
@@ -319,29 +292,6 @@ class AdaptedGroup:
         return out
 
 
-def _check_distribution(values, n_options: int, where: str) -> np.ndarray:
-    arr = np.asarray(values, np.float64)
-    if arr.shape != (n_options,):
-        raise ValueError(f"{where}: {arr.size} probabilities for {n_options} options")
-    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
-        raise ValueError(f"{where}: probabilities must be finite and non-negative, got "
-                         f"{arr.tolist()}")
-    if arr.sum() <= 0:
-        raise ValueError(f"{where}: probabilities sum to 0; nothing to normalise")
-    return arr / arr.sum()
-
-
-def _check_respondents(values, n_items: int) -> np.ndarray | None:
-    if values is None:
-        return None
-    arr = np.asarray(values, np.float64)
-    if arr.shape != (n_items,):
-        raise ValueError(f"respondents: {arr.size} counts for {n_items} context items")
-    if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-        raise ValueError(f"respondents must be finite and positive, got {arr.tolist()}")
-    return arr
-
-
 def load(run_dir: str | Path) -> GroupPreferenceModel:
     """A trained run: its config, best checkpoint, embedding statistics, the training survey's
     questions and reference answers. Needs no data folder."""
@@ -351,4 +301,5 @@ def load(run_dir: str | Path) -> GroupPreferenceModel:
                                 meta.get("validation"))
 
 
-__all__ = ["AdaptedGroup", "GroupPreferenceModel", "Prediction", "Predictions", "load"]
+__all__ = ["AdaptedGroup", "GroupPreferenceModel", "Prediction", "Predictions", "Suggestion",
+           "Suggestions", "load"]

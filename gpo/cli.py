@@ -1,4 +1,4 @@
-"""The `gpo` command: embed, train, eval, predict, demo. Each subcommand parses its
+"""The `gpo` command: embed, train, eval, predict, suggest, demo. Each subcommand parses its
 flags and calls one library function; heavy modules load only once a subcommand runs."""
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ CONTEXT_FORMAT = """context JSON: a list of objects, one per answered question:
 QUESTIONS_FORMAT = """questions JSON: a list of questions to predict, each a survey key or
   {"text": ..., "options": [...]}, e.g. ["WORRYB_W26", {"text": "Is tea good?",
   "options": ["Yes", "No"]}]"""
+CANDIDATES_FORMAT = """candidates JSON: the questions to choose from, as gpo predict's questions
+  JSON: survey keys of the run, or {"text": ..., "options": [...]} questions new to the run
+  (no training group answered those, so they come last, with gain 0)."""
 
 
 def _config(args):
@@ -81,6 +84,24 @@ def cmd_predict(args) -> None:
     predictions = model.adapt(context, respondents).predict(questions)
     json.dump([p.as_dict() for p in predictions], sys.stdout, indent=2)
     print()
+
+
+def cmd_suggest(args) -> None:
+    from gpo.api import load
+    model = load(args.run_dir)
+    candidates = read_questions(args.candidates) if args.candidates else None
+    if args.context:
+        context, respondents = read_context(args.context)
+        suggestions = model.adapt(context, respondents).suggest_questions(
+            args.n, candidates, criterion=args.criterion, respondents=args.respondents)
+    else:
+        suggestions = model.suggest_questions(args.n, candidates, criterion=args.criterion,
+                                              respondents=args.respondents)
+    if args.json:
+        json.dump(suggestions.records(), sys.stdout, indent=2)
+        print()
+    else:
+        print(suggestions)
 
 
 def _read_json(path: str, what: str):
@@ -213,6 +234,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--questions", required=True, help="the questions to predict "
                    "(questions JSON, format below)")
     p.set_defaults(run=cmd_predict)
+
+    p = sub.add_parser("suggest", help="which questions to ask a group next (or first)",
+                       formatter_class=formatter,
+                       epilog=f"{CONTEXT_FORMAT}\n\n{CANDIDATES_FORMAT}")
+    p.add_argument("--run-dir", required=True, help="a trained run folder")
+    p.add_argument("--n", type=int, default=5, help="how many questions (default: 5)")
+    p.add_argument("--context", help="the group's answers so far (context JSON, format "
+                   "below); without it, the questions to ask a new group first")
+    p.add_argument("--candidates", help="the questions to choose from (questions JSON; "
+                   "default: the run's questions not yet answered)")
+    p.add_argument("--criterion", choices=["metric", "posterior", "design"],
+                   help="what to rank by (default: the run head's own, see "
+                   "gpo.question_selection)")
+    p.add_argument("--respondents", type=float,
+                   help="how many people will answer each new question, if known")
+    p.add_argument("--json", action="store_true", help="print JSON records, not a table")
+    p.set_defaults(run=cmd_suggest)
 
     p = sub.add_parser("demo", help="the offline demo: embed, meta-train, adapt, compare")
     p.add_argument("--data-dir", help="OpinionQA folder (default: $GPO_DATA_DIR, else the "

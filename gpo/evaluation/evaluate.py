@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from gpo.data.splits import EvalTask, Split, make_eval_task
+from gpo.data.splits import EvalTask, Split, make_eval_task, task_with_context
 from gpo.data.survey import Survey
 from gpo.evaluation.baselines import BASELINES, USES_ONLY_CONTEXT
 from gpo.evaluation.metrics import Score, score_predictions
@@ -33,6 +33,7 @@ from gpo.points import (
     reference_mask,
     survey_option_table,
 )
+from gpo.question_selection import QuestionSelector
 from gpo.run_dir import RunDir
 
 
@@ -183,36 +184,82 @@ def head_label(head_name: str) -> str:
     return head_name.upper()
 
 
-def score_baselines(result: SplitResult, survey: Survey, split: Split, task: EvalTask, k: int,
-                    metric: str, embeddings_QxOxE: np.ndarray | None = None) -> None:
-    """Every baseline that applies to the split's protocol, scored into `result`. Under
-    protocol B those that read training groups' answers to held-out questions are marked *."""
+def baseline_predictions(survey: Survey, split: Split, task: EvalTask, metric: str,
+                         embeddings_QxOxE: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every baseline that applies to the split's protocol: {name: predictions `[G, Q, O]`}.
+    Under protocol B those that read training groups' answers to held-out questions are
+    marked *."""
+    out = {}
     for name, predict in BASELINES.items():
         if name == "kNN options" and (split.protocol == "A" or embeddings_QxOxE is None):
             continue
-        pred = predict(survey, split, task, metric=metric,
-                       option_embeddings_QxOxE=embeddings_QxOxE)
         label = name if split.protocol == "A" or name in USES_ONLY_CONTEXT else f"{name} *"
-        result.add(label, k, score_predictions(survey, task, pred, metric))
+        out[label] = predict(survey, split, task, metric=metric,
+                             option_embeddings_QxOxE=embeddings_QxOxE)
+    return out
+
+
+def task_predictions(head: Head, table: OptionTable, survey: Survey, split: Split,
+                     task: EvalTask, metric: str, label: str | None = None,
+                     baselines: bool = True, embeddings_QxOxE: np.ndarray | None = None
+                     ) -> dict[str, np.ndarray]:
+    """{method: predictions `[G, Q, O]`} of a head (under `label`, default its name in
+    capitals) and, unless told not to, the baselines, on one task: the one evaluation path,
+    whether the context questions were drawn at random or chosen."""
+    prob, _ = predict_task(head, table, survey, task, split.train_groups)
+    out = {label or head_label(head.name): prob}
+    if baselines:
+        out.update(baseline_predictions(survey, split, task, metric, embeddings_QxOxE))
+    return out
 
 
 def evaluate_head(head: Head, table: OptionTable, survey: Survey, split: Split,
                   ks: Sequence[int], metric: str, eval_seed: int,
                   label: str | None = None, checkpoint: dict | None = None,
-                  baselines: bool = True, embeddings_QxOxE: np.ndarray | None = None
-                  ) -> SplitResult:
-    """A head (and, unless told not to, the baselines) on one split's test groups at each k.
-    The table's reference columns are the split's training groups."""
+                  baselines: bool = True, embeddings_QxOxE: np.ndarray | None = None,
+                  tasks: dict[int, EvalTask] | None = None) -> SplitResult:
+    """A head (and, unless told not to, the baselines) on one split's test groups at each k:
+    context questions drawn with `eval_seed`, or the given `tasks` (k -> task). The table's
+    reference columns are the split's training groups."""
     result = SplitResult(split.seed, [survey.group_labels[g] for g in split.test_groups],
                          checkpoint)
-    for k in ks:
-        task = make_eval_task(survey, split, k, seed=eval_seed)
-        prob, _ = predict_task(head, table, survey, task, split.train_groups)
-        result.add(label or head_label(head.name), k,
-                   score_predictions(survey, task, prob, metric))
-        if baselines:
-            score_baselines(result, survey, split, task, k, metric, embeddings_QxOxE)
+    for k in ks if tasks is None else tasks:
+        task = make_eval_task(survey, split, k, seed=eval_seed) if tasks is None else tasks[k]
+        for method, pred in task_predictions(head, table, survey, split, task, metric, label,
+                                             baselines, embeddings_QxOxE).items():
+            result.add(method, k, score_predictions(survey, task, pred, metric))
     return result
+
+
+def chosen_tasks(selector: QuestionSelector, survey: Survey, split: Split, ks: Sequence[int],
+                 criterion: str) -> dict[int, EvalTask]:
+    """Per k, the task whose context questions `selector` chose for the split's test groups
+    (greedy: the first k of the picks for the largest k), the rest of each group's answered
+    test questions its targets, as `make_eval_task` lays out random ones. Where the test
+    groups answered the same test questions (OpinionQA), one selection serves them all, as
+    a random context is shared; on sparse data each group's candidates and targets are its
+    own answered test questions, and a group with no more than k of them is not evaluated.
+    A selection reads which questions a group answered, never its answers."""
+    answered_GxQ = survey.answered_GxQ[split.test_groups]
+    common = split.test_questions[answered_GxQ[:, split.test_questions].all(0)]
+    shared = len(common) > max(ks)
+    selections: dict[bytes, list[int]] = {}  # one per distinct candidate set
+    per_group = []
+    for row in range(len(split.test_groups)):
+        mine = common if shared else split.test_questions[answered_GxQ[
+            row, split.test_questions]]
+        if mine.tobytes() not in selections:
+            selections[mine.tobytes()] = [p.question for p in selector.select(
+                min(max(ks), len(mine) - 1), mine, criterion, targets=mine)]
+        per_group.append((selections[mine.tobytes()], len(mine)))
+    tasks = {}
+    for k in ks:
+        context = np.zeros(answered_GxQ.shape, bool)
+        for row, (chosen, available) in enumerate(per_group):
+            if available > k and len(chosen) >= k:
+                context[row, chosen[:k]] = True
+        tasks[k] = task_with_context(survey, split, context)
+    return tasks
 
 
 def survey_table(stats: EmbeddingStats, survey: Survey, split: Split,

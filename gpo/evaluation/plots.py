@@ -78,6 +78,40 @@ def plot_per_group(evaluation, k: int, path: str | Path, title: str,
     return _save(fig, path)
 
 
+def plot_curves(curves: dict[str, tuple[list[int], list[list[float]]]], path: str | Path,
+                title: str, ylabel: str, ceiling: float | None = None,
+                emphasis: tuple[str, ...] = (), dashed: tuple[str, ...] = ()) -> Path:
+    """Mean against k per curve {label: (ks, per-k values over splits)}, error bars the std
+    over splits (none for one split), `emphasis` curves thick, `dashed` ones dashed; a
+    dotted line at the noise ceiling where known."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # one colour per method: the part of a label before its first comma
+    methods = list(dict.fromkeys(label.split(",")[0] for label in curves))
+    for i, (label, (ks, values)) in enumerate(curves.items()):
+        mean = np.array([np.mean(v) for v in values])
+        std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
+        ax.errorbar(np.array(ks) * (1 + 0.012 * (i - len(curves) / 2)), mean, yerr=std,
+                    marker="o", ms=4, capsize=3, elinewidth=1.2, label=_escape(label),
+                    color=f"C{methods.index(label.split(',')[0])}",
+                    lw=2.4 if label in emphasis else 1.3, ls="--" if label in dashed else "-")
+    if ceiling is not None:
+        ax.axhline(ceiling, color="0.4", ls=":", lw=1.2)
+        ax.text(0.01, ceiling, "noise ceiling", va="bottom", fontsize=8, color="0.3",
+                transform=ax.get_yaxis_transform())
+    ks = sorted({k for ks, _ in curves.values() for k in ks})
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("context questions k")
+    ax.set_ylabel(ylabel)
+    n = max(len(v) for _, values in curves.values() for v in values)
+    ax.set_title(_escape(f"{title}\n" + (f"mean ± std over {n} splits" if n > 1 else
+                                           "one split: no error bars")), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return _save(fig, path)
+
+
 def _escape(text: str) -> str:
     """Matplotlib reads '$...$' as math: income labels must show their dollars."""
     return text.replace("$", r"\$")
