@@ -72,25 +72,35 @@ HEAD_RECIPES = {"gpo": (TrainConfig.cpu, 1), "ppd": (TrainConfig.cpu, 2),
 # The persona pairs as experiments/heads.py and reference_head.py build them.
 PERSONA = {"synthetic_groups": 60, "synthetic_questions": 400}
 
-# The reference head's recipe variants: name -> (TrainConfig overrides on
-# `TrainConfig.reference`, multiple of --steps).
+# The reference head's recipe variants: name -> (TrainConfig overrides, model section,
+# multiple of --steps), on `REFERENCE_BASE`: `TrainConfig.reference` as it was before
+# episodes withheld respondent counts, and the head adding no sampling noise to an answer
+# given without its count, so that every variant keeps its meaning (and its run folders).
+REFERENCE_BASE = ({"hide_references": 0.25, "hide_respondents": 0.0}, {"count_free": "none"})
 REFERENCE_VARIANTS = {
-    "base": ({}, 1),
-    "kl": ({"loss": "kl+nll"}, 1),               # KL instead of the metric's own loss
-    "mixup50": ({"group_mixup": 0.5}, 1),        # half the episodes from mixed groups
-    "uniform_k": ({"context_distribution": "uniform"}, 1),  # k uniform in 1-100, not log
-    "x2": ({}, 2),
-    "hide75": ({"hide_references": 0.75}, 1),   # the text prior sees 3x the episodes
-    "hide75_x2": ({"hide_references": 0.75}, 2),
+    "base": ({}, {}, 1),
+    "kl": ({"loss": "kl+nll"}, {}, 1),               # KL instead of the metric's own loss
+    "mixup50": ({"group_mixup": 0.5}, {}, 1),        # half the episodes from mixed groups
+    "uniform_k": ({"context_distribution": "uniform"}, {}, 1),  # k uniform in 1-100
+    "x2": ({}, {}, 2),
+    "hide75": ({"hide_references": 0.75}, {}, 1),   # the text prior sees 3x the episodes
+    "hide75_x2": ({"hide_references": 0.75}, {}, 2),
+    # answers without respondent counts: the reference groups' median count instead ...
+    "impute": ({}, {"count_free": "references"}, 1),
+    # ... or a typical count learned from episodes that withhold their counts
+    "counts25": ({"hide_respondents": 0.25}, {"count_free": "learned"}, 1),
+    "counts50": ({"hide_respondents": 0.5}, {"count_free": "learned"}, 1),
 }
 
 
-def reference_recipe(variant: str, steps: int) -> TrainConfig:
-    """`TrainConfig.reference` (1-100 context questions, log-uniform; 10-100 targets; a
-    quarter of the episodes hide their targets' references, so the text prior learns) with
-    the variant's changes."""
-    overrides, multiple = REFERENCE_VARIANTS[variant]
-    return TrainConfig.reference(steps * multiple, **{"hide_references": 0.25, **overrides})
+def reference_recipe(variant: str, steps: int) -> tuple[TrainConfig, dict]:
+    """(TrainConfig, model section) of a reference-head variant: `REFERENCE_BASE` (1-100
+    context questions, log-uniform; 10-100 targets; a quarter of the episodes hide their
+    targets' references, so the text prior learns) with the variant's changes."""
+    train, model, multiple = REFERENCE_VARIANTS[variant]
+    base_train, base_model = REFERENCE_BASE
+    return (TrainConfig.reference(steps * multiple, **{**base_train, **train}),
+            {**base_model, **model})
 
 
 def experiment_train_config(head: str, steps: int, **overrides) -> TrainConfig:
@@ -153,9 +163,11 @@ class SplitRuns:
 
 def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray,
                        run_root: str | Path, ks: Sequence[int], seeds: Sequence[int],
-                       log=print, baselines: bool = True) -> SplitRuns:
+                       log=print, baselines: bool = True, without_counts: bool = False
+                       ) -> SplitRuns:
     """For each split seed: meta-train (resuming run_root/<seed>) and score the head beside
-    the baselines at every k (context questions drawn with the split's seed)."""
+    the baselines at every k (context questions drawn with the split's seed); with
+    `without_counts`, the head also given its context answers without respondent counts."""
     evaluation, validation, run_dirs = None, [], []
     for seed in seeds:
         seeded = dataclasses.replace(config, data=dataclasses.replace(config.data,
@@ -164,7 +176,8 @@ def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray
         run_dir = Path(run_root) / str(seed)
         result = train(seeded, survey, embeddings, run_dir, progress=False,
                        data_dir=dataset_folder(seeded.data))
-        scored = evaluate_run(run_dir, survey, ks, baselines=baselines)
+        scored = evaluate_run(run_dir, survey, ks, baselines=baselines,
+                              without_counts=without_counts)
         log(f"{config.head} protocol {config.data.protocol} split {seed}: {result.steps} steps "
             f"({time.perf_counter() - start:.0f}s), best validation "
             f"{result.best_validation:.4f} at step {result.best_step}")

@@ -21,7 +21,8 @@ Paired comparisons (chosen vs random at the same k, chosen at k vs random at 2k)
 group, on the targets neither context asked (a question that is asked is no longer scored,
 which would otherwise flatter a criterion that asks the hardest questions), averaged over
 the random draws, with bootstrap 95% intervals over groups x splits. Writes
-reports/question_selection.json and a plot per setting (reports/question_selection*.png).
+reports/question_selection.json and a plot per setting (docs/question_selection*.png, which
+README shows).
 """
 
 from __future__ import annotations
@@ -207,18 +208,18 @@ def main() -> None:
                                runs="runs/reference_head", steps=300, seeds=(0, 1, 2, 3, 4))
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS,
                         help=f"datasets (default: {' '.join(SETTINGS)})")
-    parser.add_argument("--recipe", default="base",
+    parser.add_argument("--recipe", default="impute",
                         help="the reference head's recipe, as experiments/reference_head.py "
-                             "picked it on validation groups (default: base)")
+                             "picks it on validation groups (default: impute)")
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=CRITERIA,
                         help=f"criteria compared (default: {' '.join(CRITERIA)})")
     parser.add_argument("--ks", type=int, nargs="+", default=list(KS),
                         help=f"context sizes (default: {' '.join(map(str, KS))})")
     parser.add_argument("--draws", type=int, default=DRAWS,
                         help=f"random contexts a split (default: {DRAWS})")
-    parser.add_argument("--plot", default="reports/question_selection.png",
-                        help="OpinionQA's figure; other settings add their name "
-                             "(default: reports/question_selection.png)")
+    parser.add_argument("--plot", default="docs/question_selection.png",
+                        help="OpinionQA's figure (README shows it); other settings add their "
+                             "name (default: docs/question_selection.png)")
     args = parser.parse_args()
     report = {"seeds": args.seeds, "recipe": args.recipe, "ks": args.ks, "settings": {}}
     for setting in args.settings:
@@ -228,9 +229,9 @@ def main() -> None:
         survey = load_survey(data)
         embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
         embeddings = embed(survey, embed_config)
-        config, run_root = variant_run(args, f"{HEAD} {args.recipe}", "reference", {}, data,
-                                       embed_config, train=reference_recipe(args.recipe,
-                                                                            args.steps))
+        train_config, model = reference_recipe(args.recipe, args.steps)
+        config, run_root = variant_run(args, f"{HEAD} {args.recipe}", "reference", model,
+                                       data, embed_config, train=train_config)
         splits = []
         for seed in args.seeds:
             seeded = dataclasses.replace(config, data=dataclasses.replace(config.data,

@@ -9,9 +9,11 @@ well the observed data can be predicted at all.
         --variants base kl mixup50 x2
 
 Recipe variants are trained on OpinionQA protocol A and the one whose runs score best on
-validation groups (never test groups) is the head reported there and used in every other
-setting but protocol B, which picks among its own variants (recipes that train the text prior
-more) on its own validation groups. Runs live under --runs and are resumed; writes
+validation groups (never test groups; mean over k, and over both regimes: context answers
+with their respondent counts and without them) is the head reported there and used in every
+other setting but protocol B, which picks among its own variants (recipes that train the
+text prior more) on its own validation groups. Where counts exist, every head row is
+reported again without them. Runs live under --runs and are resumed; writes
 reports/reference_head.json: per setting and k, each method's list of per-split scores under
 its printed name.
 """
@@ -22,7 +24,6 @@ import numpy as np
 from common import (
     PERSONA,
     REFERENCE_VARIANTS,
-    best_by_validation,
     embed,
     experiment_parser,
     head_variants,
@@ -37,6 +38,7 @@ from common import (
 from gpo.config import DataConfig, EmbedConfig, TrainConfig
 from gpo.data.splits import make_eval_task
 from gpo.data.synthetic import make_planted_agreement_survey
+from gpo.evaluation.evaluate import validation_scores
 from gpo.evaluation.metrics import noise_ceiling, paired_difference
 from gpo.evaluation.report import format_table, write_json
 from gpo.run_dir import RunDir
@@ -50,7 +52,7 @@ SETTINGS = {  # name: (dataset, protocol, context sizes k)
     "planted": ("planted", "A", (10,)),
 }
 VARIANTS = REFERENCE_VARIANTS
-DEFAULT_VARIANTS = ["base", "kl", "mixup50", "uniform_k"]
+DEFAULT_VARIANTS = ["base", "kl", "mixup50", "uniform_k", "impute", "counts25", "counts50"]
 # Under protocol B no reference group answered a test question: only the text prior answers,
 # so B picks among recipes that train it more, on its own validation groups.
 DEFAULT_B_VARIANTS = ["base", "hide75", "hide75_x2"]
@@ -95,13 +97,19 @@ def main() -> None:
             embeddings = embed(survey, embed_config)
         variants = {"opinionqa_A": args.variants, "opinionqa_B": args.b_variants}.get(
             setting, [chosen])
-        runs = {}
+        counts = bool(np.isfinite(survey.respondents_GxQ).all())  # known: both regimes
+        runs, validation = {}, {}
         for variant in variants:
-            config, run_dir = variant_run(args, f"{HEAD} {variant}", "reference", None, data,
-                                          embed_config, train=reference_recipe(variant, args.steps))
-            runs[f"{HEAD} {variant}"] = train_and_evaluate(config, survey, embeddings,
-                                                           run_dir, ks, args.seeds)
-        picked = best_by_validation(runs, HEAD).split()[-1]
+            train_config, model = reference_recipe(variant, args.steps)
+            config, run_dir = variant_run(args, f"{HEAD} {variant}", "reference", model, data,
+                                          embed_config, train=train_config)
+            name = f"{HEAD} {variant}"
+            runs[name] = train_and_evaluate(config, survey, embeddings, run_dir, ks,
+                                            args.seeds, without_counts=counts)
+            validation[name] = regimes_validation(runs[name], survey, ks, counts)
+        # the recipe best on validation groups, over k and both regimes where counts exist
+        picked = max(validation, key=lambda n: np.mean(list(validation[n].values())))
+        picked = picked.split()[-1]
         if setting == "opinionqa_A":
             chosen = picked
         label = f"{HEAD} {picked}"
@@ -114,10 +122,18 @@ def main() -> None:
                                                   args.seeds, baselines=False)
         evaluation = merge_variants(heads)
         rows = evaluation.rows(ks)
+        if counts:
+            free = f"{HEAD} without counts"
+            rows = {HEAD: rows.pop(HEAD), free: runs[label].evaluation.rows(ks, [free])[free],
+                    **rows}
         if len(runs) > 1:
             for name, r in runs.items():
-                rows[f"{name} (validation {np.mean(r.validation):.4f})"] = \
-                    r.evaluation.rows(ks, [r.evaluation.head])[r.evaluation.head]
+                seen = ", ".join(f"{regime} {v:.4f}" for regime, v in validation[name].items())
+                rows[f"{name} (validation: {seen})"] = r.evaluation.rows(
+                    ks, [r.evaluation.head])[r.evaluation.head]
+                if counts:
+                    rows[f"{name} without counts"] = r.evaluation.rows(
+                        ks, [f"{HEAD} without counts"])[f"{HEAD} without counts"]
         if dataset == "opinionqa" and protocol == "A":  # respondent counts are known
             rows["noise ceiling"] = ceiling_row(runs[label], survey, ks, data.metric)
         metric = {"wasserstein": "alignment", "js": "JS alignment"}.get(data.metric,
@@ -129,19 +145,32 @@ def main() -> None:
         paired = {}
         baseline = "group regression" if protocol == "A" else None
         if baseline in evaluation.methods:
-            paired = {k: paired_difference(evaluation.per_group(HEAD, k)[1],
-                                           evaluation.per_group(baseline, k)[1]) for k in ks}
-            print(f"{HEAD} - {baseline}, paired over "
-                  f"{len(evaluation.per_group(HEAD, ks[0])[1])} test groups x splits, "
-                  "mean [bootstrap 95% interval]:")
-            print("  " + "  ".join(f"k={k}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-                                   for k, (m, lo, hi) in paired.items()))
+            chosen_runs = runs[label].evaluation
+            for method in (HEAD, f"{HEAD} without counts") if counts else (HEAD,):
+                source = evaluation if method == HEAD else chosen_runs
+                paired[method] = {k: paired_difference(
+                    source.per_group(method, k)[1], evaluation.per_group(baseline, k)[1])
+                    for k in ks}
+                print(f"{method} - {baseline}, paired over "
+                      f"{len(evaluation.per_group(HEAD, ks[0])[1])} test groups x splits, "
+                      "mean [bootstrap 95% interval]:")
+                print("  " + "  ".join(f"k={k}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+                                       for k, (m, lo, hi) in paired[method].items()))
         report["settings"][setting] = {
             "k": {k: {name: row[f"k={k}"] for name, row in rows.items()} for k in ks},
             "chosen": picked, "paired_vs_group_regression": paired,
-            "validation": {name: r.validation for name, r in runs.items()},
+            "validation": validation,
             "evaluation": evaluation.to_json()}
     print(f"\nwrote {write_json(args.out, report)}")
+
+
+def regimes_validation(runs, survey, ks, counts: bool) -> dict[str, float]:
+    """The variant's runs on their validation groups, mean over splits and k: with counts,
+    and without them where the data has counts."""
+    regimes = {"with counts": True, "without counts": False} if counts else {"score": True}
+    return {regime: float(np.mean([validation_scores(run_dir, survey, ks, with_counts)
+                                   for run_dir in runs.run_dirs]))
+            for regime, with_counts in regimes.items()}
 
 
 def ceiling_row(runs, survey, ks, metric: str) -> dict[str, list[float]]:

@@ -3,8 +3,8 @@ answers, predict the rest.
 
     model = gpo.load("runs/opinionqa")
     print(model.suggest_questions(5))            # what to ask a new group first
-    group = model.adapt([("SAFECRIME_W26", [0.3, 0.5, 0.15, 0.05]), ...])
-    pred = group.predict(["WORRYB_W26", ("Do you like tea?", ["Yes", "No"])])
+    group = model.adapt([("WORLDDANGER_W26", [0.2, 0.6, 0.2]), ...])
+    pred = group.predict(["WORRYG_W26", ("Do you like tea?", ["Yes", "No"])])
 
 A question is a survey key of the training data, a `(text, options)` pair (embedded with the
 run's embedder), or an `(options x E)` array of precomputed option embeddings

@@ -12,14 +12,15 @@ from pathlib import Path
 from gpo.data.datasets import DATASETS
 
 CONTEXT_FORMAT = """context JSON: a list of objects, one per answered question:
-  [{"question": "SAFECRIME_W26", "distribution": [0.3, 0.5, 0.15, 0.05]},
+  [{"question": "WORLDDANGER_W26", "distribution": [0.2, 0.6, 0.2], "respondents": 420},
    {"question": {"text": "Do you own a gun?", "options": ["Yes", "No"]},
-    "distribution": [0.3, 0.7], "respondents": 812}]
-  "question" is a survey key of the run or {"text", "options"}; "distribution" has one
-  non-negative number per option (normalised); "respondents" (optional) is how many people
-  answered, which lets the reference head weigh a small group's answers less."""
+    "distribution": [0.3, 0.7], "respondents": 415}]
+  "question" is a survey key of the run (model.question_keys; gpo suggest lists some) or
+  {"text", "options"}; "distribution" has one non-negative number per option (normalised);
+  "respondents" (optional, for every entry or none) is how many people answered, which lets
+  the reference head weigh a small group's answers less."""
 QUESTIONS_FORMAT = """questions JSON: a list of questions to predict, each a survey key or
-  {"text": ..., "options": [...]}, e.g. ["WORRYB_W26", {"text": "Is tea good?",
+  {"text": ..., "options": [...]}, e.g. ["WORRYG_W26", {"text": "Is tea good?",
   "options": ["Yes", "No"]}]"""
 CANDIDATES_FORMAT = """candidates JSON: the questions to choose from, as gpo predict's questions
   JSON: survey keys of the run, or {"text": ..., "options": [...]} questions new to the run

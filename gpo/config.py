@@ -84,7 +84,9 @@ class SamplingConfig:
     chosen question a point. A `group_mixup` fraction of episodes is a Dirichlet(1) mix of
     `mixup_groups` training groups (their shared questions; no respondent counts); a
     `hide_references` fraction reads its targets as if no reference group had answered them
-    (how heads that read references learn their text-only fallback).
+    (how heads that read references learn their text-only fallback); a `hide_respondents`
+    fraction gives its answers without respondent counts (how a head learns contexts whose
+    counts a user does not have).
     """
 
     batch_size: int = 32                        # episodes per step (GPO: 32)
@@ -96,6 +98,7 @@ class SamplingConfig:
     hide_references: float = 0.25               # fraction of episodes whose targets hide the
                                                 # reference groups' answers (heads that read
                                                 # no references ignore it)
+    hide_respondents: float = 0.0               # fraction of episodes without counts
 
     def __post_init__(self):
         object.__setattr__(self, "context_range", tuple(self.context_range))
@@ -106,7 +109,7 @@ class SamplingConfig:
             low, high = getattr(self, name)
             if not 1 <= low <= high:
                 raise ValueError(f"{name} must satisfy 1 <= low <= high, got {(low, high)}")
-        for name in ("group_mixup", "hide_references"):
+        for name in ("group_mixup", "hide_references", "hide_respondents"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a fraction in [0, 1], got "
                                  f"{getattr(self, name)}")

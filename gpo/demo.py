@@ -76,11 +76,13 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
           f"validation alignment {result.best_validation:.4f} at step {result.best_step}")
 
     evaluation = evaluate_run(run_dir, survey, DEMO_KS)
+    counts = bool(np.isfinite(survey.respondents_GxQ).all())
     title = (f"{dataset}: alignment on {len(evaluation.splits[0].groups)} held-out groups "
-             f"({config.head.upper()} adapts in-context; baselines fit the same context "
-             "answers)")
+             f"({config.head.upper()} adapts in-context to context answers "
+             + ("with their respondent counts" if counts else "without respondent counts")
+             + "; baselines fit the same answers, ignoring counts)")
     ceiling = None
-    if np.isfinite(survey.respondents_GxQ).all():  # how predictable is the data at all?
+    if counts:  # how predictable is the data at all?
         split, _ = RunDir(run_dir).split.resolve(survey)
         task = make_eval_task(survey, split, max(DEMO_KS), seed=split.seed)
         ceiling = noise_ceiling(survey, task).mean

@@ -30,6 +30,7 @@ Shapes: B candidates, Q questions, O options, S reference groups, J target optio
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -166,9 +167,9 @@ class QuestionSelector:
 
 
 class _Prepared:
-    """One criterion's fixed parts: the head's reliability scale over the targets, the
-    targets' scaled deviations (and, for `metric`, their cumulative sums along each scale),
-    and the jitted posterior of a batch of contexts."""
+    """One criterion's fixed parts for one set of targets: the head's reliability scale over
+    them, their scaled deviations and, for `metric`, the cumulative sums of those along each
+    question's scale."""
 
     def __init__(self, selector: QuestionSelector, head: ReferenceRegression, criterion: str,
                  targets: np.ndarray):
@@ -184,16 +185,9 @@ class _Prepared:
         batch = EpisodeBatch(np.zeros(1, np.int32), selector.usable_S[None], np.zeros(1, bool),
                              context=slots, target=slots)
 
-        @jax.jit
-        def fixed(state, table, batch):
-            module = nnx.merge(graphdef, state)
-            points = gather_points(table, batch, "context")
-            scale = module.reference_scale(points)
-            _, features, _ = module.features(points, scale)
-            return scale[0], features[0], points.ordinal_BxN[0], points.gap_BxN[0]
-
-        scale_S, features_JxS, ordinal_J, gap_J = (np.asarray(a) for a in fixed(
-            state, selector.table, batch))
+        self.graphdef, self.state, self.table = graphdef, state, selector.table
+        scale_S, features_JxS, ordinal_J, gap_J = (np.asarray(a) for a in _fixed_parts(
+            graphdef, state, selector.table, batch))
         features_JxS, ordinal_J, gap_J = (a[:n_points] for a in (features_JxS, ordinal_J,
                                                                    gap_J))
         self.scale_S = scale_S
@@ -212,24 +206,12 @@ class _Prepared:
         self.n_options = max(len(features_JxS), 1)
         self.std_scale = float(head.std_scale())
 
-        @jax.jit
-        def posterior(state, table, batch, scale_S):
-            module = nnx.merge(graphdef, state)
-            points = gather_points(table, batch, "context")
-            fit = module.posterior(points, jnp.broadcast_to(scale_S, points.mask_BxN.shape[:1]
-                                                            + scale_S.shape))
-            return fit.covariance_BxSxS, fit.ridge_B
-
-        self._posterior = lambda batch: posterior(state, selector.table, batch, self.scale_S)
-        self._values = jax.jit(self._criterion_values)
-
-    def _criterion_values(self, covariance_BxSxS, ridge):
-        if self.criterion == "metric":
-            quadratic_BxJ = jnp.einsum("js,bst,jt->bj", self.cumulative_JxS, covariance_BxSxS,
-                                       self.cumulative_JxS)
-            return (jnp.sqrt(jnp.maximum(quadratic_BxJ, 0.0) + self.count_J[None] * ridge)
-                    * self.gap_J[None]).sum(-1)
-        return jnp.einsum("bst,st->b", covariance_BxSxS, self.moment_SxS)
+        # padded to a multiple of 256 target options (zero features and gaps: inert), so
+        # that every group's targets share a few compiled shapes
+        pad = padded_size(len(gap_J), 256) - len(gap_J)
+        self._targets = (np.pad(self.cumulative_JxS, ((0, pad), (0, 0))),
+                         np.pad(self.count_J, (0, pad)), np.pad(self.gap_J, (0, pad)),
+                         self.moment_SxS)
 
     def posteriors(self, selector: QuestionSelector, contexts: list[list[int]],
                    counts: list[list[float]]) -> tuple[np.ndarray, float]:
@@ -243,13 +225,15 @@ class _Prepared:
             pad = _CANDIDATES_AT_ONCE - len(chunk) if len(contexts) > 1 else 0
             batch = selector._batch(chunk + [chunk[-1]] * pad,  # a fixed shape a call
                                     counts[start:start + len(chunk)] + [counts[-1]] * pad)
-            covariance, ridge = jax.device_get(self._posterior(batch))
+            covariance, ridge = jax.device_get(_posteriors(self.graphdef, self.state,
+                                                           self.table, batch, self.scale_S))
             covariances.append(covariance[:len(chunk)])
             ridges.append(ridge[:len(chunk)])
         return np.concatenate(covariances), float(np.median(np.concatenate(ridges)))
 
     def values(self, covariance_BxSxS: np.ndarray, ridge: float) -> np.ndarray:
-        return np.asarray(self._values(covariance_BxSxS, np.float32(ridge)))
+        return np.asarray(_criterion_values(self.criterion, covariance_BxSxS,
+                                            np.float32(ridge), *self._targets))
 
     def gain(self, improvement: float) -> float:
         """The criterion's improvement in its unit: expected alignment for `metric` (mean
@@ -258,6 +242,44 @@ class _Prepared:
         if self.criterion == "metric":
             return math.sqrt(2 / math.pi) * self.std_scale * improvement / self.n_scored
         return improvement / self.n_options
+
+
+# Module-level jitted pieces (the head's graph a static argument): every selection of a
+# process, every group's included, shares their compiled code.
+
+@functools.partial(jax.jit, static_argnums=0)
+def _fixed_parts(graphdef, state, table, batch):
+    """(reliability scale `[S]`, scaled deviations, ordinal positions and gaps) of the
+    batch's one episode of target points."""
+    module = nnx.merge(graphdef, state)
+    points = gather_points(table, batch, "context")
+    scale = module.reference_scale(points)
+    _, features, _ = module.features(points, scale)
+    return scale[0], features[0], points.ordinal_BxN[0], points.gap_BxN[0]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _posteriors(graphdef, state, table, batch, scale_S):
+    """(posterior covariance `[B, S, S]`, ridge `[B]`) of each episode's context points at
+    the fixed reliabilities."""
+    module = nnx.merge(graphdef, state)
+    points = gather_points(table, batch, "context")
+    fit = module.posterior(points, jnp.broadcast_to(scale_S, points.mask_BxN.shape[:1]
+                                                    + scale_S.shape))
+    return fit.covariance_BxSxS, fit.ridge_B
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _criterion_values(criterion, covariance_BxSxS, ridge, cumulative_JxS, count_J, gap_J,
+                      moment_SxS):
+    """Each posterior's criterion value: total predictive variance of the target options
+    (`design`, `posterior`), or sum of gap x E|cumulative error| over them (`metric`)."""
+    if criterion == "metric":
+        quadratic_BxJ = jnp.einsum("js,bst,jt->bj", cumulative_JxS, covariance_BxSxS,
+                                   cumulative_JxS)
+        return (jnp.sqrt(jnp.maximum(quadratic_BxJ, 0.0) + count_J[None] * ridge)
+                * gap_J[None]).sum(-1)
+    return jnp.einsum("bst,st->b", covariance_BxSxS, moment_SxS)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -157,10 +157,14 @@ class RunDir:
     def head_config(self) -> Any:
         """The head's typed config as training built it (runs of an older gpo recorded it
         whole as config.json's model section)."""
-        config = self.config
+        config_class = head_class(self.config.head).config_class
         record = self.record if (self.path / "run.json").exists() else {}
-        fields = record.get("head_config") or self._raw_config()["model"]
-        return head_class(config.head).config_class(**fields)
+        fields = dict(record.get("head_config") or self._raw_config()["model"])
+        # fields added to the head's config since the run was made: the values it was made
+        # with (a config class may list them; most have none)
+        for name, value in getattr(config_class, "LEGACY", {}).items():
+            fields.setdefault(name, value)
+        return config_class(**fields)
 
     @property
     def record(self) -> dict:

@@ -131,3 +131,14 @@ def test_the_device_sampler_refuses_what_the_host_sampler_refuses(survey):
     with pytest.raises(ValueError, match="mixup_groups must be in"):
         DeviceSampler.build(survey, np.arange(2), np.arange(60),
                             SamplingConfig(group_mixup=0.5, mixup_groups=3))
+
+
+def test_a_fraction_of_device_episodes_come_without_respondent_counts(survey):
+    host = host_sampler(survey, hide_respondents=0.5)
+    batch = draw(host, steps=2)
+    counts = [count_N for _, _, _, _, count_N in episodes(batch, "context")]
+    withheld = np.array([(c == 0).all() for c in counts])
+    assert 0.35 < withheld.mean() < 0.65 and all((c > 0).all() for c in np.array(
+        counts, dtype=object)[~withheld])
+    plain = draw(host_sampler(survey), steps=2)  # the same episodes, counts aside
+    np.testing.assert_array_equal(batch.context.option_BxN, plain.context.option_BxN)

@@ -121,3 +121,19 @@ def test_episodes_never_read_their_own_group_as_a_reference(survey):
         assert mixed.any() and (batch.reference_mask_BxS.sum(1)[mixed] == 2).all()
         # A mix has no respondent count of its own; a plain group's count is the survey's.
         assert (batch.context.respondents_BxN[mixed] == 0).all()
+
+
+def test_a_fraction_of_episodes_come_without_respondent_counts(survey):
+    counted = dataclasses.replace(survey, respondents_GxQ=np.full(
+        survey.answered_GxQ.shape, 500.0, np.float32))
+    settings = dict(batch_size=64, context_range=(2, 5), target_range=(2, 5))
+    sampler = EpisodeSampler(counted, np.arange(6), np.arange(60), SamplingConfig(
+        **settings, hide_references=0.0, hide_respondents=0.5), seed=1)
+    batch = sampler.sample(0)
+    withheld = (batch.context.respondents_BxN == 0).all(1)
+    assert 0.3 < withheld.mean() < 0.7
+    assert (batch.context.respondents_BxN[~withheld][batch.context.mask_BxN[~withheld]]
+            == 500).all()
+    plain = EpisodeSampler(counted, np.arange(6), np.arange(60), SamplingConfig(
+        **settings, hide_references=0.0), seed=1).sample(0)
+    np.testing.assert_array_equal(batch.context.option_BxN, plain.context.option_BxN)

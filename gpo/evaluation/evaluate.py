@@ -44,11 +44,14 @@ def _forward(graphdef, state, table: OptionTable, batch):
 
 def predict_task(head: Head, table: OptionTable, survey: Survey, task: EvalTask,
                  reference_groups_S: np.ndarray, usable_S: np.ndarray | None = None,
-                 groups_per_pass: int = 8) -> tuple[np.ndarray, np.ndarray]:
+                 groups_per_pass: int = 8, with_counts: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """(probability, std) `[G, Q, O]` for the task's groups on their target questions.
 
     reference_groups_S: the survey groups behind the table's reference columns; a group never
-    reads its own column, and only `usable_S` columns are read (default: all)."""
+    reads its own column, and only `usable_S` columns are read (default: all).
+    with_counts: False gives the context answers without their respondent counts (what a
+    user with percentages only has)."""
     graphdef, state = nnx.split(head)
     G, Q, O = len(task.groups), len(survey.questions), survey.max_options
     prob_GxQxO, std_GxQxO = np.zeros((G, Q, O), np.float32), np.zeros((G, Q, O), np.float32)
@@ -63,7 +66,8 @@ def predict_task(head: Head, table: OptionTable, survey: Survey, task: EvalTask,
             survey, groups, [np.flatnonzero(task.context_GxQ[r]) for r in padded],
             [np.flatnonzero(task.target_GxQ[r]) for r in padded], context_capacity,
             target_capacity, reference_mask(reference_groups_S, usable_S,
-                                            [[g] for g in groups]))
+                                            [[g] for g in groups]),
+            respondents_BxQ=None if with_counts else np.full((len(groups), Q), np.nan))
         prob_BxT, std_BxT = jax.device_get(_forward(graphdef, state, table, batch))
         for b, row in enumerate(rows):
             mask = batch.target.mask_BxN[b]
@@ -201,13 +205,18 @@ def baseline_predictions(survey: Survey, split: Split, task: EvalTask, metric: s
 
 def task_predictions(head: Head, table: OptionTable, survey: Survey, split: Split,
                      task: EvalTask, metric: str, label: str | None = None,
-                     baselines: bool = True, embeddings_QxOxE: np.ndarray | None = None
-                     ) -> dict[str, np.ndarray]:
+                     baselines: bool = True, embeddings_QxOxE: np.ndarray | None = None,
+                     without_counts: bool = False) -> dict[str, np.ndarray]:
     """{method: predictions `[G, Q, O]`} of a head (under `label`, default its name in
     capitals) and, unless told not to, the baselines, on one task: the one evaluation path,
-    whether the context questions were drawn at random or chosen."""
+    whether the context questions were drawn at random or chosen. without_counts: the head
+    also under `<label> without counts`, its context answers given as percentages only."""
+    label = label or head_label(head.name)
     prob, _ = predict_task(head, table, survey, task, split.train_groups)
-    out = {label or head_label(head.name): prob}
+    out = {label: prob}
+    if without_counts:
+        out[f"{label} without counts"] = predict_task(head, table, survey, task,
+                                                      split.train_groups, with_counts=False)[0]
     if baselines:
         out.update(baseline_predictions(survey, split, task, metric, embeddings_QxOxE))
     return out
@@ -217,7 +226,8 @@ def evaluate_head(head: Head, table: OptionTable, survey: Survey, split: Split,
                   ks: Sequence[int], metric: str, eval_seed: int,
                   label: str | None = None, checkpoint: dict | None = None,
                   baselines: bool = True, embeddings_QxOxE: np.ndarray | None = None,
-                  tasks: dict[int, EvalTask] | None = None) -> SplitResult:
+                  tasks: dict[int, EvalTask] | None = None, without_counts: bool = False
+                  ) -> SplitResult:
     """A head (and, unless told not to, the baselines) on one split's test groups at each k:
     context questions drawn with `eval_seed`, or the given `tasks` (k -> task). The table's
     reference columns are the split's training groups."""
@@ -226,7 +236,8 @@ def evaluate_head(head: Head, table: OptionTable, survey: Survey, split: Split,
     for k in ks if tasks is None else tasks:
         task = make_eval_task(survey, split, k, seed=eval_seed) if tasks is None else tasks[k]
         for method, pred in task_predictions(head, table, survey, split, task, metric, label,
-                                             baselines, embeddings_QxOxE).items():
+                                             baselines, embeddings_QxOxE,
+                                             without_counts).items():
             result.add(method, k, score_predictions(survey, task, pred, metric))
     return result
 
@@ -291,11 +302,32 @@ def run_predictions(run_dir: str | Path | RunDir, survey: Survey, k: int,
     return task, prob, std
 
 
+def validation_scores(run_dir: str | Path | RunDir, survey: Survey, ks: Sequence[int],
+                      with_counts: bool = True) -> list[float]:
+    """A run's head on its validation groups (held out of meta-training; the other training
+    groups as references) after each k context questions, drawn with the split's seed: what
+    choosing between runs may look at. Test groups are not read."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    split, validation = run.require().split.resolve(survey)
+    head, _ = run.restore_head()
+    table = run_table(run, survey, split)
+    usable = ~np.isin(split.train_groups, validation)
+    held_out = dataclasses.replace(split, test_groups=validation)
+    scores = []
+    for k in ks:
+        task = make_eval_task(survey, held_out, k, seed=split.seed)
+        prob, _ = predict_task(head, table, survey, task, split.train_groups, usable,
+                               with_counts=with_counts)
+        scores.append(score_predictions(survey, task, prob, run.config.data.metric).mean)
+    return scores
+
+
 def evaluate_run(run_dir: str | Path | RunDir, survey: Survey, ks: Sequence[int] = (20,),
                  eval_seeds: Sequence[int] | None = None,
                  embeddings_QxOxE: np.ndarray | None = None,
-                 baselines: bool = True) -> Evaluation:
-    """A trained run beside the baselines on its own test groups, at each k.
+                 baselines: bool = True, without_counts: bool = False) -> Evaluation:
+    """A trained run beside the baselines on its own test groups, at each k (and, with
+    `without_counts`, the head again given its context answers without respondent counts).
 
     `survey` must hold the run's questions in the run's order (`RunDir.select`) unless
     `embeddings_QxOxE` embeds the given survey's questions with the run's embedder. Context
@@ -316,5 +348,5 @@ def evaluate_run(run_dir: str | Path | RunDir, survey: Survey, ks: Sequence[int]
     for seed in (split.seed,) if eval_seeds is None else eval_seeds:
         evaluation.splits.append(evaluate_head(
             head, table, survey, split, ks, config.data.metric, seed, checkpoint=checkpoint,
-            baselines=baselines, embeddings_QxOxE=embeddings))
+            baselines=baselines, embeddings_QxOxE=embeddings, without_counts=without_counts))
     return evaluation

@@ -14,8 +14,9 @@ plus a combination of those deviations, fitted to its context answers by ridge r
 This is the affine group regression (weights summing to one, ridge toward equal weights) with
 what meta-training learns on top, all from the data a pollster has:
 - W, the context points' precision: 1 / (ridge + beta p̄(1 - p̄) / n), the ridge a learned
-  power of the number of context points, n the group's respondents where known (a small
-  group's answers are noisy, so they move it less);
+  power of the number of context points, n the group's respondents (a small group's answers
+  are noisy, so they move it less; answers given without counts assume the reference
+  groups' typical count, `ReferenceConfig.count_free`);
 - a_s = 1 / (1 + c nu_s / sigma^2), each reference group's reliability: nu_s its sampling
   noise p̄(1 - p̄) / n_s, sigma^2 the deviations' spread (a reference group of 44 respondents
   is mostly noise);
@@ -42,6 +43,7 @@ from gpo.models.registry import register_head
 from gpo.points import Points
 
 MIN_RIDGE = 1e-6
+COUNT_FREE = ("none", "references", "learned")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,15 @@ class ReferenceConfig:
     # The four scalars above move this many times faster than the optimiser's learning rate
     # (parametrised as scale * raw), so one learning rate serves them and the text prior.
     scalar_rate: float = 30.0
+    # A context answer given without its respondent count: 'references' assumes the
+    # reference groups' median count on its question, 'learned' that count times a factor
+    # learned from episodes that withhold their counts (train.sampling.hide_respondents),
+    # 'none' adds no sampling noise (as before these existed; on OpinionQA that falls below
+    # the group regression, README).
+    count_free: str = "references"
+
+    # What runs saved before a field existed were trained with (RunDir.head_config).
+    LEGACY = {"count_free": "none"}
 
     def __post_init__(self):
         if self.embedding_dim < 1:
@@ -67,6 +78,8 @@ class ReferenceConfig:
                              f"be positive: {self}")
         if min(self.prior_hidden, self.prior_depth) < 1:
             raise ValueError("prior_hidden and prior_depth must be >= 1")
+        if self.count_free not in COUNT_FREE:
+            raise ValueError(f"count_free must be one of {COUNT_FREE}, got {self.count_free!r}")
 
     @classmethod
     def paper(cls, embedding_dim: int) -> ReferenceConfig:
@@ -121,6 +134,8 @@ class ReferenceRegression(Head):
         self.log_reliability = raw(math.log(c.reliability))
         self.log_prior_std = raw(math.log(0.1))
         self.log_std_scale = raw(0.0)
+        if c.count_free == "learned":
+            self.log_count_factor = raw(0.0)
         self.prior = MLP(c.embedding_dim, c.prior_hidden, 1, c.prior_depth, rngs=rngs)
 
     def _scalar(self, param: nnx.Param) -> jax.Array:
@@ -156,8 +171,8 @@ class ReferenceRegression(Head):
         n_points = jnp.maximum(valid.sum(-1), 1).astype(jnp.float32)
         ridge_B = self.ridge(n_points)
         sampling = jnp.exp(self._scalar(self.log_sampling))
-        noise_BxC = ridge_B[:, None] + sampling * _sampling_variance(prior,
-                                                                     context.respondents_BxN)
+        noise_BxC = ridge_B[:, None] + sampling * _sampling_variance(
+            prior, self.respondents(context))
         precision_BxC = jnp.where(valid, 1.0 / noise_BxC, 0.0)
         features_BxSxC = scale_BxS[:, :, None] * jnp.swapaxes(deviation_BxCxS, 1, 2)
         S_ = features_BxSxC.shape[1]
@@ -169,6 +184,21 @@ class ReferenceRegression(Head):
                            precision_BxC * residual_BxC)
         return ReferenceFit(delta, covariance, scale_BxS, ridge_B,
                             jnp.broadcast_to(sampling, ridge_B.shape))
+
+    def respondents(self, points: Points) -> jax.Array:
+        """`[B, N]` each point's respondents: the group's count where given, else what
+        `count_free` says (0: no sampling noise)."""
+        given = points.respondents_BxN
+        if self.config.count_free == "none":
+            return given
+        # the median count of the reference groups that answered the question (0 where no
+        # count is known: no sampling noise, as on data without counts)
+        counts = points.reference_respondents_BxNxS
+        fill = jnp.nan_to_num(jnp.nanmedian(jnp.where(
+            points.reference_known_BxNxS & (counts > 0), counts, jnp.nan), -1), nan=0.0)
+        if self.config.count_free == "learned":
+            fill = fill * jnp.exp(self._scalar(self.log_count_factor))
+        return jnp.where(given > 0, given, fill)
 
     def ridge(self, n_points: jax.Array) -> jax.Array:
         """The context points' ridge: a learned power of their number. Floored: on

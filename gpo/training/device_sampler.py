@@ -106,6 +106,9 @@ class DeviceSampler:
             respondents_P = jnp.where(mixed, 0.0, respondents_P)  # a mix has no respondents
             g = jnp.where(mixed, members_M[jnp.argmax(weights_M)], g)  # names it in errors
             members_M = jnp.where(mixed, members_M, g)
+        if s.hide_respondents:  # its own key, so the other draws stay as without hiding
+            withheld = jax.random.uniform(jax.random.fold_in(key, 7)) < s.hide_respondents
+            respondents_P = jnp.where(withheld, 0.0, respondents_P)
         n_c, n_t = self._sizes(k_sizes, answered_P.sum())
         # Answered questions first, in random order: the first n_c are context, the next n_t
         # targets (without replacement, disjoint).

@@ -102,8 +102,10 @@ class EpisodeSampler:
         target_capacity = min(self.target_capacity,
                               padded_size(max(points[t].sum() for t in targets)))
         references = reference_mask(self.reference_groups, self.usable_references, members_B)
-        hidden = (rng.random(s.batch_size) < s.hide_references if s.hide_references
-                  else None)  # drawn last: without hiding, the stream is unchanged
+        # drawn last, each only where asked for: without hiding, the stream is unchanged
+        hidden = rng.random(s.batch_size) < s.hide_references if s.hide_references else None
+        if s.hide_respondents:
+            respondents_BxQ[rng.random(s.batch_size) < s.hide_respondents] = np.nan
         return pack_episodes(self.survey, groups, contexts, targets, context_capacity,
                              target_capacity, references, probs_BxQxO, respondents_BxQ, hidden)
 
