@@ -10,6 +10,7 @@ and a group of size one with a one-hot (or soft) target.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -96,28 +97,28 @@ class Survey:
                 raise SurveyDataError(f"{self.name}: {field} has shape "
                                       f"{getattr(self, field).shape}, expected {shape}")
 
-    # -- derived views ------------------------------------------------------------------
+    # -- derived views (computed once: metrics read them on every call; read-only) -------
 
-    @property
+    @functools.cached_property
     def max_options(self) -> int:
         return max(len(q.answer_options) for q in self.questions)
 
-    @property
+    @functools.cached_property
     def n_options_Q(self) -> np.ndarray:
-        return np.array([len(q.answer_options) for q in self.questions])
+        return _read_only(np.array([len(q.answer_options) for q in self.questions]))
 
-    @property
+    @functools.cached_property
     def option_mask_QxO(self) -> np.ndarray:
-        return np.arange(self.max_options)[None, :] < self.n_options_Q[:, None]
+        return _read_only(np.arange(self.max_options)[None, :] < self.n_options_Q[:, None])
 
-    @property
+    @functools.cached_property
     def ordinals_QxO(self) -> np.ndarray:
         """Ordinal positions; padding repeats the question's largest ordinal (zero-width gaps)."""
         out = np.zeros((len(self.questions), self.max_options))
         for i, q in enumerate(self.questions):
             out[i, :] = max(q.ordinals)
             out[i, : len(q.ordinals)] = q.ordinals
-        return out
+        return _read_only(out)
 
     @property
     def question_keys(self) -> list[str]:
@@ -179,6 +180,11 @@ class Survey:
         if key not in keys:
             raise KeyError(f"{self.name}: unknown question key {key!r}")
         return keys.index(key)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 def _unique(items: Sequence[str], what: str, source: str) -> None:
