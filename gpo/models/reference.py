@@ -194,6 +194,8 @@ class ReferenceRegression(Head):
         # the median count of the reference groups that answered the question (0 where no
         # count is known: no sampling noise, as on data without counts)
         counts = points.reference_respondents_BxNxS
+        if counts.shape[-1] == 0:  # no reference groups: no count to borrow
+            return given
         fill = jnp.nan_to_num(jnp.nanmedian(jnp.where(
             points.reference_known_BxNxS & (counts > 0), counts, jnp.nan), -1), nan=0.0)
         if self.config.count_free == "learned":
