@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
-import pytest
+# Before JAX is imported: the workers and the subprocesses tests start compile the same
+# programs (the shared runs' steps, the paper's config), so they share XLA's persistent
+# compilation cache; it saves about a fifth of the suite's time, cold.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(Path(tempfile.gettempdir()) / f"gpo-tests-xla-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
-from tests.helpers import tiny_config, tiny_embeddings, tiny_survey
+import pytest  # noqa: E402
+
+from tests.helpers import tiny_config, tiny_embeddings, tiny_survey  # noqa: E402
 
 _DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
