@@ -246,7 +246,8 @@ def main() -> None:
                                                     args.seeds)
         path = args.plot if setting == "opinionqa_A" else args.plot.replace(
             ".png", f"_{setting}.png")
-        plot_curves(curves, path, f"{setting}: which questions are asked", label, ceiling,
+        plot_curves(curves, path, f"{setting}: held-out groups after k questions, chosen or "
+                    "random", label, ceiling,
                     emphasis=(next(iter(curves)),), dashed=tuple(c for c in curves
                                                                  if c.endswith("random")))
         print(f"wrote {path}")

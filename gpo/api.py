@@ -33,11 +33,11 @@ from gpo.points import (
 )
 from gpo.predictions import Prediction, Predictions
 from gpo.question_selection import (
-    DEFAULT_CRITERION,
     UNITS,
     QuestionSelector,
     Suggestion,
     Suggestions,
+    default_criterion,
 )
 from gpo.questions import (
     QuestionCatalogue,
@@ -134,10 +134,10 @@ class GroupPreferenceModel:
 
     @property
     def default_criterion(self) -> str:
-        """The question-selection criterion `suggest_questions` uses unless told: the head's
-        own posterior where it has one (the reference head), else the design from the
-        reference answers every run keeps."""
-        return DEFAULT_CRITERION if self.config.head == "reference" else "design"
+        """The question-selection criterion `suggest_questions` uses unless told: with the
+        reference head the expected error where the metric is W1, else (and for every other
+        head) the design from the reference answers every run keeps."""
+        return default_criterion(self.config.head, self.config.data.metric)
 
     def suggest_questions(self, n: int = 5, candidates: Sequence | None = None, *,
                           criterion: str | None = None, respondents: float | None = None

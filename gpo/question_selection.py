@@ -43,13 +43,20 @@ from gpo.models.reference import ReferenceConfig, ReferenceRegression
 from gpo.points import EpisodeBatch, OptionTable, gather_points, pack_points, padded_size
 
 CRITERIA = ("design", "posterior", "metric")
-DEFAULT_CRITERION = "posterior"  # for the reference head: the best on validation groups (README)
 # The affine regression's ridge penalty of the `design` criterion (on weights summing to 1:
 # the head's ridge times the number of reference groups).
 DESIGN_PENALTY = 1e-2
 _CANDIDATES_AT_ONCE = 128  # candidates a compiled call scores (a fixed shape)
 _POINT_MULTIPLE = 16
 UNITS = {"design": "variance", "posterior": "variance", "metric": "alignment"}
+
+
+def default_criterion(head: str, metric: str) -> str:
+    """What to rank by unless told: with the reference head the expected error itself where
+    the metric is W1 (`metric`, the best criterion on OpinionQA's validation groups), else
+    the design (the best on GlobalOpinionQA's and the persona pairs' validation groups, both
+    scored by other metrics; README); heads without a posterior have only the design."""
+    return "metric" if head == "reference" and metric == "wasserstein" else "design"
 
 
 @dataclasses.dataclass(frozen=True)

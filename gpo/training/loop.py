@@ -200,9 +200,10 @@ class DeviceSteps:
         return self.run_steps(state, opt_state, self.table, self.arrays, step, n)
 
 
-# Packing's fixed cost (the layout search over 256 steps' episodes, and compiling the padded
-# step a batch that does not fit falls back to) is a few seconds on a CPU; 200 steps is where
-# the CPU recipe's per-step saving repays it (experiments/bench_train.py prints both).
+# Packing pays a fixed cost before the first step, the layout search over 256 steps'
+# episodes and the compilation of the padded step a batch that does not fit falls back to (a
+# few seconds on a CPU: bench_train.py's "compile s"), and saves a fraction of every step:
+# runs of fewer steps than this (the tests' tiny runs above all) are not worth the wait.
 PACK_FROM_STEPS = 200
 
 
