@@ -89,3 +89,14 @@ def copied_run(trained_run, tmp_path):
         shutil.copytree(trained_run(head)[0], target)
         return target
     return copy
+
+
+# The slowest modules first: xdist hands tests out in collection order, and a long test
+# handed out last keeps one worker busy while the other idles.
+SLOW_MODULES_FIRST = ("test_experiments.py", "test_train.py", "test_embed.py",
+                      "test_packing.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order
