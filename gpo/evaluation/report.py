@@ -61,7 +61,8 @@ def write_html(path: str | Path, title: str, texts: Sequence[str],
     path = Path(path)
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
-             "pre{background:#f6f6f6;padding:1em;overflow-x:auto}</style>",
+             # wrapped: the tables fit; long lines (question texts) would hide behind a scroll
+             "pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}</style>",
              f"<h1>{html.escape(title)}</h1>"]
     parts += [f"<pre>{html.escape(text)}</pre>" for text in texts]
     for image in images:
