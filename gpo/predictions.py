@@ -28,14 +28,12 @@ class Prediction:
         return "\n".join(lines)
 
 
-class Predictions(list):
-    """The predictions of one predict() call: a list of `Prediction`, printable, and
-    convertible to one row per (question, option)."""
+class RecordList(list):
+    """A list of results that `records()` turns into rows (dicts) and `to_frame()` into a
+    pandas DataFrame."""
 
     def records(self) -> list[dict]:
-        return [{"question": p.question, "key": p.key, "option": option,
-                 "prob": round(float(prob), 6), "std": round(float(std), 6)}
-                for p in self for option, prob, std in zip(p.options, p.probs, p.std)]
+        raise NotImplementedError
 
     def to_frame(self):
         """A pandas DataFrame of `records()` (pandas is optional: `pip install pandas`)."""
@@ -45,6 +43,16 @@ class Predictions(list):
             raise ImportError("to_frame() needs pandas (pip install pandas); records() gives "
                               "the same rows as dicts") from err
         return pandas.DataFrame(self.records())
+
+
+class Predictions(RecordList):
+    """The predictions of one predict() call: a list of `Prediction`, printable, and
+    convertible to one row per (question, option)."""
+
+    def records(self) -> list[dict]:
+        return [{"question": p.question, "key": p.key, "option": option,
+                 "prob": round(float(prob), 6), "std": round(float(std), 6)}
+                for p in self for option, prob, std in zip(p.options, p.probs, p.std)]
 
     def __str__(self) -> str:
         return "\n\n".join(str(p) for p in self)

@@ -41,6 +41,7 @@ from flax import nnx
 
 from gpo.models.reference import ReferenceConfig, ReferenceRegression
 from gpo.points import EpisodeBatch, OptionTable, gather_points, pack_points, padded_size
+from gpo.predictions import RecordList
 
 CRITERIA = ("design", "posterior", "metric")
 # The affine regression's ridge penalty of the `design` criterion (on weights summing to 1:
@@ -304,7 +305,7 @@ class Suggestion:
                 "expected_gain": round(float(self.expected_gain), 8), "note": self.note}
 
 
-class Suggestions(list):
+class Suggestions(RecordList):
     """The questions of one suggest_questions() call, best first: a list of `Suggestion`,
     printable, and convertible to one row per question."""
 
@@ -320,15 +321,6 @@ class Suggestions(list):
     def records(self) -> list[dict]:
         return [{"rank": i + 1, "criterion": self.criterion, "unit": self.unit,
                  **s.as_dict()} for i, s in enumerate(self)]
-
-    def to_frame(self):
-        """A pandas DataFrame of `records()` (pandas is optional: `pip install pandas`)."""
-        try:
-            import pandas
-        except ImportError as err:
-            raise ImportError("to_frame() needs pandas (pip install pandas); records() gives "
-                              "the same rows as dicts") from err
-        return pandas.DataFrame(self.records())
 
     def __str__(self) -> str:
         what = {"alignment": "expected gain in alignment on the other questions",
