@@ -4,6 +4,7 @@ config) for resuming, and the best model by validation alignment for use."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -34,11 +35,11 @@ class Checkpoints:
         self.latest.save(step, args=ocp.args.Composite(
             model=ocp.args.StandardSave(model_state),
             optimizer=ocp.args.StandardSave(optimizer_state),
-            meta=ocp.args.JsonSave(meta)))
+            meta=ocp.args.JsonSave(_snapshot(meta))))
 
     def save_best(self, step: int, model_state: Any, meta: dict) -> None:
         self.best.save(step, args=ocp.args.Composite(
-            model=ocp.args.StandardSave(model_state), meta=ocp.args.JsonSave(meta)))
+            model=ocp.args.StandardSave(model_state), meta=ocp.args.JsonSave(_snapshot(meta))))
 
     def restore_latest(self, abstract_model: Any, abstract_optimizer: Any):
         """(model, optimizer, meta) of the latest checkpoint, or None when there is none."""
@@ -87,6 +88,14 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _snapshot(meta: dict) -> dict:
+    """A copy of `meta` as it is now. Orbax writes JSON in its background thread, from the
+    dict as it stands then: the training loop's meta, already moved on to a later step, would
+    pair this checkpoint's arrays with a later step's position, and a resume would silently
+    skip steps."""
+    return json.loads(json.dumps(meta))
 
 
 def _culprit(err: BaseException) -> str:

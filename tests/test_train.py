@@ -1,6 +1,7 @@
 """Meta-training: it learns and keeps the best checkpoint, resumes exactly (also after a
-SIGKILL), refuses another config or broken inputs, names the episodes of a divergence, and
-gives the same steps on 8 simulated devices, in two processes and on one device."""
+SIGKILL, from a checkpoint whose meta is its own step's), refuses another config or broken
+inputs, names the episodes of a divergence, and gives the same steps on 8 simulated devices,
+in two processes and on one device."""
 
 import json
 import os
@@ -135,6 +136,24 @@ from tests.helpers import tiny_config, tiny_embeddings, tiny_survey
 train(tiny_config(steps={steps}, checkpoint_every=5, **{settings!r}), tiny_survey(),
       tiny_embeddings(), sys.argv[1], progress=False)
 """
+
+
+def test_a_checkpoint_keeps_the_meta_of_its_own_step(tmp_path):
+    """Orbax writes a checkpoint's JSON in the background: the loop's meta, changed right
+    after the save (as at the next step), must not reach the file, or a resume after a kill
+    would start at a later step than its weights."""
+    import jax.numpy as jnp
+
+    from gpo.checkpoint import Checkpoints
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    state = {"w": jnp.ones(3)}
+    meta = {"step": 5, "history": [{"step": 5}]}
+    checkpoints.save_latest(5, state, state, meta)
+    meta["step"] = 10
+    meta["history"].append({"step": 10})
+    checkpoints.wait()
+    assert checkpoints.restore_latest(state, state)[2] == {"step": 5, "history": [{"step": 5}]}
+    checkpoints.close()
 
 
 @pytest.mark.parametrize("sampler", ["host", "device"])
