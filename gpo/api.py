@@ -33,6 +33,7 @@ from gpo.points import (
 )
 from gpo.predictions import Prediction, Predictions
 from gpo.question_selection import (
+    CRITERIA,
     UNITS,
     QuestionSelector,
     Suggestion,
@@ -158,7 +159,8 @@ class GroupPreferenceModel:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive number of questions, got {n!r}")
         criterion = criterion or self.default_criterion
-        if criterion != "design" and self.config.head != "reference":
+        # (an unknown criterion is the selector's to name, whatever the head)
+        if criterion in CRITERIA and criterion != "design" and self.config.head != "reference":
             raise ValueError(f"criterion {criterion!r} reads the reference head's posterior; "
                              f"this run's head is {self.config.head!r}: use 'design'")
         if respondents is not None and not (np.isfinite(respondents) and respondents > 0):

@@ -174,6 +174,8 @@ def test_heads_without_a_posterior_use_the_design(trained_run):
     assert len(model.suggest_questions(3)) == 3
     with pytest.raises(ValueError, match="reads the reference head's posterior.*'gpo'"):
         model.suggest_questions(3, criterion="metric")
+    with pytest.raises(ValueError, match="criterion must be one of"):  # a typo is named so
+        model.suggest_questions(3, criterion="best")
 
 
 def test_cli_suggest_prints_the_questions_and_json(tiny, trained_run, tmp_path, capsys):
