@@ -89,22 +89,25 @@ class GroupEvaluator:
     reference_groups_S: np.ndarray
     usable_S: np.ndarray | None
     metric: str
+    with_counts: bool = True  # False: the context answers without their respondent counts
 
     def run(self, head: Head, table: OptionTable) -> Iterator[tuple[str, float]]:
         prob, _ = predict_task(head, table, self.survey, self.task, self.reference_groups_S,
-                               self.usable_S)
+                               self.usable_S, with_counts=self.with_counts)
         yield self.name, score_predictions(self.survey, self.task, prob, self.metric).mean
 
 
 def validation_evaluator(survey: Survey, split: Split, validation_groups: np.ndarray,
-                         k: int, metric: str, usable_S: np.ndarray) -> GroupEvaluator | None:
+                         k: int, metric: str, usable_S: np.ndarray, with_counts: bool = True
+                         ) -> GroupEvaluator | None:
     """The validation groups' evaluator (k context questions drawn with the split's seed),
     or None where no group is held out."""
     if not len(validation_groups):
         return None
     task = make_eval_task(survey, dataclasses.replace(split, test_groups=validation_groups), k,
                           seed=split.seed)
-    return GroupEvaluator("validation", survey, task, split.train_groups, usable_S, metric)
+    return GroupEvaluator("validation", survey, task, split.train_groups, usable_S, metric,
+                          with_counts)
 
 
 @dataclasses.dataclass
@@ -312,13 +315,14 @@ def validation_scores(run_dir: str | Path | RunDir, survey: Survey, ks: Sequence
     head, _ = run.restore_head()
     table = run_table(run, survey, split)
     usable = ~np.isin(split.train_groups, validation)
-    held_out = dataclasses.replace(split, test_groups=validation)
+    if not len(validation):
+        raise ValueError(f"{run.path}: the run held out no validation groups "
+                         "(data.validation_fraction)")
     scores = []
     for k in ks:
-        task = make_eval_task(survey, held_out, k, seed=split.seed)
-        prob, _ = predict_task(head, table, survey, task, split.train_groups, usable,
-                               with_counts=with_counts)
-        scores.append(score_predictions(survey, task, prob, run.config.data.metric).mean)
+        evaluator = validation_evaluator(survey, split, validation, k, run.config.data.metric,
+                                         usable, with_counts)
+        scores += [value for _, value in evaluator.run(head, table)]
     return scores
 
 
