@@ -15,10 +15,9 @@ from gpo.api import load
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data import data_dir, make_synthetic_survey
 from gpo.data.opinionqa import find_human_resp, load_opinionqa
-from gpo.data.splits import make_eval_task
+from gpo.data.splits import make_eval_task, task_with_context
 from gpo.evaluation.evaluate import (
     Evaluation,
-    chosen_tasks,
     evaluate_run,
     head_label,
     predict_task,
@@ -28,7 +27,6 @@ from gpo.evaluation.metrics import noise_ceiling, paired_difference, score_predi
 from gpo.evaluation.plots import plot_alignment_vs_k, plot_per_group
 from gpo.evaluation.report import evaluation_table, write_html, write_json
 from gpo.pipeline import embed
-from gpo.question_selection import QuestionSelector
 from gpo.run_dir import RunDir
 from gpo.training.loop import train
 
@@ -112,9 +110,12 @@ def which_questions(run_dir: Path, survey, metric: str, k: int = DEMO_ASKED) -> 
     run = RunDir(run_dir)
     split, _ = run.split.resolve(survey)
     table = run_table(run, survey, split)
-    selector = QuestionSelector(model.module if model.config.head == "reference" else None,
-                                table, survey.option_mask_QxO)
-    chosen = chosen_tasks(selector, survey, split, (k,), model.default_criterion)[k]
+    # every held-out group is asked the printed questions (survey: the run's, in its order)
+    row = {q.key: i for i, q in enumerate(survey.questions)}
+    suggested_Q = np.isin(np.arange(len(survey.questions)), [row[key] for key in
+                                                             suggestions.keys])
+    chosen = task_with_context(survey, split, survey.answered_GxQ[split.test_groups]
+                               & suggested_Q)
     random = make_eval_task(survey, split, k, seed=split.seed)
     asked = chosen.context_GxQ | random.context_GxQ
     scores = []
