@@ -21,30 +21,39 @@ def plot_alignment_vs_k(evaluation, path: str | Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     notes = []
     for i, method in enumerate(evaluation.methods):
-        values = [evaluation.per_split(method, k) for k in ks]
-        mean = np.array([np.mean(v) for v in values])
+        mean, std = _mean_and_std([evaluation.per_split(method, k) for k in ks])
         if method.rstrip(" *") in OFF_SCALE:
             notes.append(f"{method}: {mean.mean():.3f}")
             continue
-        std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
         shift = 1 + 0.015 * (i - len(evaluation.methods) / 2)  # keep error bars apart
         ax.errorbar(np.array(ks) * shift, mean, yerr=std, marker="o", ms=4, capsize=4,
                     elinewidth=1.5, label=_escape(method),
                     lw=2.5 if method == evaluation.head else 1.2)
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("context questions k")
-    ax.set_ylabel(f"alignment ({evaluation.metric})")
     n = len(evaluation.splits)
-    spread = (f"mean ± std over {n} splits" if n > 1 else
-              f"one split (seed {evaluation.splits[0].seed}): no error bars")
-    ax.set_title(_escape(f"{title}\n{spread}"), fontsize=10)
-    ax.grid(alpha=0.3)
+    _against_k(ax, ks, f"alignment ({evaluation.metric})", title,
+               f"mean ± std over {n} splits" if n > 1 else
+               f"one split (seed {evaluation.splits[0].seed}): no error bars")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if notes:
         fig.text(0.01, 0.01, "not drawn (far below): " + "; ".join(notes), fontsize=7)
     return _save(fig, path)
+
+
+def _mean_and_std(values_per_k: list) -> tuple[np.ndarray, np.ndarray]:
+    """Per k, the mean and the std over splits (0 for one split) of its values."""
+    return (np.array([np.mean(v) for v in values_per_k]),
+            np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values_per_k]))
+
+
+def _against_k(ax, ks: list[int], ylabel: str, title: str, spread: str) -> None:
+    """The axes of a score against k context questions: log k, one tick per k."""
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("context questions k")
+    ax.set_ylabel(ylabel)
+    ax.set_title(_escape(f"{title}\n{spread}"), fontsize=10)
+    ax.grid(alpha=0.3)
 
 
 def plot_per_group(evaluation, k: int, path: str | Path, title: str,
@@ -88,8 +97,7 @@ def plot_curves(curves: dict[str, tuple[list[int], list[list[float]]]], path: st
     # one colour per method: the part of a label before its first comma
     methods = list(dict.fromkeys(label.split(",")[0] for label in curves))
     for i, (label, (ks, values)) in enumerate(curves.items()):
-        mean = np.array([np.mean(v) for v in values])
-        std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
+        mean, std = _mean_and_std(values)
         ax.errorbar(np.array(ks) * (1 + 0.012 * (i - len(curves) / 2)), mean, yerr=std,
                     marker="o", ms=4, capsize=3, elinewidth=1.2, label=_escape(label),
                     color=f"C{methods.index(label.split(',')[0])}",
@@ -98,16 +106,9 @@ def plot_curves(curves: dict[str, tuple[list[int], list[list[float]]]], path: st
         ax.axhline(ceiling, color="0.4", ls=":", lw=1.2)
         ax.text(0.01, ceiling, "noise ceiling", va="bottom", fontsize=8, color="0.3",
                 transform=ax.get_yaxis_transform())
-    ks = sorted({k for ks, _ in curves.values() for k in ks})
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("context questions k")
-    ax.set_ylabel(ylabel)
     n = max(len(v) for _, values in curves.values() for v in values)
-    ax.set_title(_escape(f"{title}\n" + (f"mean ± std over {n} splits" if n > 1 else
-                                           "one split: no error bars")), fontsize=10)
-    ax.grid(alpha=0.3)
+    _against_k(ax, sorted({k for ks, _ in curves.values() for k in ks}), ylabel, title,
+               f"mean ± std over {n} splits" if n > 1 else "one split: no error bars")
     ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
 
