@@ -188,14 +188,10 @@ def summarise(name, survey, splits, ks, criteria, metric, draws, seeds):
                   "on the targets neither asked, mean [bootstrap 95% interval]:")
             print("  " + "  ".join(f"k={k}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
                                    for k, (m, lo, hi) in cells.items()))
-    curves = {f"{HEAD}, chosen ({best})": (list(ks), [rows[f"{HEAD}, chosen ({best})"]
-                                                      [f"k={k}"] for k in ks]),
-              f"{HEAD}, random": (list(ks), [rows[f"{HEAD}, random ({draws} draws)"]
-                                             [f"k={k}"] for k in ks]),
-              f"{BASELINE}, chosen ({best})": (list(ks), [rows[f"{BASELINE}, chosen ({best})"]
-                                                          [f"k={k}"] for k in ks]),
-              f"{BASELINE}, random": (list(ks), [rows[f"{BASELINE}, random ({draws} draws)"]
-                                                 [f"k={k}"] for k in ks])}
+    curves = {f"{method}, {kind}": (list(ks), [rows[row][f"k={k}"] for k in ks])
+              for method in (HEAD, BASELINE)
+              for kind, row in ((f"chosen ({best})", f"{method}, chosen ({best})"),
+                                ("random", f"{method}, random ({draws} draws)"))}
     report = {"rows": rows, "validation": validation, "default": best,
               "paired": comparisons, "groups": [r["groups"] for r in splits]}
     return report, curves, (float(np.mean(ceilings)) if ceilings else None), label
