@@ -1,11 +1,14 @@
-"""Does a head's predicted std track its error? Central-interval coverage (reliability
-diagram), miscalibration area and the rank correlation of |error| with std, on OpinionQA
-protocol A test groups at k = 20, for the heads that predict a std per option.
+"""Do the calibrated prediction intervals hold what they claim? Coverage of each head's
+intervals (calibrated on each run's validation groups, `gpo.intervals`) on the test groups'
+held-out answers at 50, 80, 90 and 95%, at k = 5, 10 and 20, with the mean width beside it,
+against the uncalibrated mean ± z·std; per option and per question mean ordinal position.
 
     python experiments/calibration.py --data-dir ../shared/data [--heads REFERENCE GPO PPD]
+        [--seeds 0 1 2 3 4] [--dataset opinionqa|globalopinionqa]
 
-Uses the run folders of experiments/heads.py (trains them first if missing). Prints the table,
-writes a JSON report and reports/calibration.png.
+Uses the run folders of experiments/heads.py and experiments/globalopinionqa.py (trains them
+first if missing; calibrates a run that has no calibration). Prints the tables, writes a JSON
+report and the reliability diagram (reports/calibration.png).
 """
 
 from __future__ import annotations
@@ -24,66 +27,125 @@ from common import (  # noqa: E402
     train_and_evaluate,
     variant_run,
 )
+from scipy.stats import norm  # noqa: E402
 
 from gpo.config import DataConfig, EmbedConfig  # noqa: E402
-from gpo.evaluation.evaluate import run_predictions  # noqa: E402
+from gpo.data.splits import make_eval_task  # noqa: E402
+from gpo.evaluation.conformal import calibrate_run, coverage, residuals  # noqa: E402
+from gpo.evaluation.evaluate import run_table  # noqa: E402
 from gpo.evaluation.metrics import calibration  # noqa: E402
 from gpo.evaluation.report import format_table, write_json  # noqa: E402
+from gpo.run_dir import RunDir  # noqa: E402
+
+LEVELS = (0.5, 0.8, 0.9, 0.95)
+DIAGRAM_LEVELS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
 def main() -> None:
-    parser = experiment_parser(__doc__, data_help="folder holding opinionqa/ (the same as "
-                               "experiments/heads.py's, so its runs are reused)",
-                               out="reports/calibration.json", precomputed=True)
-    parser.add_argument("--k", type=int, default=20, help="context questions (default: 20)")
+    parser = experiment_parser(__doc__, data_help="folder holding opinionqa/ (and "
+                               "globalopinionqa/); the runs are experiments/heads.py's",
+                               out="reports/calibration.json", precomputed=True,
+                               seeds=(0, 1, 2, 3, 4))
+    parser.add_argument("--dataset", default="opinionqa",
+                        choices=["opinionqa", "globalopinionqa"],
+                        help="protocol A of OpinionQA, or GlobalOpinionQA (default: opinionqa)")
+    parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 20],
+                        help="context questions (default: 5 10 20)")
     parser.add_argument("--heads", nargs="+", default=["REFERENCE", "GPO", "PPD"],
-                        choices=["REFERENCE", "GPO", "PPD"],
-                        help="heads that predict a std per option (default: REFERENCE GPO PPD)")
-    parser.add_argument("--plot", default="reports/calibration.png",
-                        help="figure path (default: reports/calibration.png)")
+                        choices=["REFERENCE", "GPO", "PPD", "PAL"],
+                        help="heads to check (default: REFERENCE GPO PPD)")
+    parser.add_argument("--without-counts", action="store_true",
+                        help="give the context answers without respondent counts")
+    parser.add_argument("--plot", default=None,
+                        help="reliability diagram (default: reports/calibration[_DATASET].png)")
     args = parser.parse_args()
 
-    data = DataConfig(dataset="opinionqa", data_dir=args.data_dir)
+    data = DataConfig(dataset=args.dataset, data_dir=args.data_dir)
     survey = load_survey(data)
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
     embeddings = embed(survey, embed_config, args.embeddings)
-    rows, curves = {}, {}
-    for label, (head, model) in head_variants(heads=args.heads).items():
+    with_counts = not args.without_counts
+    rows, means, diagram = {}, {}, {}
+    for label, (head, model) in head_variants(pal_ks=(4,), heads=args.heads).items():
         config, root = variant_run(args, label, head, model, data, embed_config)
-        train_and_evaluate(config, survey, embeddings, root, (args.k,), args.seeds,
+        train_and_evaluate(config, survey, embeddings, root, (20,), args.seeds,
                            log=lambda _: None, baselines=False)
-        mean, std, true = [], [], []
+        per_split = {k: [] for k in args.k}  # k -> one test residual list per split
         for seed in args.seeds:
-            task, prob_GxQxO, std_GxQxO = run_predictions(root / str(seed), survey, args.k)
-            scored = task.target_GxQ[..., None] & survey.option_mask_QxO[None]
-            mean.append(prob_GxQxO[scored])
-            std.append(std_GxQxO[scored])
-            true.append(survey.probs_GxQxO[task.groups][scored])
-        result = calibration(np.concatenate(mean), np.concatenate(std), np.concatenate(true))
-        curves[label] = result
-        at = {level: result.observed[np.argmin(np.abs(result.levels - level))]
-              for level in (0.5, 0.8, 0.95)}
-        rows[label] = {"coverage@50%": [at[0.5]], "coverage@80%": [at[0.8]],
-                       "coverage@95%": [at[0.95]], "miscal. area": [result.miscalibration_area],
-                       "spearman(|err|, std)": [result.error_std_correlation]}
-    columns = list(next(iter(rows.values())))
-    print(format_table(f"OpinionQA protocol A, {args.embedder}, k={args.k}: calibration of the "
-                       f"predicted std, target options of test groups pooled over splits "
-                       f"{args.seeds}", rows, columns))
-    path = plot_reliability(curves, args.plot)
-    print(f"\nwrote {write_json(args.out, {'k': args.k, 'rows': rows})}, {path}")
+            run = RunDir(root / str(seed))
+            fitted = run.calibration() or calibrate_run(run, survey)
+            split, _ = run.split.resolve(survey)
+            head_module, _ = run.restore_head()
+            table = run_table(run, survey, split)
+            for k in args.k:
+                task = make_eval_task(survey, split, k, seed=split.seed)
+                found = residuals(head_module, table, survey, split, task, k, with_counts)
+                # today's std, as evaluation predicts (targets with their counts)
+                raw = residuals(head_module, table, survey, split, task, k, with_counts,
+                                target_counts=True)
+                per_split[k].append((fitted, found, raw))
+        for k in args.k:
+            scored = [(coverage(c, [r], with_counts, LEVELS), raw, c)
+                      for c, r, raw in per_split[k]]
+            row = {f"{level:.0%}": [s.option_coverage[i] for s, _, _ in scored]
+                   for i, level in enumerate(LEVELS)}
+            row["width 80%"] = [s.option_width[1] for s, _, _ in scored]
+            row["±1.28·std: cover"], row["±1.28·std: width"] = zip(
+                *[gaussian(r, 0.8) for _, r, _ in scored])
+            rows[f"{label} k={k}"] = row
+            means[f"{label} k={k}"] = {
+                **{f"{level:.0%}": [s.mean_coverage[i] for s, _, _ in scored]
+                   for i, level in enumerate(LEVELS)},
+                "width 80%": [s.mean_width[1] for s, _, _ in scored]}
+            if k == max(args.k):
+                pooled = [coverage(c, [r], with_counts, DIAGRAM_LEVELS)
+                          for c, r, _ in per_split[k]]
+                diagram[label] = (np.mean([p.option_coverage for p in pooled], 0),
+                                  [float(np.mean([gaussian(raw, lv)[0]
+                                                  for _, _, raw in per_split[k]]))
+                                   for lv in DIAGRAM_LEVELS])
+    name = {"opinionqa": "OpinionQA protocol A", "globalopinionqa": "GlobalOpinionQA"}[
+        args.dataset]
+    given = "with" if with_counts else "without"
+    columns = [f"{level:.0%}" for level in LEVELS] + ["width 80%", "±1.28·std: cover",
+                                                      "±1.28·std: width"]
+    print(format_table(f"{name}, {args.embedder}: coverage of the calibrated intervals on "
+                       f"test groups' options (context answers {given} counts), mean ± std "
+                       f"over splits {args.seeds}", rows, columns))
+    print()
+    print(format_table(f"{name}: the same for each question's mean ordinal position (width "
+                       "in ordinal units)", means, columns[:5]))
+    plot = args.plot or ("reports/calibration.png" if args.dataset == "opinionqa"
+                         else f"reports/calibration_{args.dataset}.png")
+    path = plot_reliability(diagram, plot, f"{name}, k = {max(args.k)}")
+    out = write_json(args.out if args.dataset == "opinionqa" and with_counts else
+                     args.out.replace(".json", f"_{args.dataset}_{given}_counts.json"),
+                     {"dataset": args.dataset, "with_counts": with_counts, "seeds": args.seeds,
+                      "options": rows, "question_means": means})
+    print(f"\nwrote {out}, {path}")
 
 
-def plot_reliability(curves: dict, path: str) -> str:
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
-    for label, c in curves.items():
-        ax.plot(c.levels, c.observed, marker="o", label=label)
-    ax.set_xlabel("nominal coverage of mean ± z·std")
-    ax.set_ylabel("observed coverage")
-    ax.set_title("OpinionQA protocol A: predicted std", fontsize=10)
+def gaussian(found, level: float) -> tuple[float, float]:
+    """(coverage, mean width) of the uncalibrated mean ± z·std at `level`, clipped to [0, 1]."""
+    covered = calibration(found.prob_N, found.std_N, found.truth_N, [level]).observed[0]
+    half = norm.ppf(0.5 + level / 2) * found.std_N
+    low, high = np.maximum(found.prob_N - half, 0), np.minimum(found.prob_N + half, 1)
+    return float(covered), float(np.mean(high - low))
+
+
+def plot_reliability(curves: dict, path: str, title: str) -> str:
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="nominal")
+    for i, (label, (calibrated, raw)) in enumerate(curves.items()):
+        color = f"C{i}"
+        ax.plot(DIAGRAM_LEVELS, calibrated, marker="o", ms=3, color=color,
+                label=f"{label}, calibrated")
+        ax.plot(DIAGRAM_LEVELS, raw, ls=":", color=color, label=f"{label}, mean ± z·std")
+    ax.set_xlabel("nominal coverage")
+    ax.set_ylabel("observed coverage on test groups")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

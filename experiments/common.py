@@ -165,7 +165,8 @@ def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray
                        run_root: str | Path, ks: Sequence[int], seeds: Sequence[int],
                        log=print, baselines: bool = True, without_counts: bool = False
                        ) -> SplitRuns:
-    """For each split seed: meta-train (resuming run_root/<seed>) and score the head beside
+    """For each split seed: meta-train (resuming run_root/<seed>; intervals are calibrated
+    by experiments/calibration.py, which alone reads them) and score the head beside
     the baselines at every k (context questions drawn with the split's seed); with
     `without_counts`, the head also given its context answers without respondent counts."""
     evaluation, validation, run_dirs = None, [], []
@@ -175,7 +176,7 @@ def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray
         start = time.perf_counter()
         run_dir = Path(run_root) / str(seed)
         result = train(seeded, survey, embeddings, run_dir, progress=False,
-                       data_dir=dataset_folder(seeded.data))
+                       data_dir=dataset_folder(seeded.data), calibrate=False)
         scored = evaluate_run(run_dir, survey, ks, baselines=baselines,
                               without_counts=without_counts)
         log(f"{config.head} protocol {config.data.protocol} split {seed}: {result.steps} steps "

@@ -5,6 +5,7 @@ answers, predict the rest.
     print(model.suggest_questions(5))            # what to ask a new group first
     group = model.adapt([("WORLDDANGER_W26", [0.2, 0.6, 0.2]), ...])
     pred = group.predict(["WORRYG_W26", ("Do you like tea?", ["Yes", "No"])])
+    pred[0].interval(0.9)                        # calibrated 90% intervals per option
 
 A question is a survey key of the training data, a `(text, options)` pair (embedded with the
 run's embedder), or an `(options x E)` array of precomputed option embeddings
@@ -13,6 +14,7 @@ run's embedder), or an `(options x E)` array of precomputed option embeddings
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from flax import nnx
 
 from gpo.config import RunConfig
 from gpo.embed import Embedder, make_embedder
+from gpo.intervals import Bands, Calibration, group_factor, left_out, squared_score
 from gpo.models import Head
 from gpo.points import (
     EmbeddingStats,
@@ -81,6 +84,8 @@ class GroupPreferenceModel:
             self.catalogue = QuestionCatalogue({}, {}, {}, {}, References(
                 (), np.zeros((0, 0, 1), np.float32), np.zeros((0, 0), bool),
                 np.zeros((0, 0), np.float32)), stats, self.embedding_dim, embed)
+        # the intervals' calibration on the run's validation groups (None: uncalibrated)
+        self.calibration: Calibration | None = None if run is None else run.calibration()
         self._embedder: Embedder | None = None
         self._question_selector: QuestionSelector | None = None
 
@@ -131,7 +136,32 @@ class GroupPreferenceModel:
         table, batch = self._pack("context", resolved, distributions, counts, _CONTEXT_MULTIPLE)
         return AdaptedGroup(self, self._encode(self._state, table, batch),
                             [r.row for r in resolved],
-                            None if counts is None else [float(c) for c in counts])
+                            None if counts is None else [float(c) for c in counts],
+                            self._bands(resolved, distributions, counts))
+
+    def _bands(self, resolved: list[ResolvedQuestion], distributions: list[np.ndarray],
+               counts) -> Bands | None:
+        """The group's interval rule (None: the run is uncalibrated): its k, respondents and
+        factor, from its left-out context answers each predicted from the others."""
+        if self.calibration is None:
+            return None
+        k = len({r.key if r.key is not None else r.name for r in resolved})
+        bands = self.calibration.bands(k, None if counts is None else float(np.median(counts)))
+        squared = []
+        for i in left_out(len(resolved)):
+            keep = [j for j in range(len(resolved)) if j != i]
+            table, batch = self._pack("context", [resolved[j] for j in keep],
+                                      [distributions[j] for j in keep],
+                                      None if counts is None else np.asarray(counts)[keep],
+                                      _CONTEXT_MULTIPLE)
+            state = self._encode(self._state, table, batch)
+            table, batch = self._pack("target", [resolved[i]])
+            prob, std = jax.device_get(self._predict(self._state, state, table, batch))
+            n = len(resolved[i].options)
+            squared.append(squared_score(distributions[i], prob[0, :n],
+                                         bands.scale(prob[0, :n], std[0, :n])))
+        return dataclasses.replace(bands, factor=float(group_factor(sum(squared),
+                                                                    len(squared))))
 
     @property
     def default_criterion(self) -> str:
@@ -231,11 +261,13 @@ class AdaptedGroup:
     """A group's encoded context; predictions reuse it without recomputing context attention."""
 
     def __init__(self, model: GroupPreferenceModel, context_state,
-                 asked: list[int | None] | None = None, respondents: list[float] | None = None):
+                 asked: list[int | None] | None = None, respondents: list[float] | None = None,
+                 bands: Bands | None = None):
         self.model = model
         self.context = context_state
         self.asked = asked or []          # the run's rows of the context questions (None: new)
         self.respondents = respondents    # their respondent counts, where given
+        self.bands = bands                # its calibrated interval rule (None: uncalibrated)
 
     def suggest_questions(self, n: int = 5, candidates: Sequence | None = None, *,
                           criterion: str | None = None, respondents: float | None = None
@@ -278,7 +310,9 @@ class AdaptedGroup:
 
     def predict(self, questions: Sequence) -> Predictions:
         """Predicted distributions of the questions (survey keys, (text, options) pairs or
-        option-embedding arrays), in order."""
+        option-embedding arrays), in order, with calibrated intervals where the run has a
+        calibration (`Prediction.interval`, `Predictions.intervals`); an interpolated group
+        has none (no held-out group was calibrated there)."""
         if not questions:
             return Predictions()
         m = self.model
@@ -289,7 +323,7 @@ class AdaptedGroup:
         for r in resolved:
             end = start + len(r.options)
             out.append(Prediction(r.name, r.options, prob[0, start:end], std[0, start:end],
-                                  r.key))
+                                  r.key, r.ordinals, self.bands))
             start = end
         return out
 

@@ -1,5 +1,6 @@
-"""The `gpo` command: embed, train, eval, predict, suggest, demo. Each subcommand parses its
-flags and calls one library function; heavy modules load only once a subcommand runs."""
+"""The `gpo` command: embed, train, calibrate, eval, predict, suggest, demo. Each subcommand
+parses its flags and calls one library function; heavy modules load only once a subcommand
+runs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from gpo.data.datasets import DATASETS
+from gpo.intervals import DEFAULT_LEVEL
 
 CONTEXT_FORMAT = """context JSON: a list of objects, one per answered question:
   [{"question": "WORLDDANGER_W26", "distribution": [0.2, 0.6, 0.2], "respondents": 420},
@@ -77,13 +79,29 @@ def cmd_eval(args) -> None:
     print(f"wrote {out}/report.json, report.html, alignment_vs_k.png, per_group.png")
 
 
+def cmd_calibrate(args) -> None:
+    from gpo.evaluation.conformal import calibrate_run
+    from gpo.pipeline import run_survey
+    from gpo.run_dir import RunDir
+    run = RunDir(args.run_dir).require()
+    calibration = calibrate_run(run, run_survey(run, args.data_dir))
+    groups = calibration.fitted_on["groups"]
+    print(f"calibrated {args.run_dir}'s intervals on its {len(groups)} validation groups "
+          f"({', '.join(calibration.conditions)}) -> {run.path / 'calibration.json'}")
+
+
 def cmd_predict(args) -> None:
     from gpo.api import load
+    from gpo.intervals import check_level
+    level = check_level(args.level)
     context, respondents = read_context(args.context)
     questions = read_questions(args.questions)
     model = load(args.run_dir)
-    predictions = model.adapt(context, respondents).predict(questions)
-    json.dump([p.as_dict() for p in predictions], sys.stdout, indent=2)
+    predictions = model.adapt(context, respondents).predict(questions).intervals(level)
+    if args.format == "table":
+        print(predictions)
+        return
+    json.dump([p.as_dict(level) for p in predictions], sys.stdout, indent=2)
     print()
 
 
@@ -212,6 +230,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_train)
 
+    p = sub.add_parser("calibrate", help="calibrate a run's prediction intervals on its "
+                       "validation groups (training does it; for runs made before it did)")
+    p.add_argument("--run-dir", required=True, help="a trained run folder")
+    p.add_argument("--data-dir", help="the dataset folder, if not where the run was trained "
+                   "(default: the folder the run recorded)")
+    p.set_defaults(run=cmd_calibrate)
+
     p = sub.add_parser("eval", help="score a run beside the baselines; JSON report and plots")
     p.add_argument("--run-dir", required=True, help="a trained run folder")
     p.add_argument("--data-dir", help="the dataset folder, if not where the run was trained "
@@ -234,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "format below)")
     p.add_argument("--questions", required=True, help="the questions to predict "
                    "(questions JSON, format below)")
+    p.add_argument("--level", type=float, default=DEFAULT_LEVEL,
+                   help=f"coverage of the printed intervals (default: {DEFAULT_LEVEL}); the run's "
+                   "calibration on its validation groups makes them")
+    p.add_argument("--format", choices=["json", "table"], default="json",
+                   help="JSON records (default) or the readable table")
     p.set_defaults(run=cmd_predict)
 
     p = sub.add_parser("suggest", help="which questions to ask a group next (or first)",

@@ -1,6 +1,7 @@
 """The offline demo: embed a survey with the default frozen LLM, meta-train the default head
 (the reference-group head) on 40% of the groups, adapt to the held-out groups from 5-20
-context questions each, and compare with every baseline and the data's noise ceiling.
+context questions each, compare with every baseline and the data's noise ceiling, suggest
+which questions to ask a new group, and check the calibrated intervals' coverage.
 OpinionQA when its folder is given (or found via $GPO_DATA_DIR), else the seeded synthetic
 survey. Sized to finish in a few minutes on 2 CPU cores; experiments/ holds full runs."""
 
@@ -16,6 +17,7 @@ from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data import data_dir, make_synthetic_survey
 from gpo.data.opinionqa import find_human_resp, load_opinionqa
 from gpo.data.splits import make_eval_task, task_with_context
+from gpo.evaluation.conformal import coverage, residuals
 from gpo.evaluation.evaluate import (
     Evaluation,
     evaluate_run,
@@ -89,12 +91,15 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
     print(f"\n{table}\n\n{closing}")
     asking = which_questions(run_dir, survey, evaluation.metric)
     print(f"\n{asking}")
+    margins = interval_coverage(run_dir, survey, max(DEMO_KS), counts)
+    print(f"\n{margins}")
     write_json(out_dir / "report.json", {"embedder": embedder, "config": config.to_dict(),
                                          **evaluation.to_json()})
     plot_title = f"{dataset} demo, protocol A, {len(survey.questions)} questions"
     plots = [plot_alignment_vs_k(evaluation, out_dir / "alignment_vs_k.png", plot_title),
              plot_per_group(evaluation, max(DEMO_KS), out_dir / "per_group.png", plot_title)]
-    write_html(out_dir / "report.html", f"gpo demo: {dataset}", [table, closing, asking], plots)
+    write_html(out_dir / "report.html", f"gpo demo: {dataset}", [table, closing, asking, margins],
+               plots)
     print(f"\n[demo] wrote {out_dir}/report.html (tables and plots), report.json "
           f"({time.perf_counter() - started:.0f}s in all); `gpo eval --run-dir {run_dir}` "
           "reprints this table")
@@ -128,6 +133,23 @@ def which_questions(run_dir: Path, survey, metric: str, k: int = DEMO_ASKED) -> 
             f"{scores[1].mean:.4f} on the {len(split.test_groups)} held-out groups "
             f"({mean:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}] paired over groups, on the "
             "questions neither set asked; one split).")
+
+
+def interval_coverage(run_dir: Path, survey, k: int, with_counts: bool) -> str:
+    """How the run's calibrated intervals (fitted on its validation groups) did on the
+    held-out groups' answers after k context questions."""
+    run = RunDir(run_dir)
+    calibration = run.calibration()
+    split, validation = run.split.resolve(survey)
+    head, _ = run.restore_head()
+    task = make_eval_task(survey, split, k, seed=split.seed)
+    found = residuals(head, run_table(run, survey, split), survey, split, task, k, with_counts)
+    result = coverage(calibration, [found], with_counts, (0.8, 0.9))
+    return (f"Margins of error (calibrated on the {len(validation)} validation groups): at "
+            f"k = {k}, {result.option_coverage[0]:.0%} of the held-out groups' answers fell "
+            f"inside their 80% intervals (mean width {result.option_width[0]:.3f}) and "
+            f"{result.option_coverage[1]:.0%} inside their 90% intervals (width "
+            f"{result.option_width[1]:.3f}); one split, so read it give or take a few points.")
 
 
 def summary(evaluation: Evaluation, k: int, ceiling: float | None = None) -> str:

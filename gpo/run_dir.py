@@ -8,6 +8,8 @@
     arrays.npz          the questions' option embeddings, the standardisation statistics and
                         the reference groups' answers (the run's training groups)
     checkpoints/        orbax: latest (resume) and best (use)
+    calibration.json    the prediction intervals' calibration on the validation groups
+                        (`gpo.intervals`); absent in runs made before intervals existed
 
 A run is self-contained for inference: `gpo.load` needs no data folder, and evaluation reads
 back exactly the questions and split the run was trained on.
@@ -16,7 +18,9 @@ back exactly the questions and split the run was trained on.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ from gpo.checkpoint import Checkpoints
 from gpo.config import RunConfig
 from gpo.data.splits import Split
 from gpo.data.survey import Survey
+from gpo.intervals import Calibration
 from gpo.models import Head
 from gpo.models.registry import DATA_FIELDS, abstract_head, head_class
 from gpo.points import EmbeddingStats, References
@@ -102,14 +107,20 @@ class RunDir:
                   "head_config": dataclasses.asdict(head_config)}
         if self.has_checkpoints():
             self._check_same(config, head_config, record)
-        config.save(self.path / "config.json")
-        (self.path / "run.json").write_text(json.dumps(record, indent=1))
-        np.savez_compressed(self.path / "arrays.npz", embeddings=embeddings_QxOxE,
+        _write_atomic(self.path / "config.json", json.dumps(config.to_dict(), indent=2))
+        _write_atomic(self.path / "run.json", json.dumps(record, indent=1))
+        arrays = io.BytesIO()
+        np.savez_compressed(arrays, embeddings=embeddings_QxOxE,
                             embedding_mean=stats.mean_E, embedding_scale=stats.scale_E,
                             reference_labels=np.array(references.labels),
                             reference_probs=references.probs_SxQxO,
                             reference_answered=references.answered_SxQ,
                             reference_respondents=references.respondents_SxQ)
+        _write_atomic(self.path / "arrays.npz", arrays.getvalue())
+
+    def save_calibration(self, calibration: Calibration) -> None:
+        _write_atomic(self.path / "calibration.json",
+                      json.dumps(calibration.to_json(), indent=1))
 
     def _check_same(self, config: RunConfig, head_config: Any, record: dict) -> None:
         if _what(self.config) != _what(config) or self.head_config != head_config:
@@ -228,6 +239,19 @@ class RunDir:
                           arrays["reference_probs"], arrays["reference_answered"],
                           arrays["reference_respondents"])
 
+    def calibration(self) -> Calibration | None:
+        """The run's interval calibration, or None for a run made before intervals existed
+        (or one that held out no validation groups)."""
+        path = self.path / "calibration.json"
+        if not path.exists():
+            return None
+        try:
+            raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); calibrate the run again with "
+                             f"`gpo calibrate --run-dir {self.path}`") from err
+        return Calibration.from_json(raw, str(path))
+
     def checkpoints(self) -> Checkpoints:
         return Checkpoints(self.path / "checkpoints")
 
@@ -254,6 +278,20 @@ class RunDir:
             raise ValueError(f"{survey.name} lacks {len(missing)} of the run's {len(keys)} "
                              f"questions, first {missing[0]!r}; is this the run's data folder?")
         return survey.select(questions=[index[k] for k in keys])
+
+
+def _write_atomic(path: Path, content: str | bytes) -> None:
+    """Write a run file whole or not at all: to a temporary name beside it, then renamed, so
+    a kill or a full disk mid-write leaves the previous file intact."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(content, str):
+            temporary.write_text(content)
+        else:
+            temporary.write_bytes(content)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _what(config: RunConfig) -> dict:

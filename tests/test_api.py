@@ -145,9 +145,12 @@ def test_predictions_read_well_and_convert_to_rows(run):
     assert "0.21899999" not in text  # probabilities print rounded
     rows = predictions.records()
     assert len(rows) == len(q1.answer_options) + len(q2.answer_options)
+    low, high = predictions[0].interval(predictions.level)
     assert rows[0] == {"question": q1.text, "key": q1.key, "option": q1.answer_options[0],
                        "prob": round(float(predictions[0].probs[0]), 6),
-                       "std": round(float(predictions[0].std[0]), 6)}
+                       "std": round(float(predictions[0].std[0]), 6),
+                       "level": predictions.level, "low": round(float(low[0]), 6),
+                       "high": round(float(high[0]), 6)}
     pandas = pytest.importorskip("pandas")
     frame = predictions.to_frame()
     assert isinstance(frame, pandas.DataFrame) and len(frame) == len(rows)

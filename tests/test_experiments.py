@@ -88,14 +88,19 @@ def test_sample_efficiency(shared, capsys):
         f"k={k}" for k in (1, 2, 5, 10, 20, 50, 100)}
 
 
-@pytest.mark.xdist_group("gpo_runs")  # shares run folders
-def test_calibration_reuses_the_runs(shared, capsys):
-    out = run_script("calibration.py", ["--data-dir", shared["data"], "--heads", "GPO",
-                                        "--plot", str(shared["tmp"] / "cal.png"),
+def test_calibration_checks_the_intervals(shared, capsys):
+    out = run_script("calibration.py", ["--data-dir", shared["data"], "--heads", "REFERENCE",
+                                        "--k", "5", "--plot", str(shared["tmp"] / "cal.png"),
                                         *TINY, *common(shared, "cal")], capsys)
-    coverage_50, coverage_80, coverage_95, area, _ = map(float, table_row(out, "GPO"))
-    assert 0 <= coverage_50 <= coverage_80 <= coverage_95 <= 1 and 0 <= area <= 0.5
-    assert report(shared, "cal")["rows"]["GPO"]["coverage@95%"] == [coverage_95]
+    options = out.split("\n\n")[0]  # the options' table (the question means' follows)
+    *coverages, width, gaussian_coverage, gaussian_width = map(
+        float, table_row(options, "REFERENCE k=5"))
+    assert 0 <= coverages[0] <= coverages[1] <= coverages[2] <= coverages[3] <= 1
+    assert 0 < width <= 1 and 0 <= gaussian_coverage <= 1 and 0 < gaussian_width <= 1
+    saved = report(shared, "cal")
+    assert saved["options"]["REFERENCE k=5"]["95%"] == [pytest.approx(coverages[3], abs=1e-4)]
+    assert len(saved["question_means"]["REFERENCE k=5"]["80%"]) == 1
+    assert (shared["tmp"] / "cal.png").stat().st_size > 10_000
 
 
 @pytest.mark.xdist_group("gpo_runs")  # shares run folders

@@ -42,22 +42,38 @@ def _forward(graphdef, state, table: OptionTable, batch):
     return forward(nnx.merge(graphdef, state), table, batch)
 
 
+def task_capacities(survey: Survey, tasks: Iterable[EvalTask]) -> tuple[int, int]:
+    """(context, target) point capacities that hold any group of these tasks: one compiled
+    shape for all of them."""
+    n_options = survey.n_options_Q
+    tasks = list(tasks)
+    return tuple(padded_size(max(n_options[row].sum() for task in tasks
+                                 for row in getattr(task, part)))
+                 for part in ("context_GxQ", "target_GxQ"))
+
+
 def predict_task(head: Head, table: OptionTable, survey: Survey, task: EvalTask,
                  reference_groups_S: np.ndarray, usable_S: np.ndarray | None = None,
-                 groups_per_pass: int = 8, with_counts: bool = True
+                 groups_per_pass: int = 8, with_counts: bool = True,
+                 target_counts: bool = True, capacities: tuple[int, int] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(probability, std) `[G, Q, O]` for the task's groups on their target questions.
 
     reference_groups_S: the survey groups behind the table's reference columns; a group never
     reads its own column, and only `usable_S` columns are read (default: all).
     with_counts: False gives the context answers without their respondent counts (what a
-    user with percentages only has)."""
+    user with percentages only has). target_counts: False predicts the targets without their
+    respondent counts, as `predict()` does (it has none).
+    capacities: (context, target) points per episode (default: what this task needs)."""
     graphdef, state = nnx.split(head)
     G, Q, O = len(task.groups), len(survey.questions), survey.max_options
     prob_GxQxO, std_GxQxO = np.zeros((G, Q, O), np.float32), np.zeros((G, Q, O), np.float32)
-    n_options = survey.n_options_Q
-    context_capacity = padded_size(max(n_options[row].sum() for row in task.context_GxQ))
-    target_capacity = padded_size(max(n_options[row].sum() for row in task.target_GxQ))
+    context_capacity, target_capacity = capacities or task_capacities(survey, [task])
+    respondents_GxQ = survey.respondents_GxQ[task.groups].astype(np.float64)
+    if not with_counts:
+        respondents_GxQ[:] = np.nan
+    elif not target_counts:
+        respondents_GxQ[~task.context_GxQ] = np.nan
     for start in range(0, G, groups_per_pass):
         rows = np.arange(start, min(start + groups_per_pass, G))
         padded = np.resize(rows, groups_per_pass)  # fixed batch shape; extras are repeats
@@ -67,7 +83,7 @@ def predict_task(head: Head, table: OptionTable, survey: Survey, task: EvalTask,
             [np.flatnonzero(task.target_GxQ[r]) for r in padded], context_capacity,
             target_capacity, reference_mask(reference_groups_S, usable_S,
                                             [[g] for g in groups]),
-            respondents_BxQ=None if with_counts else np.full((len(groups), Q), np.nan))
+            respondents_BxQ=respondents_GxQ[padded])
         prob_BxT, std_BxT = jax.device_get(_forward(graphdef, state, table, batch))
         for b, row in enumerate(rows):
             mask = batch.target.mask_BxN[b]

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from gpo.config import RunConfig, TrainConfig
 from gpo.data.splits import Split, make_split, validation_split
 from gpo.data.survey import Survey
+from gpo.evaluation.conformal import calibrate_run
 from gpo.evaluation.evaluate import validation_evaluator
 from gpo.models.registry import head_class, head_config
 from gpo.points import EmbeddingStats, OptionTable, References, survey_option_table
@@ -70,7 +71,7 @@ def split_for(config: RunConfig, survey: Survey) -> Split:
 def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_dir: str | Path,
           progress: bool = True, stop_after: int | None = None,
           data_dir: str | Path | None = None,
-          evaluator: Evaluator | None = None) -> TrainResult:
+          evaluator: Evaluator | None = None, calibrate: bool = True) -> TrainResult:
     """Meta-train `config.head` on `survey`; resumes from run_dir's latest checkpoint.
 
     The reference groups every head may read are the split's training groups; while training
@@ -79,6 +80,9 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
     stop_after: end after this many steps of this call (for tests of interrupted runs).
     evaluator: what picks the best checkpoint (default: alignment on the validation groups
     after `data.eval_k` context answers; none when no group is held out).
+    calibrate: when training ends, fit the prediction intervals on the validation groups
+    (`gpo.evaluation.conformal`; seconds for the reference head, a minute for GPO on
+    OpinionQA on 2 cores); experiments that never predict skip it.
     """
     t = config.train
     head_cls = head_class(config.head)
@@ -160,6 +164,9 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
         checkpoints.save_best(end, state, {"step": end, "validation": None})
     checkpoints.wait()
     checkpoints.close()
+    if calibrate and end == t.steps and len(val_groups) and (start < end
+                                                             or run.calibration() is None):
+        calibrate_run(run, survey, table)  # the finished run's intervals
     return TrainResult(run.path, end, meta["best_validation"], meta["best_step"],
                        meta["history"], time.perf_counter() - started)
 

@@ -1,0 +1,231 @@
+"""Prediction intervals with stated coverage: split-conformal quantiles of normalised
+residuals, fitted on a run's validation groups (`gpo.evaluation.conformal`), stored in the run
+folder and applied by `predict()`.
+
+An option's interval is p ± q·f·σ, clipped to [0, 1], with
+
+    σ = sqrt(std² + λ · p(1 - p) / n)
+
+std the head's predictive std, n the group's respondents (the median count of its context
+answers, where they were given), λ ≥ 0 the weight of that sampling noise, chosen on the
+calibration answers for the narrowest intervals; f the group's own factor, how far its
+context answers fell from what the head predicts for each of them from the others
+(f² = (1 + Σ z²) / (1 + m) over m ≤ 10 left-out context questions, z² the mean squared
+|y - p| / σ of a question's options: groups the training groups explain well get narrower
+intervals, groups they explain badly wider ones, where one scale would be wrong for both);
+and q the conformal quantile of |y - p| / (f·σ) over the validation groups' held-out answers,
+per number of context questions k (between calibrated k, interpolated in log k). A question's
+mean ordinal position m = Σ p_o x_o gets m ± q'·f·σ_m, σ_m = sqrt(Σ_o σ_o² (x_o - m)²), with its
+own quantiles. Answers given with and without respondent counts are calibrated apart, as the
+heads predict them apart.
+
+The guarantee is split conformal's: if a new group is exchangeable with the validation groups
+(drawn from the same population of groups, its context and target questions drawn as theirs
+were), the interval at level α holds the group's observed answer (which includes its own
+sampling noise) for at least a fraction α of its options, in expectation over groups and
+questions, up to the pooling of several answers per group. It is marginal, not per group.
+
+Shapes: O options, K calibrated k, L levels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+FORMAT = 1
+LEFT_OUT_QUESTIONS = 20  # context questions predicted from the others for the group's factor
+FACTOR_PRIOR = 1.0       # pseudo-questions at factor 1 (at k = 1 nothing can be left out)
+# The levels at which quantiles are stored; a level between two is interpolated.
+LEVELS = tuple(round(0.01 * i, 2) for i in range(1, 100))
+DEFAULT_LEVEL = 0.9
+SCALE_FLOOR = 1e-4   # σ below this (a head certain of an option) would make the score infinite
+VARIANCE_FLOOR = 1e-4  # p(1 - p) floor, as the reference head's sampling noise has
+# The conditions a calibration tells apart: context answers given with or without counts.
+WITH_COUNTS, WITHOUT_COUNTS = "with counts", "without counts"
+
+
+def check_level(level: float) -> float:
+    if isinstance(level, bool) or not isinstance(level, int | float) or not (
+            LEVELS[0] <= level <= LEVELS[-1]):
+        raise ValueError(f"level must be a coverage between {LEVELS[0]} and {LEVELS[-1]} "
+                         f"(e.g. 0.9), got {level!r}")
+    return float(level)
+
+
+def option_scale(std_O: np.ndarray, prob_O: np.ndarray, respondents: float | None,
+                 sampling_weight: float) -> np.ndarray:
+    """σ per option: the head's std, widened by the group's own sampling noise where its
+    respondents are known."""
+    variance = np.asarray(std_O, np.float64) ** 2
+    if respondents is not None and respondents > 0:
+        p = np.asarray(prob_O, np.float64)
+        variance = variance + sampling_weight * np.maximum(p * (1 - p), VARIANCE_FLOOR) \
+            / respondents
+    return np.maximum(np.sqrt(variance), SCALE_FLOOR)
+
+
+def left_out(n_context: int) -> np.ndarray:
+    """Which of n context questions (in their order) are each predicted from the others for
+    the group's factor: all of them up to LEFT_OUT_QUESTIONS, else that many evenly spaced;
+    none of a single one."""
+    if n_context < 2:
+        return np.zeros(0, int)
+    return np.unique(np.linspace(0, n_context - 1, min(n_context, LEFT_OUT_QUESTIONS))
+                     .round().astype(int))
+
+
+def squared_score(truth_O: np.ndarray, prob_O: np.ndarray, scale_O: np.ndarray) -> float:
+    """z² of one left-out question: the mean over its options of ((y - p) / σ)²."""
+    return float(np.mean(((np.asarray(truth_O) - prob_O) / scale_O) ** 2))
+
+
+def group_factor(sum_squared_scores, n_questions):
+    """f = sqrt((FACTOR_PRIOR + Σ z²) / (FACTOR_PRIOR + m)) over m left-out questions (works
+    elementwise on arrays)."""
+    return np.sqrt((FACTOR_PRIOR + np.asarray(sum_squared_scores, np.float64))
+                   / (FACTOR_PRIOR + np.asarray(n_questions, np.float64)))
+
+
+def mean_position(prob_O: np.ndarray, ordinals_O: np.ndarray) -> float:
+    return float(np.dot(prob_O, ordinals_O))
+
+
+def mean_scale(scale_O: np.ndarray, prob_O: np.ndarray, ordinals_O: np.ndarray) -> float:
+    """σ_m of a question's mean ordinal position: the options' σ through the mean's
+    sensitivity to each option, its distance from the mean."""
+    deviation = np.asarray(ordinals_O, np.float64) - mean_position(prob_O, ordinals_O)
+    return max(float(np.sqrt(np.sum((scale_O * deviation) ** 2))), SCALE_FLOOR)
+
+
+def conformal_quantiles(scores: np.ndarray, levels: Sequence[float] = LEVELS) -> np.ndarray:
+    """Per level α, the ⌈(n + 1)α⌉-th smallest of n scores (inf where that exceeds n): the
+    split-conformal quantile, covering a new exchangeable score with probability ≥ α."""
+    scores = np.sort(np.asarray(scores, np.float64))
+    n = len(scores)
+    ranks = np.ceil((n + 1) * np.asarray(levels)).astype(int)
+    return np.where(ranks <= n, scores[np.minimum(ranks, n) - 1] if n else np.inf, np.inf)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantileTable:
+    """Conformal quantiles of one normalised residual, per calibrated k and per level."""
+
+    ks: tuple[int, ...]
+    quantiles_KxL: np.ndarray
+    counts_K: tuple[int, ...]        # the scores behind each k's quantiles
+
+    def at(self, k: int, level: float) -> float:
+        """The quantile at `level` after k context questions: interpolated in log k between
+        calibrated k, the nearest calibrated k outside their range."""
+        per_k = np.array([np.interp(level, LEVELS, row) for row in self.quantiles_KxL])
+        if len(self.ks) == 1:
+            return float(per_k[0])
+        return float(np.interp(math.log(max(k, 1)), np.log(self.ks), per_k))
+
+    def to_json(self) -> dict:
+        return {"ks": list(self.ks), "scores": list(self.counts_K),
+                "quantiles": [[round(float(q), 6) for q in row] for row in self.quantiles_KxL]}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> QuantileTable:
+        return cls(tuple(int(k) for k in raw["ks"]),
+                   np.asarray(raw["quantiles"], np.float64).reshape(len(raw["ks"]), len(LEVELS)),
+                   tuple(int(n) for n in raw["scores"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionCalibration:
+    """The calibration of answers given one way (with or without respondent counts)."""
+
+    sampling_weight: float           # λ
+    options: QuantileTable           # |y - p| / σ per option
+    means: QuantileTable | None      # |m_true - m| / σ_m per question (None: no scale)
+
+    def to_json(self) -> dict:
+        return {"sampling_weight": self.sampling_weight, "options": self.options.to_json(),
+                "means": None if self.means is None else self.means.to_json()}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> ConditionCalibration:
+        return cls(float(raw["sampling_weight"]), QuantileTable.from_json(raw["options"]),
+                   None if raw.get("means") is None else QuantileTable.from_json(raw["means"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """A run's interval calibration: per condition (`WITH_COUNTS`, `WITHOUT_COUNTS`), and
+    what it was fitted on."""
+
+    conditions: dict[str, ConditionCalibration]
+    fitted_on: dict                  # {"groups": [...], "draws": int, "step": int, ...}
+
+    def condition(self, with_counts: bool) -> ConditionCalibration:
+        """The calibration of answers given with (or without) counts; answers with counts
+        fall back to the other where the data had none."""
+        name = WITH_COUNTS if with_counts else WITHOUT_COUNTS
+        return self.conditions.get(name) or self.conditions[WITHOUT_COUNTS]
+
+    def bands(self, k: int, respondents: float | None, factor: float = 1.0) -> Bands:
+        """What widens one group's predictions: its k, respondents and factor."""
+        with_counts = respondents is not None and respondents > 0
+        return Bands(self.condition(with_counts), k, respondents if with_counts else None,
+                     factor)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "method": "split conformal, normalised residuals",
+                "levels": list(LEVELS), "fitted_on": self.fitted_on,
+                "conditions": {name: c.to_json() for name, c in self.conditions.items()}}
+
+    @classmethod
+    def from_json(cls, raw: dict, where: str = "calibration") -> Calibration:
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ValueError(f"{where}: not a gpo interval calibration of format {FORMAT}")
+        if [round(x, 2) for x in raw.get("levels", [])] != list(LEVELS):
+            raise ValueError(f"{where}: calibrated at other levels than this gpo reads")
+        try:
+            conditions = {name: ConditionCalibration.from_json(c)
+                          for name, c in raw["conditions"].items()}
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{where}: malformed ({err!r}); calibrate the run again "
+                             "(gpo calibrate)") from err
+        if WITHOUT_COUNTS not in conditions:
+            raise ValueError(f"{where}: holds no {WITHOUT_COUNTS!r} calibration")
+        return cls(conditions, raw.get("fitted_on", {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class Bands:
+    """One group's interval rule: a condition's calibration at its k and respondents."""
+
+    calibration: ConditionCalibration
+    k: int
+    respondents: float | None
+    factor: float = 1.0              # the group's own factor f (see the module docstring)
+
+    def scale(self, prob_O: np.ndarray, std_O: np.ndarray) -> np.ndarray:
+        """σ per option, before the group's factor."""
+        return option_scale(std_O, prob_O, self.respondents, self.calibration.sampling_weight)
+
+    def option_intervals(self, prob_O: np.ndarray, std_O: np.ndarray, level: float
+                         ) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) per option at `level`, clipped to [0, 1]."""
+        scale = self.factor * self.scale(prob_O, std_O)
+        half = self.calibration.options.at(self.k, check_level(level)) * scale
+        return np.clip(prob_O - half, 0, 1), np.clip(prob_O + half, 0, 1)
+
+    def mean_interval(self, prob_O: np.ndarray, std_O: np.ndarray, ordinals_O: np.ndarray,
+                      level: float) -> tuple[float, float] | None:
+        """(low, high) of the question's mean ordinal position, within its ordinal range
+        (None where the calibration has no question means)."""
+        if self.calibration.means is None:
+            return None
+        scale = self.factor * self.scale(prob_O, std_O)
+        mean = mean_position(prob_O, ordinals_O)
+        half = self.calibration.means.at(self.k, check_level(level)) * mean_scale(
+            scale, prob_O, ordinals_O)
+        low, high = float(np.min(ordinals_O)), float(np.max(ordinals_O))
+        return max(low, mean - half), min(high, mean + half)
