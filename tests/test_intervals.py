@@ -13,6 +13,7 @@ import gpo
 from gpo.cli import main as cli_main
 from gpo.evaluation.conformal import Residuals, coverage, fit_condition
 from gpo.intervals import (
+    LEFT_OUT_QUESTIONS,
     WITHOUT_COUNTS,
     Calibration,
     conformal_quantiles,
@@ -62,7 +63,7 @@ def test_group_factor_shrinks_toward_one_and_follows_the_left_out_scores():
     assert group_factor(4 * 10, 10) > group_factor(4 * 2, 2) > 1  # z² = 4 each: f -> 2
     assert group_factor(0.0, 10) < 1
     assert left_out(1).size == 0 and left_out(3).tolist() == [0, 1, 2]
-    assert len(left_out(100)) == 10
+    assert len(left_out(100)) == LEFT_OUT_QUESTIONS
 
 
 @pytest.mark.parametrize("k", [2, 10])
