@@ -42,6 +42,7 @@ FACTOR_PRIOR = 1.0       # pseudo-questions at factor 1 (at k = 1 nothing can be
 # The levels at which quantiles are stored; a level between two is interpolated.
 LEVELS = tuple(round(0.01 * i, 2) for i in range(1, 100))
 DEFAULT_LEVEL = 0.9
+UNBOUNDED = 1e6      # stands for an infinite quantile (fewer scores than a level needs)
 SCALE_FLOOR = 1e-4   # σ below this (a head certain of an option) would make the score infinite
 VARIANCE_FLOOR = 1e-4  # p(1 - p) floor, as the reference head's sampling noise has
 # The conditions a calibration tells apart: context answers given with or without counts.
@@ -121,7 +122,9 @@ class QuantileTable:
     def at(self, k: int, level: float) -> float:
         """The quantile at `level` after k context questions: interpolated in log k between
         calibrated k, the nearest calibrated k outside their range."""
-        per_k = np.array([np.interp(level, LEVELS, row) for row in self.quantiles_KxL])
+        # too few scores for a level: an unbounded quantile, the whole [0, 1] once clipped
+        finite_KxL = np.minimum(self.quantiles_KxL, UNBOUNDED)
+        per_k = np.array([np.interp(level, LEVELS, row) for row in finite_KxL])
         if len(self.ks) == 1:
             return float(per_k[0])
         return float(np.interp(math.log(max(k, 1)), np.log(self.ks), per_k))

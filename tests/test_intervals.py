@@ -15,11 +15,15 @@ from gpo.evaluation.conformal import Residuals, coverage, fit_condition
 from gpo.intervals import (
     LEFT_OUT_QUESTIONS,
     WITHOUT_COUNTS,
+    Bands,
     Calibration,
+    ConditionCalibration,
+    QuantileTable,
     conformal_quantiles,
     group_factor,
     left_out,
 )
+from gpo.intervals import LEVELS as STORED_LEVELS
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 
@@ -175,3 +179,13 @@ def test_cli_predict_prints_intervals(reference_run, tiny, tmp_path, capsys):
                             capture_output=True, text=True)
     assert result.returncode == 2 and "level must be a coverage" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_too_few_scores_for_a_level_give_the_whole_range():
+    quantiles = conformal_quantiles(np.linspace(0.1, 2.0, 20), STORED_LEVELS)  # inf > 95%
+    table = QuantileTable((5,), quantiles[None], (20,))
+    bands = Bands(ConditionCalibration(0.0, table, None), 5, None)
+    low, high = bands.option_intervals(np.array([0.3, 0.7]), np.array([0.05, 0.05]), 0.985)
+    assert low.tolist() == [0.0, 0.0] and high.tolist() == [1.0, 1.0]
+    low, high = bands.option_intervals(np.array([0.3, 0.7]), np.array([0.05, 0.05]), 0.5)
+    assert np.all(np.isfinite(low)) and np.all(high < 1)
