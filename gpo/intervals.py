@@ -57,15 +57,18 @@ def check_level(level: float) -> float:
     return float(level)
 
 
-def option_scale(std_O: np.ndarray, prob_O: np.ndarray, respondents: float | None,
-                 sampling_weight: float) -> np.ndarray:
+def option_scale(std_O: np.ndarray, prob_O: np.ndarray, respondents, sampling_weight: float
+                 ) -> np.ndarray:
     """σ per option: the head's std, widened by the group's own sampling noise where its
-    respondents are known."""
+    respondents are known (respondents: None, one count, or one per option; NaN or 0 where
+    unknown)."""
     variance = np.asarray(std_O, np.float64) ** 2
-    if respondents is not None and respondents > 0:
+    if respondents is not None:
+        n = np.broadcast_to(np.asarray(respondents, np.float64), variance.shape)
+        known = np.isfinite(n) & (n > 0)
         p = np.asarray(prob_O, np.float64)
-        variance = variance + sampling_weight * np.maximum(p * (1 - p), VARIANCE_FLOOR) \
-            / respondents
+        noise = np.maximum(p * (1 - p), VARIANCE_FLOOR) / np.where(known, n, 1.0)
+        variance = variance + np.where(known, sampling_weight * noise, 0.0)
     return np.maximum(np.sqrt(variance), SCALE_FLOOR)
 
 

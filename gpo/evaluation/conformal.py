@@ -22,7 +22,6 @@ from gpo.data.survey import Survey
 from gpo.evaluation.evaluate import predict_task, run_table, task_capacities
 from gpo.intervals import (
     SCALE_FLOOR,
-    VARIANCE_FLOOR,
     WITH_COUNTS,
     WITHOUT_COUNTS,
     Calibration,
@@ -31,6 +30,7 @@ from gpo.intervals import (
     conformal_quantiles,
     group_factor,
     left_out,
+    option_scale,
 )
 from gpo.models import Head
 from gpo.points import OptionTable, padded_size
@@ -64,14 +64,8 @@ class Residuals:
     left_out: Residuals | None = None  # each left-out context question, from the others
 
     def base_scales(self, sampling_weight: float) -> np.ndarray:
-        """σ per option before the group's factor (`gpo.intervals.option_scale`,
-        vectorised)."""
-        variance = self.std_N.astype(np.float64) ** 2
-        known = np.isfinite(self.respondents_N) & (self.respondents_N > 0)
-        noise = np.maximum(self.prob_N * (1 - self.prob_N), VARIANCE_FLOOR) / np.where(
-            known, self.respondents_N, 1.0)
-        return np.maximum(np.sqrt(variance + np.where(known, sampling_weight * noise, 0.0)),
-                          SCALE_FLOOR)
+        """σ per option before the group's factor."""
+        return option_scale(self.std_N, self.prob_N, self.respondents_N, sampling_weight)
 
     def group_factors(self, sampling_weight: float) -> np.ndarray:
         """f per group (1 where nothing was left out)."""
