@@ -24,8 +24,8 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
 
 
-def test_a_calibration_file_that_is_not_json_is_named(copied_run):
-    run_dir = copied_run("reference")
+def test_a_calibration_file_that_is_not_json_is_named(tmp_path):
+    run_dir = tmp_path
     (run_dir / "calibration.json").write_text('{"format": 1, "lev')
     with pytest.raises(ValueError, match="calibration.json: not valid JSON.*gpo calibrate"):
         RunDir(run_dir).calibration()
