@@ -233,7 +233,7 @@ def main() -> None:
             seeded = dataclasses.replace(config, data=dataclasses.replace(config.data,
                                                                           split_seed=seed))
             train(seeded, survey, embeddings, run_root / str(seed), progress=False,
-                  data_dir=dataset_folder(seeded.data))
+                  data_dir=dataset_folder(seeded.data), calibrate=False)
             splits.append(score_split(run_root / str(seed), survey, args.ks, args.criteria,
                                       data.metric, args.draws, embeddings))
             print(f"{setting} split {seed}: scored", flush=True)

@@ -106,6 +106,21 @@ class Residuals:
         return (np.minimum.reduceat(self.ordinal_N, starts),
                 np.maximum.reduceat(self.ordinal_N, starts))
 
+    def rows(self, chosen: np.ndarray, k: int) -> Residuals:
+        """The residuals of some group rows only (renumbered from 0, in order), after k
+        context questions."""
+        keep_N = np.isin(self.group_N, chosen)
+        group = np.full(self.n_groups, -1)
+        group[chosen] = np.arange(len(chosen))
+        kept_M = np.unique(self.question_N[keep_N])
+        question = np.full(len(self.true_mean_M), -1)
+        question[kept_M] = np.arange(len(kept_M))
+        inner = None if self.left_out is None else self.left_out.rows(chosen, k - 1)
+        return Residuals(k, self.truth_N[keep_N], self.prob_N[keep_N], self.std_N[keep_N],
+                         self.respondents_N[keep_N], group[self.group_N[keep_N]],
+                         question[self.question_N[keep_N]], self.ordinal_N[keep_N],
+                         self.true_mean_M[kept_M], len(chosen), inner)
+
     def mean_scores(self, sampling_weight: float) -> np.ndarray:
         mean_M, scale_M = self.means(sampling_weight)
         return np.abs(self.true_mean_M - mean_M) / scale_M
@@ -144,11 +159,19 @@ def residuals(head: Head, table: OptionTable, survey: Survey, split: Split, task
             inner = residuals(head, table, survey, split, loo_task, k - 1, with_counts,
                               loo_capacities, target_counts, factors=False)
             found = dataclasses.replace(inner, group_N=loo_group[inner.group_N],
-                                        respondents_N=typical[loo_group[inner.group_N]])
+                                        respondents_N=typical[loo_group[inner.group_N]],
+                                        n_groups=len(task.groups))
     return Residuals(k, truth_N, prob[g_N, q_N, o_N].astype(np.float64),
                      std[g_N, q_N, o_N].astype(np.float64), typical[g_N], g_N, question_N,
                      ordinal_N, np.bincount(question_N, truth_N * ordinal_N, len(q)),
                      len(task.groups), found)
+
+
+def concatenate(tasks: Sequence[EvalTask]) -> EvalTask:
+    """Several tasks as one, their group rows one after another."""
+    return EvalTask(np.concatenate([t.groups for t in tasks]),
+                    np.concatenate([t.context_GxQ for t in tasks]),
+                    np.concatenate([t.target_GxQ for t in tasks]))
 
 
 def left_out_task(task: EvalTask) -> tuple[EvalTask, np.ndarray]:
@@ -196,8 +219,16 @@ def calibrate(head: Head, table: OptionTable, survey: Survey, split: Split,
     for name, with_counts in ((WITH_COUNTS, True), (WITHOUT_COUNTS, False)):
         if with_counts and not has_counts:
             continue
-        per_k = {k: [residuals(head, table, survey, split, task, k, with_counts, capacities)
-                     for task in draws_k] for k, draws_k in tasks.items()}
+        # every (k, draw) task in one batch of rows: two predictions (held-out answers,
+        # left-out context answers) instead of two a task
+        ordered = [(k, task) for k, draws_k in tasks.items() for task in draws_k]
+        everything = residuals(head, table, survey, split, concatenate(
+            [task for _, task in ordered]), 0, with_counts, capacities)
+        rows, per_k = 0, {}
+        for k, task in ordered:
+            mine = np.arange(rows, rows + len(task.groups))
+            per_k.setdefault(k, []).append(everything.rows(mine, k))
+            rows += len(task.groups)
         conditions[name] = fit_condition(per_k)
     return Calibration(conditions, {"groups": [survey.group_labels[g] for g in groups],
                                     "draws": draws, **(fitted_on or {})})
