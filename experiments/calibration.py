@@ -35,6 +35,7 @@ from gpo.evaluation.conformal import calibrate_run, coverage, residuals  # noqa:
 from gpo.evaluation.evaluate import run_table  # noqa: E402
 from gpo.evaluation.metrics import calibration  # noqa: E402
 from gpo.evaluation.report import format_table, write_json  # noqa: E402
+from gpo.intervals import bounds  # noqa: E402
 from gpo.run_dir import RunDir  # noqa: E402
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
@@ -129,7 +130,7 @@ def gaussian(found, level: float) -> tuple[float, float]:
     """(coverage, mean width) of the uncalibrated mean ± z·std at `level`, clipped to [0, 1]."""
     covered = calibration(found.prob_N, found.std_N, found.truth_N, [level]).observed[0]
     half = norm.ppf(0.5 + level / 2) * found.std_N
-    low, high = np.maximum(found.prob_N - half, 0), np.minimum(found.prob_N + half, 1)
+    low, high = bounds(found.prob_N, half)
     return float(covered), float(np.mean(high - low))
 
 

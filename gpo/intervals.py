@@ -10,7 +10,7 @@ std the head's predictive std, n the group's respondents (the median count of it
 answers, where they were given), λ ≥ 0 the weight of that sampling noise, chosen on the
 calibration answers for the narrowest intervals; f the group's own factor, how far its
 context answers fell from what the head predicts for each of them from the others
-(f² = (1 + Σ z²) / (1 + m) over m ≤ 10 left-out context questions, z² the mean squared
+(f² = (1 + Σ z²) / (1 + m) over m ≤ 20 left-out context questions, z² the mean squared
 |y - p| / σ of a question's options: groups the training groups explain well get narrower
 intervals, groups they explain badly wider ones, where one scale would be wrong for both);
 and q the conformal quantile of |y - p| / (f·σ) over the validation groups' held-out answers,
@@ -70,6 +70,11 @@ def option_scale(std_O: np.ndarray, prob_O: np.ndarray, respondents, sampling_we
         noise = np.maximum(p * (1 - p), VARIANCE_FLOOR) / np.where(known, n, 1.0)
         variance = variance + np.where(known, sampling_weight * noise, 0.0)
     return np.maximum(np.sqrt(variance), SCALE_FLOOR)
+
+
+def bounds(centre, half, lowest=0.0, highest=1.0):
+    """(low, high) of centre ± half, kept within [lowest, highest] (elementwise)."""
+    return np.maximum(centre - half, lowest), np.minimum(centre + half, highest)
 
 
 def left_out(n_context: int) -> np.ndarray:
@@ -221,7 +226,7 @@ class Bands:
         """(low, high) per option at `level`, clipped to [0, 1]."""
         scale = self.factor * self.scale(prob_O, std_O)
         half = self.calibration.options.at(self.k, check_level(level)) * scale
-        return np.clip(prob_O - half, 0, 1), np.clip(prob_O + half, 0, 1)
+        return bounds(prob_O, half)
 
     def mean_interval(self, prob_O: np.ndarray, std_O: np.ndarray, ordinals_O: np.ndarray,
                       level: float) -> tuple[float, float] | None:
@@ -233,5 +238,5 @@ class Bands:
         mean = mean_position(prob_O, ordinals_O)
         half = self.calibration.means.at(self.k, check_level(level)) * mean_scale(
             scale, prob_O, ordinals_O)
-        low, high = float(np.min(ordinals_O)), float(np.max(ordinals_O))
-        return max(low, mean - half), min(high, mean + half)
+        low, high = bounds(mean, half, np.min(ordinals_O), np.max(ordinals_O))
+        return float(low), float(high)

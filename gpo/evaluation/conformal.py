@@ -27,6 +27,7 @@ from gpo.intervals import (
     Calibration,
     ConditionCalibration,
     QuantileTable,
+    bounds,
     conformal_quantiles,
     group_factor,
     left_out,
@@ -215,15 +216,16 @@ def calibrate(head: Head, table: OptionTable, survey: Survey, split: Split,
     tasks = calibration_tasks(survey, split, groups, seed, ks, draws)
     capacities = task_capacities(survey, [t for per_k in tasks.values() for t in per_k])
     has_counts = bool(np.any(np.nan_to_num(survey.respondents_GxQ[groups]) > 0))
+    # every (k, draw) task in one batch of rows: two predictions a condition (held-out
+    # answers, left-out context answers) instead of two a task
+    ordered = [(k, task) for k, draws_k in tasks.items() for task in draws_k]
+    together = concatenate([task for _, task in ordered])
     conditions = {}
     for name, with_counts in ((WITH_COUNTS, True), (WITHOUT_COUNTS, False)):
         if with_counts and not has_counts:
             continue
-        # every (k, draw) task in one batch of rows: two predictions (held-out answers,
-        # left-out context answers) instead of two a task
-        ordered = [(k, task) for k, draws_k in tasks.items() for task in draws_k]
-        everything = residuals(head, table, survey, split, concatenate(
-            [task for _, task in ordered]), 0, with_counts, capacities)
+        everything = residuals(head, table, survey, split, together, 0, with_counts,
+                               capacities)
         rows, per_k = 0, {}
         for k, task in ordered:
             mine = np.arange(rows, rows + len(task.groups))
@@ -246,9 +248,8 @@ def fit_condition(per_k: dict[int, list[Residuals]]) -> ConditionCalibration:
             q = conformal_quantiles(np.concatenate([r.option_scores(weight) for r in rs]),
                                     [WIDTH_LEVEL])[0]
             for r in rs:
-                half = q * r.scales(weight)
-                total += float(np.sum(np.minimum(r.prob_N + half, 1)
-                                      - np.maximum(r.prob_N - half, 0)))
+                low, high = bounds(r.prob_N, q * r.scales(weight))
+                total += float(np.sum(high - low))
                 count += len(r.prob_N)
         return total / max(count, 1)
 
@@ -286,16 +287,14 @@ def coverage(calibration: Calibration, found: Sequence[Residuals], with_counts: 
         hits = widths = n = mean_hits = mean_widths = m = 0.0
         for r in found:
             half = condition.options.at(r.k, level) * r.scales(weight)
-            low, high = np.maximum(r.prob_N - half, 0), np.minimum(r.prob_N + half, 1)
+            low, high = bounds(r.prob_N, half)
             hits += np.sum((r.truth_N >= low) & (r.truth_N <= high))
             widths += np.sum(high - low)
             n += len(r.prob_N)
             if condition.means is not None:
                 mean_M, scale_M = r.means(weight)
                 half_M = condition.means.at(r.k, level) * scale_M
-                first_M, last_M = r.ordinal_range()
-                low_M = np.maximum(mean_M - half_M, first_M)
-                high_M = np.minimum(mean_M + half_M, last_M)
+                low_M, high_M = bounds(mean_M, half_M, *r.ordinal_range())
                 mean_hits += np.sum((r.true_mean_M >= low_M) & (r.true_mean_M <= high_M))
                 mean_widths += np.sum(high_M - low_M)
                 m += len(mean_M)
@@ -305,8 +304,6 @@ def coverage(calibration: Calibration, found: Sequence[Residuals], with_counts: 
         out["mw"].append(mean_widths / m if m else float("nan"))
     return Coverage(tuple(levels), *(tuple(float(v) for v in out[k])
                                      for k in ("oc", "ow", "mc", "mw")))
-
-
 
 
 def calibrate_run(run: RunDir, survey: Survey, table: OptionTable | None = None
