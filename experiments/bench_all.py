@@ -1,6 +1,7 @@
 """Every speed target in one table, all measured in this one run on this machine:
 embedding throughput against transformers + torch, meta-training on 8 simulated devices
-against 1, adapt + predict latency, and the metric's cost.
+against 1, adapt + predict latency, predict() on 10,000 and 100,000 target options (time
+and peak memory, each in a fresh process), and the metric's cost.
 
     python experiments/bench_all.py --data-dir ../shared/data/opinionqa
 
@@ -14,6 +15,7 @@ import argparse
 
 import bench_embed
 import bench_metrics
+import bench_predict
 import bench_train
 
 from gpo.evaluation.report import write_json
@@ -40,6 +42,7 @@ def main() -> None:
     eight = bench_train.throughput(8, args.train_steps, args.batch_size, "packed")["steps_per_s"]
     latency = bench_train.latency(args.repeats)
     metrics = bench_metrics.measure(min(args.repeats, 20))
+    small, large = bench_predict.measure([10_000, 100_000])
 
     texts = {name: m["texts_per_s"] for name, m in embed["methods"].items()}
     torch = texts["transformers + torch"]
@@ -52,6 +55,9 @@ def main() -> None:
          f"{eight / one:.2f}x", "(shared cores)"),
         ("adapt + predict (20 ctx, 500 targets)", f"median {latency['median_ms']:.1f} ms, "
          f"p90 {latency['p90_ms']:.1f} ms", "", "< 20 ms"),
+        ("predict: 100,000 / 10,000 target options", f"{large['seconds']:.2f} / "
+         f"{small['seconds']:.2f} s, peak {large['peak_mb']:.0f} / {small['peak_mb']:.0f} MB",
+         f"{large['seconds'] / small['seconds']:.1f}x", "<= 10x (linear)"),
         *[(f"metric: {name}", f"{ms:.1f} ms", "", "") for name, ms in metrics.items()],
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -63,7 +69,8 @@ def main() -> None:
           f"max |shared - full| {embed['max_shared_vs_full']:.1e}, max |ours - torch| "
           f"{embed['max_ours_vs_torch']:.1e}; matmul peak {embed['peak_gflops']:.0f} GFLOP/s)")
     write_json(args.out, {"embed": embed, "train_steps_per_s": {"1": one, "8": eight},
-                          "latency_ms": latency, "metrics_ms": metrics})
+                          "latency_ms": latency, "metrics_ms": metrics,
+                          "predict_scaling": [small, large]})
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ from gpo.run_dir import RunDir
 
 _CONTEXT_MULTIPLE = 16   # context points are padded to multiples of this (few compiled shapes)
 _QUESTION_MULTIPLE = 8   # and a call's option table to multiples of this many questions
+# predict() runs its targets in chunks of at most this many options: time and memory grow
+# linearly with the number of targets, and every full chunk reuses one compiled shape
+PREDICT_CHUNK_POINTS = 4096
 
 
 class GroupPreferenceModel:
@@ -317,15 +320,32 @@ class AdaptedGroup:
             return Predictions()
         m = self.model
         resolved = m.catalogue.resolve(list(questions), where="predict")
-        table, batch = m._pack("target", resolved)
-        prob, std = jax.device_get(m._predict(m._state, self.context, table, batch))
-        out, start = Predictions(), 0
-        for r in resolved:
-            end = start + len(r.options)
-            out.append(Prediction(r.name, r.options, prob[0, start:end], std[0, start:end],
-                                  r.key, r.ordinals, self.bands))
-            start = end
+        out = Predictions()
+        chunks = _chunks(resolved, PREDICT_CHUNK_POINTS)
+        for chunk in chunks:  # (several chunks: each padded to one shape, compiled once)
+            table, batch = m._pack("target", chunk,
+                                   multiple=PREDICT_CHUNK_POINTS if len(chunks) > 1 else None)
+            prob, std = jax.device_get(m._predict(m._state, self.context, table, batch))
+            start = 0
+            for r in chunk:
+                end = start + len(r.options)
+                out.append(Prediction(r.name, r.options, prob[0, start:end],
+                                      std[0, start:end], r.key, r.ordinals, self.bands))
+                start = end
         return out
+
+
+def _chunks(resolved: list[ResolvedQuestion], max_points: int) -> list[list[ResolvedQuestion]]:
+    """Whole questions in consecutive chunks of at most `max_points` options (a question with
+    more is a chunk of its own)."""
+    chunks, points = [[]], 0
+    for r in resolved:
+        if chunks[-1] and points + len(r.options) > max_points:
+            chunks.append([])
+            points = 0
+        chunks[-1].append(r)
+        points += len(r.options)
+    return chunks
 
 
 def load(run_dir: str | Path) -> GroupPreferenceModel:

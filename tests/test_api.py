@@ -53,6 +53,25 @@ def test_api_matches_batch_evaluation_and_survives_reload(run):
         np.testing.assert_array_equal(p.probs, p2.probs)
 
 
+@pytest.mark.parametrize("head", ["gpo", "reference"])
+def test_predictions_in_chunks_equal_one_call(head, tiny, trained_run, monkeypatch):
+    """predict() runs many targets in chunks of whole questions (memory bounded, time linear);
+    the chunks give what one call gives, in order."""
+    import gpo.api
+    survey = tiny[0]
+    model = gpo.load(trained_run(head)[0])
+    group = model.adapt([(q.key, survey.probs_GxQxO[0, i, :len(q.answer_options)])
+                         for i, q in enumerate(survey.questions[:4])])
+    keys = [q.key for q in survey.questions[4:]] * 3  # repeats are fine
+    whole = group.predict(keys)
+    monkeypatch.setattr(gpo.api, "PREDICT_CHUNK_POINTS", 7)  # a question or two a chunk
+    chunked = group.predict(keys)
+    assert [p.key for p in chunked] == keys
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+        np.testing.assert_allclose(a.std, b.std, rtol=1e-5)
+
+
 @pytest.mark.parametrize("context, message", [
     ([], "at least one"),
     ([("SYN0000", [0.5, 0.5, 0.0, 0.0, 0.0, 0.0])], r"6 probabilities for \d options"),

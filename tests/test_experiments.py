@@ -176,6 +176,10 @@ def test_benchmarks(shared, capsys, monkeypatch):
     bench = json.loads((shared["tmp"] / "bench.json").read_text())
     assert bench["train_steps_per_s"]["8"] > 0 and bench["latency_ms"]["median_ms"] > 0
     assert bench["embed"]["max_ours_vs_torch"] < 1e-3
+    assert "predict: 100,000 / 10,000 target options" in out
+    small, large = bench["predict_scaling"]
+    assert (small["options"], large["options"]) == (10_000, 100_000)
+    assert large["peak_mb"] < 4096  # a few GB at most, on 2 cores (linear, chunked)
     out = run_script("bench_metrics.py", [], capsys)
     assert "alignment (W1)" in out
     # bench_embed's and bench_train's own mains format what bench_all just measured.

@@ -142,3 +142,38 @@ def test_opinionqa_counts_load_exactly_or_are_refused(tmp_path_factory, counts):
     g = survey.group_index("SEX=Male")
     np.testing.assert_allclose(survey.probs_GxQxO[g, 0, :2],
                                [favor / (favor + oppose), oppose / (favor + oppose)], rtol=1e-6)
+
+
+@SETTINGS
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=12), st.integers(0, 2**31 - 1))
+def test_within_question_softmax_by_segments_equals_the_dense_mask(sizes, seed):
+    """Segment sums (linear in the points, for predictions of many targets) and the T x T
+    same-question mask (training's episodes) give the same softmax and normalisation, with
+    a question's options scattered anywhere in the row, packed episodes and padding."""
+    import jax.numpy as jnp
+
+    from gpo.models import common
+    rng = np.random.default_rng(seed)
+    question = np.concatenate([np.full(n, q) for q, n in enumerate(sizes)])
+    episode = (question % 2).astype(np.int32)  # two episodes a row share question ids
+    question = question // 2
+    order = rng.permutation(len(question))
+    pad = 64 - len(question)  # one shape for every example: one compilation
+    question = np.concatenate([question[order], np.full(pad, -1)])[None].astype(np.int32)
+    episode = np.concatenate([episode[order], np.zeros(pad, np.int32)])[None]
+    mask = question >= 0
+    logits = rng.normal(size=question.shape).astype(np.float32) * 5
+    dense = common.softmax_within_questions(logits, question, mask, episode)
+    dense_norm = common.normalise_within_questions(np.exp(logits), question, mask)
+    old = common.SEGMENTS_FROM_POINTS
+    common.SEGMENTS_FROM_POINTS = 1  # every row by segments
+    try:
+        segments = common.softmax_within_questions(logits, question, mask, episode)
+        segments_norm = common.normalise_within_questions(np.exp(logits), question, mask)
+    finally:
+        common.SEGMENTS_FROM_POINTS = old
+    np.testing.assert_allclose(segments, dense, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(segments_norm, dense_norm, rtol=1e-5, atol=1e-7)
+    assert np.all(np.asarray(segments)[~mask] == 0)
+    sums = jnp.zeros(64).at[(episode * 32 + question)[mask]].add(np.asarray(segments)[mask])
+    np.testing.assert_allclose(sums[sums > 0], 1.0, rtol=1e-5)

@@ -44,6 +44,12 @@ class MLP(nnx.Module):
         return x
 
 
+# Below this many points a row, within-question sums use a T x T mask of same-question pairs
+# (one fused matmul, the fast path for training's episodes on any device); from it on, segment
+# sums over dense question ids (memory and time linear in T, for predictions of many targets).
+SEGMENTS_FROM_POINTS = 2048
+
+
 def same_question_BxTxT(question_BxT: jax.Array, mask_BxT: jax.Array,
                         episode_BxT: jax.Array | None = None) -> jax.Array:
     """Whether two points are options of one question of one episode (rows may hold several
@@ -54,6 +60,39 @@ def same_question_BxTxT(question_BxT: jax.Array, mask_BxT: jax.Array,
     return (question_BxT[:, :, None] == question_BxT[:, None, :]) & both
 
 
+def question_segments_BxT(question_BxT: jax.Array, mask_BxT: jax.Array,
+                          episode_BxT: jax.Array | None = None) -> jax.Array:
+    """Each point's (episode, question) as a dense id in [0, T), wherever its options lie in
+    the row; padding gets T, a segment every sum leaves out."""
+    T = question_BxT.shape[-1]
+    episode_BxT = jnp.zeros_like(question_BxT) if episode_BxT is None else episode_BxT
+
+    def row(question_T, mask_T, episode_T):
+        order_T = jnp.lexsort((question_T, episode_T, ~mask_T))  # real points first, grouped
+        q_T, e_T = question_T[order_T], episode_T[order_T]
+        starts_T = jnp.concatenate([jnp.ones(1, bool), (q_T[1:] != q_T[:-1])
+                                    | (e_T[1:] != e_T[:-1])])
+        ids_T = jnp.zeros(T, jnp.int32).at[order_T].set(jnp.cumsum(starts_T) - 1)
+        return jnp.where(mask_T, ids_T, T)
+
+    return jax.vmap(row)(question_BxT, mask_BxT, episode_BxT)
+
+
+def _within_questions(values_BxT, question_BxT, mask_BxT, episode_BxT, reduce: str):
+    """Each point's max or sum over the points of its question (padding: unspecified)."""
+    T = values_BxT.shape[-1]
+    if T < SEGMENTS_FROM_POINTS:
+        same = same_question_BxTxT(question_BxT, mask_BxT, episode_BxT)
+        if reduce == "max":
+            return jnp.max(jnp.where(same, values_BxT[:, None, :], _NEG), axis=-1)
+        return jnp.einsum("bts,bs->bt", same.astype(values_BxT.dtype), values_BxT)
+    segments_BxT = question_segments_BxT(question_BxT, mask_BxT, episode_BxT)
+    segment_op = jax.ops.segment_max if reduce == "max" else jax.ops.segment_sum
+    per_segment = jax.vmap(lambda v, s: segment_op(v, s, num_segments=T + 1))(
+        values_BxT, segments_BxT)
+    return jnp.take_along_axis(per_segment, segments_BxT, axis=-1)
+
+
 def softmax_within_questions(logits_BxT: jax.Array, question_BxT: jax.Array,
                              mask_BxT: jax.Array, episode_BxT: jax.Array | None = None
                              ) -> jax.Array:
@@ -61,13 +100,12 @@ def softmax_within_questions(logits_BxT: jax.Array, question_BxT: jax.Array,
 
     Points of one question share a question id; padding (mask False) gets probability 0.
     """
-    same = same_question_BxTxT(question_BxT, mask_BxT, episode_BxT)
     logits_BxT = jnp.where(mask_BxT, logits_BxT, 0.0)
-    peak_BxT = jnp.max(jnp.where(same, logits_BxT[:, None, :], _NEG), axis=-1)
+    peak_BxT = _within_questions(logits_BxT, question_BxT, mask_BxT, episode_BxT, "max")
     # Padding rows have no peak; shift them by 0 so exp stays finite (inf * 0 is NaN in grads).
     peak_BxT = jax.lax.stop_gradient(jnp.where(mask_BxT, peak_BxT, 0.0))
     exp_BxT = jnp.where(mask_BxT, jnp.exp(logits_BxT - peak_BxT), 0.0)
-    total_BxT = jnp.einsum("bts,bs->bt", same.astype(exp_BxT.dtype), exp_BxT)
+    total_BxT = _within_questions(exp_BxT, question_BxT, mask_BxT, episode_BxT, "sum")
     return jnp.where(mask_BxT, exp_BxT / jnp.where(mask_BxT, total_BxT, 1.0), 0.0)
 
 
@@ -78,7 +116,6 @@ def predictive_std(raw_BxT: jax.Array, bounded: bool) -> jax.Array:
 
 def normalise_within_questions(value_BxT, question_BxT, mask_BxT) -> jax.Array:
     """Non-negative values divided by their question's total; padding gets 0."""
-    same = same_question_BxTxT(question_BxT, mask_BxT)
     value_BxT = jnp.where(mask_BxT, value_BxT, 0.0)
-    total_BxT = jnp.einsum("bts,bs->bt", same.astype(value_BxT.dtype), value_BxT)
+    total_BxT = _within_questions(value_BxT, question_BxT, mask_BxT, None, "sum")
     return jnp.where(mask_BxT, value_BxT / jnp.where(mask_BxT, total_BxT, 1.0), 0.0)

@@ -1,0 +1,85 @@
+"""predict() at scale: time and peak memory for growing numbers of target options, each size
+in a fresh process (peak resident memory is a process's high-water mark), GPO at the paper's
+config, timed on a second call (the first compiles).
+
+    python experiments/bench_predict.py --options 1000 10000 100000
+
+Linear means the time and memory ratios follow the options' ratio (memory above a fixed
+base: the interpreter, JAX and the model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+
+OPTIONS_PER_QUESTION = 4
+E = 576  # SmolLM2's width
+
+
+def one(n_options: int) -> dict:
+    """In this process: adapt to 20 context questions, predict n_options target options."""
+    import resource
+    import time
+
+    import numpy as np
+    from flax import nnx
+
+    from gpo.api import GroupPreferenceModel
+    from gpo.config import RunConfig
+    from gpo.models import GPO, GPOConfig
+    from gpo.points import EmbeddingStats
+
+    stats = EmbeddingStats(np.zeros(E, np.float32), np.ones(E, np.float32))
+    model = GroupPreferenceModel(RunConfig(head="gpo"),
+                                 GPO(GPOConfig.paper(E), rngs=nnx.Rngs(0)), stats)
+    rng = np.random.default_rng(0)
+    context = [(rng.normal(size=(OPTIONS_PER_QUESTION, E)).astype(np.float32),
+                rng.dirichlet(np.ones(OPTIONS_PER_QUESTION))) for _ in range(20)]
+    question = rng.normal(size=(OPTIONS_PER_QUESTION, E)).astype(np.float32)
+    targets = [question] * (n_options // OPTIONS_PER_QUESTION)
+    group = model.adapt(context)
+    group.predict(targets[:2])
+    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    group.predict(targets)  # compiles this size's shapes
+    start = time.perf_counter()
+    predictions = group.predict(targets)
+    seconds = time.perf_counter() - start
+    assert len(predictions) == len(targets)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"options": n_options, "seconds": seconds, "peak_mb": peak_mb, "base_mb": base_mb}
+
+
+def measure(sizes: list[int]) -> list[dict]:
+    """one(n) for each size, each in a fresh Python process."""
+    rows = []
+    for n in sizes:
+        out = subprocess.run([sys.executable, __file__, "--one", str(n)], check=True,
+                             capture_output=True, text=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--options", type=int, nargs="+", default=[1000, 10000, 100000],
+                        help="target options per predict() call (default: 1000 10000 100000)")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one)))
+        return
+    rows = measure(args.options)
+    first = rows[0]
+    print(f"{'options':>8}  {'seconds':>8}  {'peak MB':>8}  {'above base':>10}  "
+          f"{'time ratio':>10}  {'options ratio':>13}")
+    for r in rows:
+        print(f"{r['options']:>8}  {r['seconds']:>8.2f}  {r['peak_mb']:>8.0f}  "
+              f"{r['peak_mb'] - r['base_mb']:>10.0f}  {r['seconds'] / first['seconds']:>10.1f}  "
+              f"{r['options'] / first['options']:>13.0f}")
+
+
+if __name__ == "__main__":
+    main()
