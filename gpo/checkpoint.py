@@ -42,44 +42,86 @@ class Checkpoints:
             model=ocp.args.StandardSave(model_state), meta=ocp.args.JsonSave(_snapshot(meta))))
 
     def restore_latest(self, abstract_model: Any, abstract_optimizer: Any):
-        """(model, optimizer, meta) of the latest checkpoint, or None when there is none."""
-        step = self.latest.latest_step()
-        if step is None:
+        """(model, optimizer, meta) of the newest latest checkpoint that can be read, or None
+        when there is none.
+
+        A damaged step is skipped for the one before it, with a warning naming both, and
+        moved to checkpoints/damaged/ (kept for inspection; left in place it would stop the
+        resumed run from saving that step again). When no step can be read, one
+        `CheckpointError` names each and says what still works."""
+        args = ocp.args.Composite(model=ocp.args.StandardRestore(abstract_model),
+                                  optimizer=ocp.args.StandardRestore(abstract_optimizer),
+                                  meta=ocp.args.JsonRestore())
+        found, failures = self._walk_back([("latest", self.latest)], args)
+        if found is None and not failures:
             return None
-        out = self.latest.restore(step, args=ocp.args.Composite(
-            model=ocp.args.StandardRestore(abstract_model),
-            optimizer=ocp.args.StandardRestore(abstract_optimizer),
-            meta=ocp.args.JsonRestore()))
+        if found is None:
+            best = self._walk_back([("best", self.best)], ocp.args.Composite(
+                model=ocp.args.StandardRestore(abstract_model), meta=ocp.args.JsonRestore()))[0]
+            still = (f"its best checkpoint (step {best[1]}) is intact and still serves "
+                     "predictions; train again in a new run folder" if best else
+                     "restore checkpoints/ from a copy, or move it aside and train again")
+            raise CheckpointError(f"{self.directory}: the run cannot resume, no checkpoint "
+                                  f"under latest/ can be read: {_listed(failures)}; {still}")
+        _, step, out = found
+        if failures:
+            moved = self._set_aside("latest", [failed_step for _, failed_step, _ in failures])
+            warnings.warn(f"{self.directory}: resuming from step {step}: "
+                          f"{_listed(failures)} cannot be read (moved to {moved})",
+                          stacklevel=2)
         return out.model, out.optimizer, out.meta
 
     def restore_model(self, abstract_model: Any):
-        """(model, meta) from the best checkpoint, else the latest; None when there is none.
+        """(model, meta) from the newest best checkpoint that can be read, else the newest
+        latest one; None when there is none.
 
-        A damaged checkpoint (a truncated or missing file) is skipped for the next one with a
-        warning naming both; when none can be read, one `CheckpointError` names each step and
-        the array that failed, instead of orbax's tracebacks."""
-        failures = []
-        for which, manager in (("best", self.best), ("latest", self.latest)):
-            step = manager.latest_step()
-            if step is None:
-                continue
-            try:
-                with _quiet_orbax():
-                    out = manager.restore(step, args=ocp.args.Composite(
-                        model=ocp.args.StandardRestore(abstract_model),
-                        meta=ocp.args.JsonRestore()))
-            except Exception as err:  # noqa: BLE001  (orbax raises many types; all mean damage)
-                failures.append(f"{which} checkpoint (step {step}): {_culprit(err)}")
-                continue
-            if failures:
-                warnings.warn(f"{self.directory}: {failures[0]} cannot be read; using the "
-                              f"{which} checkpoint (step {step})", stacklevel=2)
-            return out.model, out.meta
-        if failures:
+        A damaged checkpoint (a truncated or missing file) is skipped for the next one, every
+        saved step of both, with a warning naming what was used and why; when none can be
+        read, one `CheckpointError` names each step and the array that failed, instead of
+        orbax's tracebacks."""
+        args = ocp.args.Composite(model=ocp.args.StandardRestore(abstract_model),
+                                  meta=ocp.args.JsonRestore())
+        found, failures = self._walk_back([("best", self.best), ("latest", self.latest)], args)
+        if found is None and failures:
             raise CheckpointError(f"{self.directory}: no checkpoint can be read: "
-                                  f"{'; '.join(failures)}. Restore the files from a copy, or "
-                                  "delete checkpoints/ and train again")
-        return None
+                                  f"{_listed(failures)}. Restore the files from a copy, or "
+                                  "move checkpoints/ aside and train again")
+        if found is None:
+            return None
+        which, step, out = found
+        if failures:
+            warnings.warn(f"{self.directory}: using the {which} checkpoint (step {step}): "
+                          f"{_listed(failures)} cannot be read", stacklevel=2)
+        return out.model, out.meta
+
+    def _walk_back(self, managers, args):
+        """((which, step, restored) of the newest readable step, newest manager first, or
+        None; and the failures on the way, (which, step, why) each)."""
+        failures = []
+        for which, manager in managers:
+            for step in sorted(manager.all_steps(), reverse=True):
+                try:
+                    with _quiet_orbax():
+                        return (which, step, manager.restore(step, args=args)), failures
+                except Exception as err:  # noqa: BLE001  (orbax raises many types; all mean damage)
+                    failures.append((which, step, _culprit(err)))
+        return None, failures
+
+    def _set_aside(self, which: str, steps: list[int]) -> Path:
+        """Move damaged steps of a manager to checkpoints/damaged/WHICH-STEP; orbax then sees
+        only the readable ones."""
+        damaged = self.directory / "damaged"
+        damaged.mkdir(exist_ok=True)
+        for step in steps:
+            source = self.directory / which / str(step)
+            target = damaged / f"{which}-{step}"
+            n = 1
+            while target.exists():
+                target, n = damaged / f"{which}-{step}.{n}", n + 1
+            if source.exists():
+                os.replace(source, target)
+        self.latest.reload() if which == "latest" else self.best.reload()
+        return damaged
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
@@ -88,6 +130,11 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _listed(failures: list[tuple[str, int, str]]) -> str:
+    return "; ".join(f"{which} checkpoint (step {step}): {why}"
+                     for which, step, why in failures)
 
 
 def _snapshot(meta: dict) -> dict:

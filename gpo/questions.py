@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
+from gpo.data.survey import normalised
 from gpo.points import EmbeddingStats, OptionTable, References, build_option_table
 
 
@@ -172,9 +173,9 @@ def check_distribution(values, n_options: int, where: str) -> np.ndarray:
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise ValueError(f"{where}: probabilities must be finite and non-negative, got "
                          f"{arr.tolist()}")
-    if arr.sum() <= 0:
+    if not np.any(arr > 0):
         raise ValueError(f"{where}: probabilities sum to 0; nothing to normalise")
-    return arr / arr.sum()
+    return normalised(arr)
 
 
 def check_respondents(values, n_items: int) -> np.ndarray | None:

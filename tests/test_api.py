@@ -191,8 +191,9 @@ def test_damaged_checkpoints_are_named_in_one_message(copied_run):
     copy = copied_run("gpo")
     best = next((copy / "checkpoints" / "best").iterdir())
     _truncate_arrays(best / "model")
-    with pytest.warns(UserWarning, match=rf"best checkpoint \(step {best.name}\): array "
-                                         r"'.*' is damaged .* using the latest checkpoint"):
+    with pytest.warns(UserWarning, match=r"using the latest checkpoint \(step \d+\): best "
+                                         rf"checkpoint \(step {best.name}\): array '.*' is "
+                                         "damaged"):
         model = gpo.load(copy)
     assert model.checkpoint_step == int(max(p.name for p in (copy / "checkpoints" /
                                                              "latest").iterdir()))

@@ -13,8 +13,8 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, monk
 
     write_text = Path.write_text
 
-    def full_disk(self, content):  # the disk fills up half-way through the write
-        write_text(self, content[: len(content) // 2])
+    def full_disk(self, content, **kwargs):  # the disk fills up half-way through the write
+        write_text(self, content[: len(content) // 2], **kwargs)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Path, "write_text", full_disk)

@@ -8,14 +8,20 @@ literal (ast.literal_eval of the inner dict only), never evaluated. Countries ar
 from __future__ import annotations
 
 import ast
-import csv
 import hashlib
 import re
 from pathlib import Path
 
 import numpy as np
 
-from gpo.data.survey import Group, Question, Survey, SurveyBuilder, SurveyDataError
+from gpo.data.survey import (
+    Group,
+    Question,
+    Survey,
+    SurveyBuilder,
+    SurveyDataError,
+    read_csv,
+)
 
 # Options that carry no opinion; they are dropped and the rest renormalised (as GPO does).
 REFUSAL_OPTIONS = frozenset({"dk/refused", "refused", "don't know", "dk", "no answer",
@@ -61,35 +67,34 @@ def load_globalopinionqa(path: str | Path) -> Survey:
                                     f"{[p.name for p in csvs]}")
         path = csvs[0]
     builder = SurveyBuilder("globalopinionqa")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        need = {"question", "selections", "options"}
-        if not need <= set(reader.fieldnames or ()):
-            raise SurveyDataError(f"file {str(path)!r}: missing columns "
-                                  f"{sorted(need - set(reader.fieldnames or ()))}")
-        for line, row in enumerate(reader, start=2):
-            where = f"file {str(path)!r}, line {line}: "
-            try:
-                options = tuple(str(o) for o in ast.literal_eval(row["options"]))
-            except (ValueError, SyntaxError) as err:
-                raise SurveyDataError(f"{where}options is not a literal list: "
-                                      f"{row['options'][:80]!r}") from err
-            refusals = tuple(o.strip().casefold() in REFUSAL_OPTIONS for o in options)
-            n_answers = len(options) - sum(refusals)
-            key = question_key(row["question"], options)
-            question = Question(key, row["question"], options, refusals,
-                                tuple(float(i + 1) for i in range(n_answers)))
-            builder.add_question(question, str(path))
-            keep = ~np.asarray(refusals)
-            for country, probs in parse_selections(row["selections"], where).items():
-                if len(probs) != len(options):
-                    raise SurveyDataError(f"{where}question {key!r}, group {country!r}: "
-                                          f"{len(probs)} values for {len(options)} options "
-                                          f"{list(options)}")
-                answer = np.asarray(probs)[keep]
-                if np.all(np.isfinite(probs)) and answer.sum() == 0 and sum(probs) > 0:
-                    builder.skipped.append(f"{country}/{key}")  # only refusals
-                    continue
-                builder.add_answer(Group(country, "country"), key, answer, None,
-                                   f"{path}:{line}")
+    reader = read_csv(path)
+    need = {"question", "selections", "options"}
+    if not need <= set(reader.fieldnames or ()):
+        raise SurveyDataError(f"file {str(path)!r}: missing columns "
+                              f"{sorted(need - set(reader.fieldnames or ()))}")
+    for line, row in enumerate(reader, start=2):
+        where = f"file {str(path)!r}, line {line}: "
+        try:
+            options = tuple(str(o) for o in ast.literal_eval(row["options"]))
+        except (ValueError, SyntaxError) as err:
+            raise SurveyDataError(f"{where}options is not a literal list: "
+                                  f"{row['options'][:80]!r}") from err
+        refusals = tuple(o.strip().casefold() in REFUSAL_OPTIONS for o in options)
+        n_answers = len(options) - sum(refusals)
+        key = question_key(row["question"], options)
+        question = Question(key, row["question"], options, refusals,
+                            tuple(float(i + 1) for i in range(n_answers)))
+        builder.add_question(question, str(path))
+        keep = ~np.asarray(refusals)
+        for country, probs in parse_selections(row["selections"], where).items():
+            if len(probs) != len(options):
+                raise SurveyDataError(f"{where}question {key!r}, group {country!r}: "
+                                      f"{len(probs)} values for {len(options)} options "
+                                      f"{list(options)}")
+            answer = np.asarray(probs)[keep]
+            if np.all(np.isfinite(probs)) and answer.sum() == 0 and sum(probs) > 0:
+                builder.skipped.append(f"{country}/{key}")  # only refusals
+                continue
+            builder.add_answer(Group(country, "country"), key, answer, None,
+                               f"{path}:{line}")
     return builder.build()

@@ -14,15 +14,21 @@ are refusals; they are dropped and the rest renormalised.
 from __future__ import annotations
 
 import ast
-import csv
-import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from gpo.data.survey import Group, Question, Survey, SurveyBuilder, SurveyDataError
+from gpo.data.survey import (
+    Group,
+    Question,
+    Survey,
+    SurveyBuilder,
+    SurveyDataError,
+    read_csv,
+    read_json,
+)
 
 WAVE_DIR = re.compile(r"^American_Trends_Panel_W(\d+)$")
 # Pseudo-groups in the per-group files that are not demographic groups.
@@ -63,32 +69,35 @@ def _literal(text: str, source: Path, key: str, column: str):
 
 
 def read_info(path: Path) -> list[Question]:
-    """Questions of one wave from its info.csv."""
+    """Questions of one wave from its info.csv, in its order (a key on several rows: the
+    last one's, see the data card)."""
     questions = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        need = {"key", "question", "references", "option_ordinal"}
-        if not need <= set(reader.fieldnames or ()):
-            raise SurveyDataError(f"file {str(path)!r}: missing columns "
-                                  f"{sorted(need - set(reader.fieldnames or ()))}")
-        for row in reader:
-            key = row["key"]
-            options = tuple(str(o) for o in _literal(row["references"], path, key, "references"))
-            ordinals = tuple(float(x) for x in
-                             _literal(row["option_ordinal"], path, key, "option_ordinal"))
-            if len(ordinals) > len(options):
-                raise SurveyDataError(f"file {str(path)!r}, question {key!r}: {len(ordinals)} "
-                                      f"ordinals for {len(options)} options")
-            refusals = tuple(i >= len(ordinals) for i in range(len(options)))
-            questions.append(Question(key, row["question"], options, refusals, ordinals))
+    reader = read_csv(path)
+    need = {"key", "question", "references", "option_ordinal"}
+    if not need <= set(reader.fieldnames or ()):
+        raise SurveyDataError(f"file {str(path)!r}: missing columns "
+                              f"{sorted(need - set(reader.fieldnames or ()))}")
+    for row in reader:
+        key = row["key"]
+        options = tuple(str(o) for o in _literal(row["references"], path, key, "references"))
+        ordinals = _literal(row["option_ordinal"], path, key, "option_ordinal")
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in ordinals):
+            raise SurveyDataError(f"file {str(path)!r}, question {key!r}: column "
+                                  f"'option_ordinal' must list numbers, got "
+                                  f"{row['option_ordinal'][:80]!r}")
+        ordinals = tuple(float(x) for x in ordinals)
+        if len(ordinals) > len(options):
+            raise SurveyDataError(f"file {str(path)!r}, question {key!r}: {len(ordinals)} "
+                                  f"ordinals for {len(options)} options")
+        refusals = tuple(i >= len(ordinals) for i in range(len(options)))
+        questions.append(Question(key, row["question"], options, refusals, ordinals))
     return questions
 
 
 def read_metadata(path: Path) -> dict[str, list[str]]:
     """Attribute -> its groups, from a wave's metadata.csv."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return {row["key"]: [str(o) for o in _literal(row["options"], path, row["key"], "options")]
-                for row in csv.DictReader(f)}
+    return {row["key"]: [str(o) for o in _literal(row["options"], path, row["key"], "options")]
+            for row in read_csv(path)}
 
 
 def _option_index(question: Question) -> dict[str, int]:
@@ -118,11 +127,11 @@ def _answer_counts(question: Question, counts: dict[str, float], option_index: d
             raise SurveyDataError(f"file {str(source)!r}, question {question.key!r}, group "
                                   f"{group!r}: option {option!r} is not one of "
                                   f"{list(question.options)}")
-        try:
-            full[i] += float(count)
-        except (TypeError, ValueError) as err:
+        if isinstance(count, bool) or not isinstance(count, int | float):
             raise SurveyDataError(f"file {str(source)!r}, question {question.key!r}, group "
-                                  f"{group!r}: count {count!r} is not a number") from err
+                                  f"{group!r}: count {count!r} for option {option!r} is not "
+                                  "a number")
+        full[i] += float(count)
     keep = ~np.asarray(question.refusals)
     return full[keep], float(full.sum())
 
@@ -133,16 +142,15 @@ def _add_group_file(builder: SurveyBuilder, path: Path, attribute: str,
     two attributes such as POLPARTY_RACE, nested ({first: {second: {option: count}}} plus
     'marginals', which repeats the first attribute's table and is skipped). An intersection's
     groups join both values: 'POLPARTY_RACE=Democrat & Black'."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as err:
-            raise SurveyDataError(f"file {str(path)!r}: not valid JSON ({err})") from err
+    data = read_json(path)
     for key, per_group in data.items():
         if key not in info:
             raise SurveyDataError(f"file {str(path)!r}, question {key!r}: unknown question key "
                                   f"(not in {path.parent / 'info.csv'})")
         question = info[key]
+        if not isinstance(per_group, dict):
+            raise SurveyDataError(f"file {str(path)!r}, question {key!r}: expected "
+                                  f"{{group: {{option: count}}}}, got {per_group!r:.60}")
         builder.add_question(question, str(path))
         option_index = _option_index(question)
         for name, counts in per_group.items():
@@ -224,36 +232,35 @@ def add_from_responses(builder: SurveyBuilder, wave_dir: Path, wave: int, attrib
     path = wave_dir / "responses.csv"
     groups = read_metadata(wave_dir / "metadata.csv")[attribute]
     weight_column = f"WEIGHT_W{wave}"
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or ())
-        for needed in (weight_column, attribute):
-            if needed not in columns:
-                raise SurveyDataError(f"file {str(path)!r}: no column {needed!r}")
-        keys = [k for k in info if k in columns]
-        indices = {k: _option_index(info[k]) for k in keys}
-        totals = {(g, k): np.zeros(len(info[k].options)) for g in groups for k in keys}
-        for line, row in enumerate(reader, start=2):
-            group = row[attribute]
-            if group not in groups:
-                continue  # 'Refused' and blanks are not groups
-            try:
-                weight = float(row[weight_column])
-            except ValueError as err:
-                raise SurveyDataError(f"file {str(path)!r}, line {line}: weight "
-                                      f"{row[weight_column]!r} is not a number") from err
-            if not np.isfinite(weight) or weight < 0:
-                raise SurveyDataError(f"file {str(path)!r}, line {line}: bad weight {weight}")
-            for k in keys:
-                answer = row[k].strip()
-                if not answer or answer.lower() == "nan":
-                    continue  # not asked
-                i = indices[k].get(answer, indices[k].get(_fold(answer)))
-                if i is None:
-                    raise SurveyDataError(f"file {str(path)!r}, line {line}, question {k!r}: "
-                                          f"answer {answer!r} is not one of "
-                                          f"{list(info[k].options)}")
-                totals[(group, k)][i] += weight
+    reader = read_csv(path)
+    columns = set(reader.fieldnames or ())
+    for needed in (weight_column, attribute):
+        if needed not in columns:
+            raise SurveyDataError(f"file {str(path)!r}: no column {needed!r}")
+    keys = [k for k in info if k in columns]
+    indices = {k: _option_index(info[k]) for k in keys}
+    totals = {(g, k): np.zeros(len(info[k].options)) for g in groups for k in keys}
+    for line, row in enumerate(reader, start=2):
+        group = row[attribute]
+        if group not in groups:
+            continue  # 'Refused' and blanks are not groups
+        try:
+            weight = float(row[weight_column])
+        except ValueError as err:
+            raise SurveyDataError(f"file {str(path)!r}, line {line}: weight "
+                                  f"{row[weight_column]!r} is not a number") from err
+        if not np.isfinite(weight) or weight < 0:
+            raise SurveyDataError(f"file {str(path)!r}, line {line}: bad weight {weight}")
+        for k in keys:
+            answer = row[k].strip()
+            if not answer or answer.lower() == "nan":
+                continue  # not asked
+            i = indices[k].get(answer, indices[k].get(_fold(answer)))
+            if i is None:
+                raise SurveyDataError(f"file {str(path)!r}, line {line}, question {k!r}: "
+                                      f"answer {answer!r} is not one of "
+                                      f"{list(info[k].options)}")
+            totals[(group, k)][i] += weight
     for (group, k), full in totals.items():
         answer = full[~np.asarray(info[k].refusals)]
         if answer.sum() > 0:

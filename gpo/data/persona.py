@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpo.data.survey import Group, Question, SurveyBuilder, SurveyDataError
+from gpo.data.survey import Group, Question, SurveyBuilder, SurveyDataError, read_text
 
 PROMPT = "Which of these two statements would you rather say?"
 
@@ -34,15 +34,14 @@ def read_persona_statements(folder: str | Path, trait: str) -> list[tuple[str, i
     """(statement, +1 matches the trait / -1 contradicts it) from one trait's .jsonl file."""
     path = Path(folder) / f"{trait}.jsonl"
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            try:
-                row = json.loads(line)
-                sign = {"Yes": 1, "No": -1}[row["answer_matching_behavior"].strip()]
-                out.append((str(row["statement"]), sign))
-            except (json.JSONDecodeError, KeyError) as err:
-                raise SurveyDataError(f"file {str(path)!r}, line {line_no}: not a persona "
-                                      f"statement row ({err})") from err
+    for line_no, line in enumerate(read_text(path).splitlines(), start=1):
+        try:
+            row = json.loads(line)
+            sign = {"Yes": 1, "No": -1}[row["answer_matching_behavior"].strip()]
+            out.append((str(row["statement"]), sign))
+        except (json.JSONDecodeError, KeyError) as err:
+            raise SurveyDataError(f"file {str(path)!r}, line {line_no}: not a persona "
+                                  f"statement row ({err})") from err
     if not out:
         raise SurveyDataError(f"file {str(path)!r}: no statements")
     return out

@@ -9,15 +9,56 @@ and a group of size one with a one-hot (or soft) target.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
+import io
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
 
 class SurveyDataError(ValueError):
     """Bad survey input. The message names the file, question key and group at fault."""
+
+
+def read_text(path: str | Path) -> str:
+    """A data file's text; not UTF-8: one error naming the file and the byte."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SurveyDataError(f"file {str(path)!r}: not UTF-8 text (byte {err.start}: "
+                              f"{err.reason})") from None
+
+
+def read_csv(path: str | Path) -> csv.DictReader:
+    """A data file's CSV rows (read whole, so a bad byte is named before any row is used)."""
+    return csv.DictReader(io.StringIO(read_text(path), newline=""))
+
+
+def read_json(path: str | Path, kind: type = dict):
+    """A data file's JSON: invalid JSON, a key repeated within an object (JSON readers
+    would keep only the last silently) or another top-level type: one error naming it."""
+    def no_repeats(pairs):
+        out = {}
+        for key, value in pairs:
+            if key in out:
+                raise SurveyDataError(f"file {str(path)!r}: key {key!r} appears twice in one "
+                                      "object")
+            out[key] = value
+        return out
+
+    try:
+        data = json.loads(read_text(path), object_pairs_hook=no_repeats)
+    except json.JSONDecodeError as err:
+        raise SurveyDataError(f"file {str(path)!r}: not valid JSON ({err})") from None
+    if not isinstance(data, kind):
+        raise SurveyDataError(f"file {str(path)!r}: expected a JSON "
+                              f"{'object' if kind is dict else kind.__name__}, got "
+                              f"{type(data).__name__}")
+    return data
 
 
 def _where(source: str | None, question: str | None = None, group: str | None = None) -> str:
@@ -195,6 +236,13 @@ def _unique(items: Sequence[str], what: str, source: str) -> None:
         seen.add(item)
 
 
+def normalised(values: np.ndarray) -> np.ndarray:
+    """Non-negative values with a positive sum, divided by it; scaled by their largest first,
+    so values whose sum overflows (1e308 twice) still give the right distribution."""
+    scaled = values / values.max()
+    return scaled / scaled.sum()
+
+
 def check_answer(values: Sequence[float], question: Question, group: str,
                  source: str | None) -> np.ndarray:
     """Validate one group's counts or probabilities over a question's answer options."""
@@ -257,7 +305,7 @@ class SurveyBuilder:
                                   "this group and question")
         self.add_group(group)
         total = np.nan if respondents is None else float(respondents)
-        self._answers[(group.label, key)] = (arr / arr.sum(), total)
+        self._answers[(group.label, key)] = (normalised(arr), total)
 
     def build(self, questions: Sequence[str] | None = None) -> Survey:
         """The survey over answered questions (or the given keys, in that order)."""

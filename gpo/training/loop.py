@@ -7,6 +7,7 @@ Shapes: B episodes, Q questions, O options, E embedding width.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -83,7 +84,18 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
     calibrate: when training ends, fit the prediction intervals on the validation groups
     (`gpo.evaluation.conformal`; seconds for the reference head, a minute for GPO on
     OpinionQA on 2 cores); experiments that never predict skip it.
+    The run folder is locked while training (`RunDir.lock`; in a multi-host run, by process
+    0): a second process on it is refused with `RunInUse`.
     """
+    run = RunDir(run_dir)
+    with run.lock() if jax.process_index() == 0 else contextlib.nullcontext():
+        return _train(config, survey, embeddings_QxOxE, run, progress, stop_after, data_dir,
+                      evaluator, calibrate)
+
+
+def _train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run: RunDir,
+           progress: bool, stop_after: int | None, data_dir: str | Path | None,
+           evaluator: Evaluator | None, calibrate: bool) -> TrainResult:
     t = config.train
     head_cls = head_class(config.head)
     model = head_config(config.head, config.model, embedding_dim=embeddings_QxOxE.shape[-1],
@@ -96,7 +108,6 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
                          "per training group, and a mixed group has none")
     stats = EmbeddingStats.fit(embeddings_QxOxE, survey.option_mask_QxO, survey.question_keys)
     references = References.from_survey(survey, split.train_groups, split.train_questions)
-    run = RunDir(run_dir)
     run.start(config, model, survey, RunSplit.of(split, val_groups, survey), embeddings_QxOxE,
               stats, references, None if data_dir is None else str(Path(data_dir).absolute()))
     usable_references = ~np.isin(split.train_groups, val_groups)
