@@ -134,6 +134,7 @@ class GroupPreferenceModel:
                                  f"{type(item).__name__}")
         counts = check_respondents(respondents, len(context))
         resolved = self.catalogue.resolve([q for q, _ in context], where="context")
+        _refuse_repeats(resolved, [q for q, _ in context])
         distributions = [check_distribution(d, len(r.options), f"context item {i} ({r.name!r})")
                          for i, (r, (_, d)) in enumerate(zip(resolved, context))]
         table, batch = self._pack("context", resolved, distributions, counts, _CONTEXT_MULTIPLE)
@@ -333,6 +334,22 @@ class AdaptedGroup:
                                       std[0, start:end], r.key, r.ordinals, self.bands))
                 start = end
         return out
+
+
+def _refuse_repeats(resolved: list[ResolvedQuestion], given: list) -> None:
+    """A question answered twice in one context would count as two independent answers (a
+    repeat 100,000 times gives a near-certain prediction): refused, naming both items. Merge
+    repeated answers first (their respondent-weighted mean, counts summed)."""
+    seen = {}
+    for i, (r, q) in enumerate(zip(resolved, given)):
+        identity = (r.key if r.key is not None else
+                    (r.name, r.options) if not isinstance(q, np.ndarray | jax.Array) else
+                    np.asarray(q, np.float32).tobytes())
+        if identity in seen:
+            raise ValueError(f"context items {seen[identity]} and {i} are the same question "
+                             f"({r.name[:60]!r}); give each question once (merge repeated "
+                             "answers first: their respondent-weighted mean)")
+        seen[identity] = i
 
 
 def _chunks(resolved: list[ResolvedQuestion], max_points: int) -> list[list[ResolvedQuestion]]:

@@ -94,6 +94,13 @@ class Checkpoints:
                           f"{_listed(failures)} cannot be read", stacklevel=2)
         return out.model, out.meta
 
+    def latest_meta(self) -> dict | None:
+        """The meta (step, best, history) of the newest readable latest checkpoint, its
+        arrays left unread; None when there is none."""
+        found, _ = self._walk_back([("latest", self.latest)],
+                                   ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return None if found is None else found[2].meta
+
     def _walk_back(self, managers, args):
         """((which, step, restored) of the newest readable step, newest manager first, or
         None; and the failures on the way, (which, step, why) each)."""

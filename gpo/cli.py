@@ -5,9 +5,11 @@ runs."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 from gpo.data.datasets import DATASETS
@@ -125,9 +127,14 @@ def cmd_suggest(args) -> None:
 
 def _read_json(path: str, what: str):
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ValueError(f"{what} file {path!r} does not exist") from err
+    except IsADirectoryError as err:
+        raise ValueError(f"{what} file {path!r} is a folder; give the JSON file") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} file {path!r} is not UTF-8 text ({err.reason} at byte "
+                         f"{err.start})") from err
     except json.JSONDecodeError as err:
         raise ValueError(f"{what} file {path!r} is not valid JSON: {err}") from err
 
@@ -294,13 +301,70 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run one subcommand. A user mistake or an environment fault ends in one line naming the
+    file or field, exit 2; Ctrl-C in one line, exit 130; a programming error keeps its
+    traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    except KeyboardInterrupt:
+        parser.exit(130, f"gpo {args.command}: interrupted{_resume_hint(args)}\n")
+    except Exception as err:  # noqa: BLE001  (sorted into user errors and bugs below)
+        message = user_error(err)
+        if message is None:
+            raise
         parser.exit(2, f"gpo {args.command}: error: {message}\n")
+
+
+_OS_HINTS = {errno.ENOSPC: "the disk is full; free space and run the same command again",
+             errno.EDQUOT: "the disk quota is used up; free space and run the same command "
+                           "again",
+             errno.EROFS: "the file system is read-only; choose a writable folder",
+             errno.EACCES: "permission denied; check the path's permissions",
+             errno.EPERM: "permission denied; check the path's permissions",
+             errno.EISDIR: "a folder where a file is expected",
+             errno.ENOTDIR: "a file where a folder is expected",
+             errno.ENOENT: "it does not exist",
+             errno.EEXIST: "it exists and is not what gpo would write there"}
+
+
+def user_error(err: BaseException) -> str | None:
+    """The one line for an error a user can act on (bad input, a missing, unreadable or
+    wrong-kind path, a full or read-only disk, running out of memory); None for a
+    programming error."""
+    if isinstance(err, KeyError):
+        return str(err.args[0]) if err.args else None
+    if isinstance(err, UnicodeError):
+        return (f"a file is not UTF-8 text ({getattr(err, 'reason', err)}); save it as UTF-8")
+    if isinstance(err, ValueError):
+        return str(err)
+    if isinstance(err, OSError):
+        if err.filename is None and err.errno is None:
+            return str(err) or type(err).__name__
+        hint = _OS_HINTS.get(err.errno, err.strerror or str(err))
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{hint}" + (f" ({err.strerror})" if err.strerror and err.strerror
+                                   not in hint else "")
+    if isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in str(err)[:2000]:
+        return ("out of memory; use a smaller train.sampling.batch_size, fewer questions a "
+                "call, or a machine with more memory")
+    if isinstance(err, zipfile.BadZipFile):
+        return f"a file is not a valid .npz archive ({err})"
+    return None
+
+
+def _resume_hint(args) -> str:
+    """For an interrupted `gpo train`: the step its run resumes from."""
+    if args.command != "train":
+        return ""
+    latest = Path(args.run_dir) / "checkpoints" / "latest"
+    steps = sorted(int(p.name) for p in latest.iterdir()
+                   if p.name.isdigit()) if latest.is_dir() else []
+    if not steps:
+        return "; no checkpoint was saved yet, so the same command starts it again"
+    return (f"; {args.run_dir} keeps its checkpoint of step {steps[-1]}: run the same command "
+            "to resume from there")
 
 
 def run() -> None:

@@ -48,6 +48,14 @@ class DataConfig:
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in [0, 1), got "
                              f"{self.validation_fraction}")
+        if not 0 < self.train_fraction < 1:
+            raise ValueError(f"train_fraction must be in (0, 1): some groups train, some are "
+                             f"tested; got {self.train_fraction}")
+        for name in ("eval_k", "synthetic_groups", "synthetic_questions", "persona_types"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_group_answers < 0:
+            raise ValueError(f"min_group_answers must be >= 0, got {self.min_group_answers}")
 
     @property
     def metric(self) -> str:
@@ -69,6 +77,9 @@ class EmbedConfig:
             raise ValueError("embed.model must name an embedder")
         if self.pooling not in ("mean", "last"):
             raise ValueError(f"embed.pooling must be 'mean' or 'last', got {self.pooling!r}")
+        for name in ("dim", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +174,11 @@ class TrainConfig:
             raise ValueError(f"steps_per_call must be >= 1, got {self.steps_per_call}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("warmup_steps", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.devices is not None and self.devices < 1:
+            raise ValueError(f"devices must be >= 1 (or null: all), got {self.devices}")
 
     @classmethod
     def paper(cls) -> TrainConfig:
@@ -220,6 +236,9 @@ class RunConfig:
     def from_dict(cls, raw: dict) -> RunConfig:
         """Parse a config's JSON form; an older layout (sampling fields directly under
         `train`) is read as the current one."""
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"config: expected a JSON object of sections, got "
+                             f"{type(raw).__name__}")
         raw = dict(raw)
         unknown = sorted(set(raw) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
@@ -239,7 +258,21 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A RunConfig JSON file; one error names the file and what is wrong with it."""
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"config file {str(path)!r} does not exist") from None
+        except IsADirectoryError:
+            raise ValueError(f"config file {str(path)!r} is a folder; give the JSON file"
+                             ) from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"config file {str(path)!r} is not valid JSON text ({err})"
+                             ) from None
+        try:
+            return cls.from_dict(raw)
+        except ValueError as err:
+            raise ValueError(f"config file {str(path)!r}: {err}") from None
 
     def override(self, assignments: Sequence[str]) -> RunConfig:
         """Apply 'section.field=value' (any depth, e.g. train.sampling.batch_size=8) or
@@ -306,7 +339,14 @@ def build_section(cls, raw: Any, section: str, fields: Sequence | None = None,
             values[name] = build_section(hint, value, f"{section}.{name}")
         else:
             values[name] = _typed(value, hint, f"{section}.{name}")
-    return cls(**values) if construct else values
+    if not construct:
+        return values
+    try:
+        return cls(**values)
+    except ValueError as err:  # a field's range or a combination: name the section
+        message = str(err)
+        raise ValueError(message if message.startswith("config ") else
+                         f"config section {section!r}: {message}") from None
 
 
 def _typed(value, hint, field: str):

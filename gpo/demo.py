@@ -42,8 +42,9 @@ def _demo_survey(folder: Path | None):
     if folder is not None:
         try:
             root = find_human_resp(folder)
-        except FileNotFoundError:
-            root = None
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}; or give no data folder for the synthetic "
+                                    "survey") from None
         if root is not None:
             survey = load_opinionqa(root).complete_questions()
             keep = np.random.default_rng(0).choice(len(survey.questions), DEMO_QUESTIONS,
@@ -54,6 +55,8 @@ def _demo_survey(folder: Path | None):
 
 def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | None = None,
              embedder: str = "smollm2") -> Evaluation:
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
     started = time.perf_counter()
     out_dir = Path(out)
     folder = _data_dir(data_dir)
@@ -173,5 +176,11 @@ def summary(evaluation: Evaluation, k: int, ceiling: float | None = None) -> str
 
 
 def _data_dir(flag: str | None) -> Path | None:
+    """The data folder a user named (--data-dir, else $GPO_DATA_DIR), which must exist;
+    None when neither names one (the synthetic survey)."""
     root = data_dir(flag)
-    return root if root is not None and root.exists() else None
+    if root is not None and not root.is_dir():
+        named = "--data-dir" if flag else "$GPO_DATA_DIR"
+        raise FileNotFoundError(f"{named} {str(root)!r} is not a folder; give the OpinionQA "
+                                f"folder, or unset {named} for the synthetic survey")
+    return root

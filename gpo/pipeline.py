@@ -18,7 +18,7 @@ from gpo.evaluation.evaluate import Evaluation, evaluate_run
 from gpo.models.registry import check_model_section
 from gpo.points import check_finite
 from gpo.run_dir import RunDir
-from gpo.training.loop import TrainResult, train
+from gpo.training.loop import TrainResult, check_against_data, finished_run, train
 
 
 def dataset_folder(config: DataConfig) -> Path | None:
@@ -81,9 +81,15 @@ def train_run(config: RunConfig, run_dir: str | Path, progress: bool = True,
               survey: Survey | None = None, embeddings: np.ndarray | None = None
               ) -> TrainResult:
     """Load (unless given), embed (unless given) and meta-train; the run records its data.
-    The head's config section is checked first, before any minute goes to embedding."""
+    Before any minute goes to embedding: the head's config section, the config against the
+    data, and the run folder are checked; a run folder that already finished this config
+    returns its result at once (`TrainResult.seconds` 0)."""
     check_model_section(config.head, config.model)
     survey = load_survey(config.data) if survey is None else survey
+    check_against_data(config, survey)
+    done = finished_run(config, RunDir(run_dir))
+    if done is not None:
+        return done
     embeddings = embed(survey, config.embed) if embeddings is None else embeddings
     return train(config, survey, embeddings, run_dir, progress=progress,
                  data_dir=dataset_folder(config.data))

@@ -90,7 +90,14 @@ class QuestionCatalogue:
                                      "embeddings for new questions")
                 out.append(self.of_key(q))
             elif isinstance(q, np.ndarray | jax.Array):
-                emb = np.asarray(q, np.float32)
+                try:
+                    emb = np.asarray(q, np.float32)
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"{label}: option embeddings are not numbers ({err})"
+                                     ) from None
+                if emb.ndim == 2 and len(emb) < 2:
+                    raise ValueError(f"{label}: option embeddings for {len(emb)} options; a "
+                                     "question needs at least 2")
                 if emb.ndim != 2 or emb.shape[1] != self.embedding_dim:
                     raise ValueError(f"{label}: option embeddings have shape {emb.shape}, "
                                      f"expected (options, {self.embedding_dim})")
@@ -100,7 +107,13 @@ class QuestionCatalogue:
                 out.append(new_question(f"question {i}", tuple(
                     f"option {j}" for j in range(len(emb))), emb))
             elif isinstance(q, tuple | list) and len(q) == 2 and isinstance(q[0], str):
-                text, options = q[0], tuple(str(o) for o in q[1])
+                if isinstance(q[1], str) or not isinstance(q[1], Sequence) or not all(
+                        isinstance(o, str) for o in q[1]):
+                    raise ValueError(f"{label}: the options of {q[0][:60]!r} must be a list "
+                                     f"of strings, got {q[1]!r:.60}")
+                text, options = q[0], tuple(q[1])
+                if len(set(options)) != len(options):
+                    raise ValueError(f"{label}: {text[:60]!r} lists an option twice")
                 if len(options) < 2:
                     raise ValueError(f"{label}: {text[:60]!r} needs at least 2 options")
                 out.append(new_question(text, options, np.zeros(0)))

@@ -183,21 +183,28 @@ class RunDir:
         except RunFileError:
             return False
         return saved.keys() == arrays.keys() and all(
-            saved[k].shape == np.shape(v) and np.array_equal(saved[k], v)
+            saved[k].shape == np.shape(v) and np.array_equal(
+                saved[k], v, equal_nan=saved[k].dtype.kind == "f")  # no counts: NaN
             for k, v in arrays.items())
 
     def save_calibration(self, calibration: Calibration) -> None:
         _write_atomic(self.path / "calibration.json",
                       json.dumps(calibration.to_json(), indent=1))
 
-    def _check_same(self, config: RunConfig, head_config: Any, record: dict) -> None:
-        """Refuse to resume with another config (naming each differing field) or other data."""
-        differing = config_differences(self.trained_config, config, self.head_config,
+    def check_same_config(self, config: RunConfig, head_config: Any = None) -> None:
+        """Refuse to resume with another config, naming each differing field (the head's
+        config too, where given: the sizes the data decides)."""
+        differing = config_differences(self.trained_config, config,
+                                       None if head_config is None else self.head_config,
                                        head_config)
         if differing:
             raise ValueError(f"{self.path} holds a run with a different config: "
                              f"{'; '.join(differing[:6])}; use a new run folder, or the run's "
                              "own config (its config.json)")
+
+    def _check_same(self, config: RunConfig, head_config: Any, record: dict) -> None:
+        """Refuse to resume with another config or other data."""
+        self.check_same_config(config, head_config)
         if (self.path / "run.json").exists():
             old_record = self.record
             for field in ("questions", "split"):

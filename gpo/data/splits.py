@@ -108,6 +108,12 @@ def make_eval_task(survey: Survey, split: Split, k: int, seed: int = 0) -> EvalT
             if len(mine) <= k:
                 continue  # nothing would be left to predict; group is not evaluated
             context[row, rng.choice(mine, size=k, replace=False)] = True
+    if not context.any():
+        most = int(survey.answered_GxQ[split.test_groups][:, split.test_questions].sum(1).max(
+            initial=0))
+        raise ValueError(f"k = {k} context questions leave none to predict: each group "
+                         f"answered at most {most} of the {len(split.test_questions)} test "
+                         f"questions, so k must be below {most}")
     return task_with_context(survey, split, context)
 
 

@@ -20,7 +20,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from gpo.config import RunConfig, TrainConfig
-from gpo.data.splits import Split, make_split, validation_split
+from gpo.data.splits import Split, make_eval_task, make_split, validation_split
 from gpo.data.survey import Survey
 from gpo.evaluation.conformal import calibrate_run
 from gpo.evaluation.evaluate import validation_evaluator
@@ -69,6 +69,54 @@ def split_for(config: RunConfig, survey: Survey) -> Split:
     return make_split(survey, d.protocol, seed=d.split_seed, train_fraction=d.train_fraction)
 
 
+def check_against_data(config: RunConfig, survey: Survey) -> None:
+    """Refuse a config the data cannot serve, before any minute goes to embedding or
+    training: a split without meta-training, validation or test groups, or a `data.eval_k`
+    that leaves the validation groups nothing to predict. One error names the field."""
+    d = config.data
+    try:
+        split = split_for(config, survey)
+    except ValueError as err:
+        raise ValueError(f"data.train_fraction={d.train_fraction} on {len(survey.groups)} "
+                         f"groups: {err}") from None
+    train_groups, val_groups = validation_split(split, d.validation_fraction, d.split_seed)
+    if not len(train_groups):
+        raise ValueError(f"data.validation_fraction={d.validation_fraction} holds out all "
+                         f"{len(split.train_groups)} training groups: none is left to "
+                         "meta-train on")
+    if d.validation_fraction > 0 and not len(val_groups):
+        raise ValueError(f"data.validation_fraction={d.validation_fraction} of "
+                         f"{len(split.train_groups)} training groups holds out none; raise it, "
+                         "or set it to 0 to train without validation")
+    if len(val_groups):
+        try:
+            make_eval_task(survey, dataclasses.replace(split, test_groups=val_groups), d.eval_k,
+                           seed=split.seed)
+        except ValueError as err:
+            raise ValueError(f"data.eval_k={d.eval_k} (the validation groups' context): {err}"
+                             ) from None
+
+
+def finished_run(config: RunConfig, run: RunDir) -> TrainResult | None:
+    """The result of a run folder that already finished `config`'s training (and
+    calibration, where it has validation groups), read from its last checkpoint; None when
+    there is more to do. A folder holding another config is refused naming the fields."""
+    if not (run.exists() and run.has_checkpoints()):
+        return None
+    run.check_same_config(config)
+    checkpoints = run.checkpoints()
+    try:
+        meta = checkpoints.latest_meta()
+    finally:
+        checkpoints.close()
+    if meta is None or int(meta["step"]) != config.train.steps:
+        return None
+    if config.data.validation_fraction > 0 and not (run.path / "calibration.json").exists():
+        return None
+    return TrainResult(run.path, int(meta["step"]), meta["best_validation"],
+                       meta["best_step"], meta["history"], 0.0)
+
+
 def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_dir: str | Path,
           progress: bool = True, stop_after: int | None = None,
           data_dir: str | Path | None = None,
@@ -87,6 +135,7 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
     The run folder is locked while training (`RunDir.lock`; in a multi-host run, by process
     0): a second process on it is refused with `RunInUse`.
     """
+    check_against_data(config, survey)  # before the run folder is made
     run = RunDir(run_dir)
     with run.lock() if jax.process_index() == 0 else contextlib.nullcontext():
         return _train(config, survey, embeddings_QxOxE, run, progress, stop_after, data_dir,
@@ -142,32 +191,37 @@ def _train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run:
     started = time.perf_counter()
     pending = None  # the previous call's metrics: read one call late so the loop never blocks
     window = []  # losses since the last record
-    for step, n in step_calls(start, end, t):
-        state, opt_state, metrics = steps(state, opt_state, step, n)
-        if pending is not None:
-            _check_finite(*pending, survey)
-        pending = (step, metrics)
-        window.append(metrics["loss"])
-        done = step + n
-        bar.update(n)
-        if done % t.eval_every == 0 or done == t.steps:
-            _check_finite(*pending, survey)
-            # the mean over the steps since the last record: one step's loss swings with its
-            # episodes' sizes
-            record = {"step": done, "loss": float(np.mean(np.concatenate(
-                [np.atleast_1d(np.asarray(loss)) for loss in window])))}
-            window = []
-            if evaluator is not None:
-                record.update(evaluator.run(nnx.merge(graphdef, state), table))
-                if record[evaluator.name] > meta["best_validation"]:
-                    meta["best_validation"], meta["best_step"] = record[evaluator.name], done
-                    checkpoints.save_best(done, state, {"step": done,
-                                                        "validation": record[evaluator.name]})
-            meta["history"].append(record)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
-        if done % t.checkpoint_every == 0 or done == end:
-            meta["step"] = done
-            checkpoints.save_latest(done, state, opt_state, meta)
+    try:
+        for step, n in step_calls(start, end, t):
+            state, opt_state, metrics = steps(state, opt_state, step, n)
+            if pending is not None:
+                _check_finite(*pending, survey)
+            pending = (step, metrics)
+            window.append(metrics["loss"])
+            done = step + n
+            bar.update(n)
+            if done % t.eval_every == 0 or done == t.steps:
+                _check_finite(*pending, survey)
+                # the mean over the steps since the last record: one step's loss swings with its
+                # episodes' sizes
+                record = {"step": done, "loss": float(np.mean(np.concatenate(
+                    [np.atleast_1d(np.asarray(loss)) for loss in window])))}
+                window = []
+                if evaluator is not None:
+                    record.update(evaluator.run(nnx.merge(graphdef, state), table))
+                    if record[evaluator.name] > meta["best_validation"]:
+                        meta["best_validation"], meta["best_step"] = record[evaluator.name], done
+                        checkpoints.save_best(done, state, {"step": done,
+                                                            "validation": record[evaluator.name]})
+                meta["history"].append(record)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
+            if done % t.checkpoint_every == 0 or done == end:
+                meta["step"] = done
+                checkpoints.save_latest(done, state, opt_state, meta)
+    except KeyboardInterrupt:  # finish the checkpoint being written: the run resumes from it
+        checkpoints.wait()
+        checkpoints.close()
+        raise
     bar.close()
     if pending is not None:
         _check_finite(*pending, survey)
