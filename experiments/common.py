@@ -163,12 +163,13 @@ class SplitRuns:
 
 def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray,
                        run_root: str | Path, ks: Sequence[int], seeds: Sequence[int],
-                       log=print, baselines: bool = True, without_counts: bool = False
-                       ) -> SplitRuns:
+                       log=print, baselines: bool = True, without_counts: bool = False,
+                       **evaluate_options) -> SplitRuns:
     """For each split seed: meta-train (resuming run_root/<seed>; intervals are calibrated
     by experiments/calibration.py, which alone reads them) and score the head beside
     the baselines at every k (context questions drawn with the split's seed); with
-    `without_counts`, the head also given its context answers without respondent counts."""
+    `without_counts`, the head also given its context answers without respondent counts;
+    `evaluate_options` go to `evaluate_run` (the prompting baselines' LLM, say)."""
     evaluation, validation, run_dirs = None, [], []
     for seed in seeds:
         seeded = dataclasses.replace(config, data=dataclasses.replace(config.data,
@@ -178,7 +179,7 @@ def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray
         result = train(seeded, survey, embeddings, run_dir, progress=False,
                        data_dir=dataset_folder(seeded.data), calibrate=False)
         scored = evaluate_run(run_dir, survey, ks, baselines=baselines,
-                              without_counts=without_counts)
+                              without_counts=without_counts, **evaluate_options)
         log(f"{config.head} protocol {config.data.protocol} split {seed}: {result.steps} steps "
             f"({time.perf_counter() - start:.0f}s), best validation "
             f"{result.best_validation:.4f} at step {result.best_step}")

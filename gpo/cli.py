@@ -15,6 +15,10 @@ from pathlib import Path
 from gpo.data.datasets import DATASETS
 from gpo.intervals import DEFAULT_LEVEL
 
+# gpo.evaluation.prompting.STYLES, written out so that `gpo --help` imports no JAX (a test
+# keeps the two equal).
+PROMPT_STYLES = ("zero-shot", "steered-QA", "steered-BIO", "steered-PORTRAY", "few-shot")
+
 CONTEXT_FORMAT = """context JSON: a list of objects, one per answered question:
   [{"question": "WORLDDANGER_W26", "distribution": [0.2, 0.6, 0.2], "respondents": 420},
    {"question": {"text": "Do you own a gun?", "options": ["Yes", "No"]},
@@ -66,8 +70,17 @@ def cmd_eval(args) -> None:
     from gpo.evaluation.plots import plot_alignment_vs_k, plot_per_group
     from gpo.evaluation.report import evaluation_table, write_html, write_json
     from gpo.pipeline import evaluate_saved_run
+    llm = None
+    if args.llm_baselines:
+        from gpo.config import user_cache_dir
+        from gpo.embed.letters import LetterScorer
+        from gpo.evaluation.prompting import PromptingBaselines
+        llm = PromptingBaselines(LetterScorer(args.llm, cache_dir=user_cache_dir()
+                                              / "llm_answers"),
+                                 tuple(args.llm_styles or PROMPT_STYLES))
     evaluation, survey, what = evaluate_saved_run(args.run_dir, args.k, args.seeds,
-                                                   args.data_dir, args.all_questions)
+                                                   args.data_dir, args.all_questions, llm,
+                                                   args.llm_questions)
     title = (f"{survey.name}, protocol {evaluation.protocol}, split seed "
              f"{evaluation.splits[0].seed}: {len(evaluation.splits[0].groups)} held-out groups, "
              f"{what}")
@@ -255,6 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-questions", action="store_true",
                    help="score on every question of the dataset, not only the run's own "
                    "(new ones are embedded)")
+    p.add_argument("--llm-baselines", action="store_true",
+                   help="also prompt an LLM: zero-shot, steered (QA, BIO, PORTRAY) and "
+                   "few-shot with the group's context answers, each also averaged over the "
+                   "reversed option order (answers cached in $GPO_CACHE_DIR or ~/.cache/gpo)")
+    p.add_argument("--llm", default="smollm2",
+                   help="the LLM --llm-baselines prompts: smollm2, a Llama-family .gguf or "
+                   "Hugging Face folder (default: smollm2)")
+    p.add_argument("--llm-styles", nargs="+", default=None, choices=PROMPT_STYLES,
+                   metavar="STYLE",
+                   help="prompting styles to score (default: all of "
+                   f"{', '.join(PROMPT_STYLES)})")
+    p.add_argument("--llm-questions", type=int, default=0, metavar="N",
+                   help="score every method on N fixed random questions only (prompting "
+                   "costs 0.2-0.4 s a prompt on 2 CPU cores; default: all)")
     p.add_argument("--out", help="report folder (default: RUN_DIR/eval)")
     p.set_defaults(run=cmd_eval)
 

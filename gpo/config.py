@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,14 @@ from typing import Any
 from gpo.data.datasets import DATASETS, dataset
 
 DEFAULT_HEAD = "reference"
+
+
+def user_cache_dir() -> Path:
+    """Where gpo caches what it computes from model weights (LLM answers): $GPO_CACHE_DIR,
+    else $XDG_CACHE_HOME/gpo, else ~/.cache/gpo (the XDG convention)."""
+    if os.environ.get("GPO_CACHE_DIR"):
+        return Path(os.environ["GPO_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpo"
 LOSSES = ("default", "gaussian_nll", "kl", "wasserstein", "kl+nll", "wasserstein+nll")
 SAMPLERS = ("host", "device")
 PACKINGS = ("auto", "rows", "off")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from gpo.models.registry import check_model_section
 from gpo.points import check_finite
 from gpo.run_dir import RunDir
 from gpo.training.loop import TrainResult, check_against_data, finished_run, train
+
+if TYPE_CHECKING:
+    from gpo.evaluation.prompting import PromptingBaselines
 
 
 def dataset_folder(config: DataConfig) -> Path | None:
@@ -105,20 +109,43 @@ def run_survey(run: RunDir, data_dir_override: str | Path | None = None) -> Surv
 
 def evaluate_saved_run(run_dir: str | Path, ks: Sequence[int], eval_seeds: Sequence[int] | None,
                        data_dir_override: str | Path | None = None,
-                       all_questions: bool = False) -> tuple[Evaluation, Survey, str]:
+                       all_questions: bool = False, llm: PromptingBaselines | None = None,
+                       llm_questions: int = 0) -> tuple[Evaluation, Survey, str]:
     """(evaluation, survey, what was evaluated) of a saved run: on its own questions and
     embeddings (nothing is embedded again), or with `all_questions` on every question of its
-    dataset (the new ones embedded with the run's embedder)."""
+    dataset (the new ones embedded with the run's embedder). llm: the prompting baselines
+    too; llm_questions > 0: every method scored on that many fixed random questions only."""
     run = RunDir(run_dir).require()
     if not all_questions:
         survey = run_survey(run, data_dir_override)
-        what = f"the run's {len(survey.questions)} questions"
-        return evaluate_run(run, survey, ks, eval_seeds), survey, what
+        scored_Q = scored_questions(len(survey.questions), llm_questions)
+        what = f"the run's {len(survey.questions)} questions" + _scored(scored_Q)
+        return (evaluate_run(run, survey, ks, eval_seeds, llm=llm, scored_Q=scored_Q), survey,
+                what)
     config = run.config
     folder = data_dir_override if data_dir_override is not None else run.data_dir
     data = dataclasses.replace(config.data, data_dir=None if folder is None else str(folder))
     survey = load_survey(data)
     embeddings = embed(survey, config.embed)
+    scored_Q = scored_questions(len(survey.questions), llm_questions)
     what = (f"all {len(survey.questions)} questions of {survey.name} (the run trained on "
-            f"{len(run.question_keys)})")
-    return evaluate_run(run, survey, ks, eval_seeds, embeddings_QxOxE=embeddings), survey, what
+            f"{len(run.question_keys)})" + _scored(scored_Q))
+    return (evaluate_run(run, survey, ks, eval_seeds, embeddings_QxOxE=embeddings, llm=llm,
+                         scored_Q=scored_Q), survey, what)
+
+
+def scored_questions(n_questions: int, wanted: int, seed: int = 0) -> np.ndarray | None:
+    """A fixed random subset of `wanted` questions (bool `[Q]`) to score every method on, the
+    same whatever the split (None: all): prompting an LLM with every target of every group
+    takes hours on a CPU."""
+    if wanted < 0:
+        raise ValueError(f"the number of scored questions must be >= 0, got {wanted}")
+    if wanted == 0 or wanted >= n_questions:
+        return None
+    scored = np.zeros(n_questions, bool)
+    scored[np.random.default_rng(seed).choice(n_questions, wanted, replace=False)] = True
+    return scored
+
+
+def _scored(scored_Q: np.ndarray | None) -> str:
+    return "" if scored_Q is None else f", {int(scored_Q.sum())} fixed random ones scored"

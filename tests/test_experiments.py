@@ -264,3 +264,21 @@ def test_question_selection(shared, capsys):
     setting = report(shared, "qs")["settings"]["opinionqa_A"]
     assert setting["default"] in ("design", "posterior", "metric")
     assert (shared["tmp"] / "qs.png").stat().st_size > 10_000
+
+
+@needs_smollm2
+def test_paper_comparison(shared, capsys):
+    """GPO's protocol, two heads, the few-shot prompt (the one with a group prefix) on three
+    scored questions: the table, the paired interval and the report."""
+    out = run_script("paper_comparison.py", [
+        "--data-dir", shared["data"], "--protocols", "gpo", "--heads", "gpo", "pal",
+        "--llm-styles", "few-shot", "--llm-questions", "3", "--k", "2", *TINY,
+        *common(shared, "paper")], capsys)
+    assert "GPO's protocol: 17 groups (11 held out), 179 questions (3 fixed random scored)" in out
+    for method in ("uniform", "LLM few-shot", "LLM few-shot, both orders", "GPO", "PAL K=4",
+                   "population prior", "group regression", "noise ceiling"):
+        assert len(table_row(out, method)) == 1, method
+    assert "GPO - LLM few-shot" in out and "(95% bootstrap)" in out
+    gpo = report(shared, "paper")["gpo"]
+    assert len(gpo["scored_questions"]) == 3 and gpo["gpo_vs_best_prompting"]["low"] <= gpo[
+        "gpo_vs_best_prompting"]["high"]

@@ -28,6 +28,11 @@ def _opinionqa(config: DataConfig, folder: Path | None) -> Survey:
     return load_opinionqa(folder).complete_questions()
 
 
+def _opinionqa_gpo(config: DataConfig, folder: Path | None) -> Survey:
+    from gpo.data.opinionqa import load_opinionqa_gpo
+    return load_opinionqa_gpo(folder)
+
+
 def _globalopinionqa(config: DataConfig, folder: Path | None) -> Survey:
     from gpo.data.globalopinionqa import load_globalopinionqa
     return load_globalopinionqa(folder).drop_sparse(config.min_group_answers)
@@ -50,6 +55,9 @@ def _synthetic(config: DataConfig, folder: Path | None) -> Survey:
 DATASETS: dict[str, Dataset] = {d.name: d for d in (
     Dataset("opinionqa", "wasserstein", "opinionqa", "see data_cards/opinionqa.md",
             _opinionqa),
+    Dataset("opinionqa-gpo", "wasserstein", "opinionqa",
+            "GPO's protocol: its 17 groups present, the contentious questions they all answered "
+            "(see data_cards/opinionqa.md)", _opinionqa_gpo),
     Dataset("globalopinionqa", "js", "globalopinionqa", "see data_cards/globalopinionqa.md",
             _globalopinionqa),
     Dataset("persona", "accuracy", "anthropic_persona",

@@ -14,6 +14,7 @@ are refusals; they are dropped and the rest renormalised.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -266,3 +267,42 @@ def add_from_responses(builder: SurveyBuilder, wave_dir: Path, wave: int, attrib
         if answer.sum() > 0:
             builder.add_question(info[k], str(path))
             builder.add_answer(Group(group, attribute), k, answer, full.sum(), str(path))
+
+
+# GPO's 22 OpinionQA groups (Zhao et al. 2024) as this loader labels them; its five religious
+# groups (Atheist, Hindu, Jewish, Muslim, Protestant) have no per-group answers in the
+# released human_resp/ folders, so 17 remain.
+GPO_GROUPS = (
+    "CREGION=Northeast", "CREGION=South", "SEX=Female", "SEX=Male",
+    "EDUCATION=College graduate/some postgrad", "EDUCATION=Less than high school",
+    "POLPARTY=Democrat", "POLPARTY=Republican", "INCOME=$100,000 or more",
+    "INCOME=Less than $30,000", "POLIDEOLOGY=Conservative", "POLIDEOLOGY=Liberal",
+    "POLIDEOLOGY=Moderate", "RACE=Asian", "RACE=Black", "RACE=Hispanic", "RACE=White")
+CONTENTIOUS = "Pew_American_Trends_Panel_disagreement_500"
+
+
+def contentious_keys(root: str | Path) -> list[str]:
+    """The keys of OpinionQA's 500 high-disagreement questions (the set GPO evaluates on)."""
+    path = find_human_resp(root) / CONTENTIOUS / "info.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; GPO's protocol needs OpinionQA's list of "
+                                "contentious questions")
+    return [row["key"] for row in read_csv(path)]
+
+
+def load_opinionqa_gpo(root: str | Path) -> Survey:
+    """GPO's protocol: its groups (GPO_GROUPS) on the contentious questions they all answered
+    (156 of the 500 in the released per-group files)."""
+    survey = load_opinionqa(root)
+    missing = [g for g in GPO_GROUPS if g not in survey.group_labels]
+    if missing:
+        raise SurveyDataError(f"{find_human_resp(root)}: GPO's groups {missing} are missing")
+    groups = [survey.group_index(g) for g in GPO_GROUPS]
+    wanted = set(contentious_keys(root))
+    answered_Q = survey.answered_GxQ[groups].all(0)
+    questions = [q for q, key in enumerate(survey.question_keys)
+                 if key in wanted and answered_Q[q]]
+    if len(questions) < 2:
+        raise SurveyDataError(f"{find_human_resp(root)}: {len(questions)} contentious questions "
+                              "are answered by all of GPO's groups")
+    return dataclasses.replace(survey.select(groups, questions), name="opinionqa-gpo")

@@ -181,13 +181,25 @@ class DecoderLayer(nnx.Module):
 
 
 class LlamaModel(nnx.Module):
-    """The decoder stack without the language-model head (embeddings need no logits)."""
+    """The decoder stack, and its language-model head for next-token logits (`logits`): a
+    separate output matrix where the model has one, else the input embedding (tied)."""
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config: LlamaConfig, tied_output: bool = True):
         self.config = config
         self.embed = nnx.Param(jnp.zeros((config.vocab_size, config.hidden_size), jnp.float32))
         self.layers = nnx.List([DecoderLayer(config) for _ in range(config.num_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.output = None if tied_output else nnx.Param(
+            jnp.zeros((config.vocab_size, config.hidden_size), jnp.float32))
+
+    def logits(self, hidden_NxD, token_ids=None):
+        """Next-token logits `[N, V]` from final-norm hidden states (`layer=-1`), or only the
+        columns of `token_ids` `[N, len(token_ids)]`: scoring a few answer letters needs no
+        product with the whole vocabulary."""
+        weight_VxD = (self.embed if self.output is None else self.output)[...]
+        if token_ids is not None:
+            weight_VxD = weight_VxD[jnp.asarray(token_ids)]
+        return hidden_NxD.astype(jnp.float32) @ weight_VxD.T
 
     def __call__(self, ids_BxS, mask_BxS, positions_BxS=None, prefix: PrefixCache | None = None,
                  layer: int = -1, keep_cache: bool = False, segments_BxS=None):

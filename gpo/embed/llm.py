@@ -81,16 +81,20 @@ def format_prompt(text: str, options: Sequence[str], chat_template: str | None,
     listed = "".join(f"\n{letters[i]}. {o}" for i, o in enumerate(options))
     user = f"{text}\n\nOptions:{listed}"
     if chat_template:
-        import jinja2
-        env = jinja2.Environment(keep_trailing_newline=True)
-        prefix = env.from_string(chat_template).render(
-            messages=[{"role": "system", "content": INSTRUCTION},
-                      {"role": "user", "content": user}],
-            add_generation_prompt=True, bos_token=special.get("bos", ""),
-            eos_token=special.get("eos", ""))
+        prefix = render_chat(chat_template, special, INSTRUCTION, user)
     else:
         prefix = f"{INSTRUCTION}\n\n{user}\n\nAnswer: "
     return PromptParts(prefix, tuple(f"{letters[i]}. {o}" for i, o in enumerate(options)))
+
+
+def render_chat(chat_template: str, special: dict[str, str], system: str, user: str) -> str:
+    """A system and a user message in the model's chat template, ready for its answer."""
+    import jinja2
+    env = jinja2.Environment(keep_trailing_newline=True)
+    return env.from_string(chat_template).render(
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
+        add_generation_prompt=True, bos_token=special.get("bos", ""),
+        eos_token=special.get("eos", ""))
 
 
 class LLMEmbedder:

@@ -95,8 +95,11 @@ def load_gguf(path: str | Path) -> LoadedModel:
         rms_norm_eps=float(_field(reader, p + "attention.layer_norm_rms_epsilon", 1e-5)),
         attention_bias="blk.0.attn_q.bias" in tensors,
         max_position_embeddings=int(_field(reader, p + "context_length", 8192)))
-    model = nnx.eval_shape(lambda: LlamaModel(config))
+    tied = "output.weight" not in tensors  # llama.cpp omits the output matrix when tied
+    model = nnx.eval_shape(lambda: LlamaModel(config, tied_output=tied))
     state = {"embed": weight("token_embd.weight"), "norm": weight("output_norm.weight")}
+    if not tied:
+        state["output"] = weight("output.weight")
     # llama.cpp permutes q/k rows for Llama-style rotary layouts, not for Qwen2.
     unpermute = (lambda w, n: w) if arch == "qwen2" else _unpermute
     for i in range(config.num_layers):
@@ -169,6 +172,9 @@ def load_hf_directory(path: str | Path) -> LoadedModel:
         raise ModelFileError(f"{path}: tensor {name!r} is missing")
 
     state = {"embed": weight("embed_tokens.weight"), "norm": weight("norm.weight")}
+    tied = raw.get("tie_word_embeddings", False) or "lm_head.weight" not in weights
+    if not tied:
+        state["output"] = weights["lm_head.weight"]
     for i in range(config.num_layers):
         b = f"layers.{i}."
         state[i] = {
@@ -180,7 +186,7 @@ def load_hf_directory(path: str | Path) -> LoadedModel:
         if config.attention_bias:
             for n in ("q", "k", "v"):
                 state[i][n + "_bias"] = weight(f"{b}self_attn.{n}_proj.bias")
-    model = _materialise(nnx.eval_shape(lambda: LlamaModel(config)), state)
+    model = _materialise(nnx.eval_shape(lambda: LlamaModel(config, tied_output=tied)), state)
     tok = AutoTokenizer.from_pretrained(path)
     special = {k: v for k, v in (("bos", tok.bos_token), ("eos", tok.eos_token),
                                  ("padding", tok.pad_token)) if v}
@@ -199,6 +205,8 @@ def _materialise(abstract: LlamaModel, state: dict) -> LlamaModel:
 
     put(abstract.embed, state["embed"], "embed")
     put(abstract.norm.weight, state["norm"], "norm")
+    if abstract.output is not None:
+        put(abstract.output, state["output"], "output")
     for i, layer in enumerate(abstract.layers):
         s = state[i]
         put(layer.input_norm.weight, s["input_norm"], f"{i}.input_norm")

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -35,6 +36,9 @@ from gpo.points import (
 )
 from gpo.question_selection import QuestionSelector
 from gpo.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from gpo.evaluation.prompting import PromptingBaselines
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -225,11 +229,13 @@ def baseline_predictions(survey: Survey, split: Split, task: EvalTask, metric: s
 def task_predictions(head: Head, table: OptionTable, survey: Survey, split: Split,
                      task: EvalTask, metric: str, label: str | None = None,
                      baselines: bool = True, embeddings_QxOxE: np.ndarray | None = None,
-                     without_counts: bool = False) -> dict[str, np.ndarray]:
+                     without_counts: bool = False, llm: PromptingBaselines | None = None
+                     ) -> dict[str, np.ndarray]:
     """{method: predictions `[G, Q, O]`} of a head (under `label`, default its name in
     capitals) and, unless told not to, the baselines, on one task: the one evaluation path,
     whether the context questions were drawn at random or chosen. without_counts: the head
-    also under `<label> without counts`, its context answers given as percentages only."""
+    also under `<label> without counts`, its context answers given as percentages only.
+    llm: also the prompting baselines (`gpo.evaluation.prompting`)."""
     label = label or head_label(head.name)
     prob, _ = predict_task(head, table, survey, task, split.train_groups)
     out = {label: prob}
@@ -238,6 +244,8 @@ def task_predictions(head: Head, table: OptionTable, survey: Survey, split: Spli
                                                       split.train_groups, with_counts=False)[0]
     if baselines:
         out.update(baseline_predictions(survey, split, task, metric, embeddings_QxOxE))
+    if llm is not None:
+        out.update(llm.predictions(survey, task))
     return out
 
 
@@ -245,18 +253,23 @@ def evaluate_head(head: Head, table: OptionTable, survey: Survey, split: Split,
                   ks: Sequence[int], metric: str, eval_seed: int,
                   label: str | None = None, checkpoint: dict | None = None,
                   baselines: bool = True, embeddings_QxOxE: np.ndarray | None = None,
-                  tasks: dict[int, EvalTask] | None = None, without_counts: bool = False
+                  tasks: dict[int, EvalTask] | None = None, without_counts: bool = False,
+                  llm: PromptingBaselines | None = None, scored_Q: np.ndarray | None = None
                   ) -> SplitResult:
-    """A head (and, unless told not to, the baselines) on one split's test groups at each k:
-    context questions drawn with `eval_seed`, or the given `tasks` (k -> task). The table's
-    reference columns are the split's training groups."""
+    """A head (and, unless told not to, the baselines; with `llm`, the prompting baselines)
+    on one split's test groups at each k: context questions drawn with `eval_seed`, or the
+    given `tasks` (k -> task). The table's reference columns are the split's training groups.
+    scored_Q: only these questions (bool `[Q]`) are scored, for every method alike (prompting
+    an LLM with every target costs hours on a CPU)."""
     result = SplitResult(split.seed, [survey.group_labels[g] for g in split.test_groups],
                          checkpoint)
     for k in ks if tasks is None else tasks:
         task = make_eval_task(survey, split, k, seed=eval_seed) if tasks is None else tasks[k]
+        if scored_Q is not None:
+            task = task.excluding(~np.asarray(scored_Q, bool)[None])
         for method, pred in task_predictions(head, table, survey, split, task, metric, label,
-                                             baselines, embeddings_QxOxE,
-                                             without_counts).items():
+                                             baselines, embeddings_QxOxE, without_counts,
+                                             llm).items():
             result.add(method, k, score_predictions(survey, task, pred, metric))
     return result
 
@@ -345,9 +358,12 @@ def validation_scores(run_dir: str | Path | RunDir, survey: Survey, ks: Sequence
 def evaluate_run(run_dir: str | Path | RunDir, survey: Survey, ks: Sequence[int] = (20,),
                  eval_seeds: Sequence[int] | None = None,
                  embeddings_QxOxE: np.ndarray | None = None,
-                 baselines: bool = True, without_counts: bool = False) -> Evaluation:
+                 baselines: bool = True, without_counts: bool = False,
+                 llm: PromptingBaselines | None = None, scored_Q: np.ndarray | None = None
+                 ) -> Evaluation:
     """A trained run beside the baselines on its own test groups, at each k (and, with
-    `without_counts`, the head again given its context answers without respondent counts).
+    `without_counts`, the head again given its context answers without respondent counts;
+    with `llm`, the prompting baselines; `scored_Q`: see `evaluate_head`).
 
     `survey` must hold the run's questions in the run's order (`RunDir.select`) unless
     `embeddings_QxOxE` embeds the given survey's questions with the run's embedder. Context
@@ -368,5 +384,6 @@ def evaluate_run(run_dir: str | Path | RunDir, survey: Survey, ks: Sequence[int]
     for seed in (split.seed,) if eval_seeds is None else eval_seeds:
         evaluation.splits.append(evaluate_head(
             head, table, survey, split, ks, config.data.metric, seed, checkpoint=checkpoint,
-            baselines=baselines, embeddings_QxOxE=embeddings, without_counts=without_counts))
+            baselines=baselines, embeddings_QxOxE=embeddings, without_counts=without_counts,
+            llm=llm, scored_Q=scored_Q))
     return evaluation

@@ -1,0 +1,128 @@
+"""GPO's headline comparison: the meta-trained heads against prompting the LLM itself, on
+GPO's protocol and on ours (protocol A).
+
+    python experiments/paper_comparison.py --data-dir ../shared/data
+    python experiments/paper_comparison.py --data-dir ../shared/data --protocols gpo \\
+        --llm-questions 0          # every target question (hours on 2 CPU cores)
+
+GPO's protocol (`data.dataset=opinionqa-gpo`): its 17 groups present in the data, the
+contentious questions they all answered, 40% of the groups for meta-training (a quarter of
+those held out to pick checkpoints, as everywhere here, not the paper's test-group
+selection), k = 20 shared context questions. Protocol A: all 36 groups and 624 questions.
+
+Every method is scored on the same test groups and targets: uniform, the prompting baselines
+(zero-shot, steered QA / BIO / PORTRAY, few-shot; each in the listed option order and averaged
+with the reversed order), GPO, PAL (K = 4, the K validation groups pick on protocol A), PPD,
+the reference head, the population prior, the group regression and the noise ceiling.
+Prompting a 135M LLM costs about 0.2-0.4 s a prompt on 2 cores, so by default every method is
+scored on a fixed random subset of --llm-questions questions (the same in every split; each
+split's targets are those of them outside its context). Heads train at the 2-core budget of
+experiments/common.py and are kept under --runs, so a rerun reprints the same tables.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from common import (
+    experiment_parser,
+    experiment_train_config,
+    main_guard,
+    merge_variants,
+    train_and_evaluate,
+    variant_run,
+)
+
+from gpo.config import DataConfig, EmbedConfig
+from gpo.data.splits import make_eval_task
+from gpo.embed.letters import LetterScorer
+from gpo.evaluation.metrics import noise_ceiling, paired_difference
+from gpo.evaluation.prompting import STYLES, PromptingBaselines
+from gpo.evaluation.report import format_table, write_json
+from gpo.pipeline import embed, load_survey, scored_questions
+from gpo.run_dir import RunDir
+
+PROTOCOLS = {"gpo": ("opinionqa-gpo", "GPO's protocol"), "A": ("opinionqa", "protocol A")}
+HEADS = {"REFERENCE": ("reference", {}), "GPO": ("gpo", {}), "PAL K=4": ("pal", {"prototypes": 4}),
+         "PPD": ("ppd", {})}
+SHOWN = ["uniform", "REFERENCE", "GPO", "PAL K=4", "PPD", "population prior",
+         "group regression"]
+
+
+def compare(args, protocol: str, scorer: PromptingBaselines) -> dict:
+    dataset, title = PROTOCOLS[protocol]
+    data = DataConfig(dataset=dataset, data_dir=args.data_dir, protocol="A")
+    survey = load_survey(data)
+    embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
+    embeddings = embed(survey, embed_config)
+    scored_Q = scored_questions(len(survey.questions), args.llm_questions)
+    k = args.k
+    variants = {}
+    for label, (head, model) in HEADS.items():
+        if label.split()[0].lower() not in args.heads:
+            continue
+        config, root = variant_run(args, label, head, model, data, embed_config,
+                                   experiment_train_config(head, args.steps))
+        first = not variants  # baselines and the LLM once, beside the first head
+        variants[label] = train_and_evaluate(
+            config, survey, embeddings, root, (k,), args.seeds, baselines=first,
+            llm=scorer if first else None, scored_Q=scored_Q)
+    evaluation = merge_variants(variants)
+    ceiling = []
+    for run_dir in next(iter(variants.values())).run_dirs:
+        resolved, _ = RunDir(run_dir).split.resolve(survey)
+        task = make_eval_task(survey, resolved, k, seed=resolved.seed)
+        if scored_Q is not None:
+            task = task.excluding(~scored_Q[None])
+        ceiling.append(noise_ceiling(survey, task, evaluation.metric).mean)
+    llm_methods = [m for m in evaluation.methods if m.startswith("LLM ")]
+    order = [m for m in SHOWN if m in evaluation.methods]
+    order[1:1] = llm_methods  # uniform, then prompting, then the heads
+    rows = evaluation.rows([k], order)
+    rows["noise ceiling"] = {f"k={k}": ceiling}
+    n_scored = "all" if scored_Q is None else f"{int(scored_Q.sum())} fixed random"
+    groups = len(evaluation.splits[0].groups)
+    print(format_table(f"{title}: {len(survey.groups)} groups ({groups} held out), "
+                       f"{len(survey.questions)} questions ({n_scored} scored), k = {k}, "
+                       f"alignment over splits {args.seeds}", rows, [f"k={k}"]))
+    report = {"protocol": protocol, "dataset": dataset, "k": k, "seeds": args.seeds,
+              "scored_questions": None if scored_Q is None else
+              [survey.question_keys[q] for q in np.flatnonzero(scored_Q)],
+              "rows": rows, "evaluation": evaluation.to_json()}
+    if "GPO" in evaluation.methods and llm_methods:
+        best = max(llm_methods, key=lambda m: np.mean(evaluation.per_split(m, k)))
+        diff, low, high = paired_difference(evaluation.per_group("GPO", k)[1],
+                                            evaluation.per_group(best, k)[1])
+        print(f"GPO - {best} (best prompting baseline), paired over held-out groups of all "
+              f"splits: {diff:+.4f} [{low:+.4f}, {high:+.4f}] (95% bootstrap)")
+        prior = np.mean(evaluation.per_split("population prior", k))
+        for m in order:
+            print(f"  {m:34s} - population prior: "
+                  f"{np.mean(evaluation.per_split(m, k)) - prior:+.4f}")
+        report["gpo_vs_best_prompting"] = {"baseline": best, "difference": diff,
+                                           "low": low, "high": high}
+    return report
+
+
+def main() -> None:
+    parser = experiment_parser(__doc__, data_help="folder holding opinionqa/",
+                               out="reports/paper_comparison.json", runs="runs/paper",
+                               seeds=(0, 1, 2, 3, 4))
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    parser.add_argument("--heads", nargs="+", default=["reference", "gpo", "pal", "ppd"],
+                        choices=["reference", "gpo", "pal", "ppd"])
+    parser.add_argument("--k", type=int, default=20, help="context questions (default: 20)")
+    parser.add_argument("--llm", default="smollm2",
+                        help="LLM prompted by the baselines (default: smollm2)")
+    parser.add_argument("--llm-styles", nargs="+", default=list(STYLES), choices=STYLES)
+    parser.add_argument("--llm-questions", type=int, default=30,
+                        help="score every method on this many fixed random questions "
+                             "(0: all; default: 30)")
+    args = parser.parse_args()
+    scorer = PromptingBaselines(LetterScorer(args.llm, cache_dir=args.cache_dir),
+                                tuple(args.llm_styles))
+    reports = {p: compare(args, p, scorer) for p in args.protocols}
+    print(f"\nwrote {write_json(args.out, reports)}")
+
+
+if __name__ == "__main__":
+    main_guard(main)
