@@ -34,7 +34,7 @@ from gpo.points import (
     pack_points,
     padded_size,
 )
-from gpo.predictions import Prediction, Predictions
+from gpo.predictions import LabelledWeights, Prediction, Predictions
 from gpo.question_selection import (
     CRITERIA,
     UNITS,
@@ -286,7 +286,15 @@ class AdaptedGroup:
     def features(self) -> dict[str, np.ndarray]:
         """The head's named, interpretable parts of this group's state (may be empty)."""
         described = self.model.module.describe_group(self.context)
-        return {name: np.asarray(value[0]) for name, value in described.items()}
+        out = {name: np.asarray(value[0]) for name, value in described.items()}
+        if "reference_weights" in out:  # labelled with the training groups they weigh
+            out["reference_weights"] = LabelledWeights(
+                out["reference_weights"], self.model.catalogue.references.labels)
+        if "mixture_weights" in out:
+            out["mixture_weights"] = LabelledWeights(
+                out["mixture_weights"],
+                [f"prototype {i + 1}" for i in range(len(out["mixture_weights"]))])
+        return out
 
     @property
     def group_embedding(self) -> np.ndarray | None:

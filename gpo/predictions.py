@@ -5,6 +5,7 @@ std per option and, where the run is calibrated, intervals with stated coverage
 from __future__ import annotations
 
 import dataclasses
+import html
 
 import numpy as np
 
@@ -143,3 +144,70 @@ class Predictions(RecordList):
         if self and not self.calibrated:
             text += f"\n\n(no intervals: {NO_CALIBRATION})"
         return text
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: one table, a row per option, its question's text heading it."""
+        calibrated = self.calibrated
+        head = "<th>option</th><th>predicted</th>" + (
+            f"<th>{self.level:.0%} interval</th>" if calibrated else "")
+        rows = []
+        for p in self:
+            span = 3 if calibrated else 2
+            rows.append(f'<tr><th colspan="{span}" style="text-align:left">'
+                        f"{html.escape(p.question)}</th></tr>")
+            low, high = p.interval(self.level) if calibrated else (None, None)
+            for i, (option, prob) in enumerate(zip(p.options, p.probs)):
+                cells = f"<td>{html.escape(option)}</td><td>{prob:.1%}</td>"
+                if calibrated:
+                    cells += f"<td>{low[i]:.1%} – {high[i]:.1%}</td>"
+                rows.append(f"<tr>{cells}</tr>")
+        note = ("" if calibrated or not self
+                else f"<p>No intervals: {html.escape(NO_CALIBRATION)}</p>")
+        return f"<table><tr>{head}</tr>{''.join(rows)}</table>{note}"
+
+
+class LabelledWeights(np.ndarray):
+    """Weights named by what they weigh (the training groups a reference-head group is fitted
+    on, PAL's prototypes): a numpy array as ever (arithmetic, `.sum()`, `.round(2)`) that
+    prints one `label  weight` line each, largest first; `w["POLPARTY=Democrat"]` reads one
+    by its label and `dict(w.items())` gives them all."""
+
+    def __new__(cls, values, labels):
+        out = np.asarray(values).view(cls)
+        out.labels = tuple(labels)
+        if out.shape != (len(out.labels),):
+            raise ValueError(f"{out.shape} weights for {len(out.labels)} labels")
+        return out
+
+    def __array_finalize__(self, obj):
+        self.labels = getattr(obj, "labels", None)
+
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        if array.ndim == 0:  # a sum or a mean is a number, not a weight
+            return array[()]
+        return super().__array_wrap__(array, context, return_scalar)
+
+    def round(self, decimals: int = 0, out=None) -> LabelledWeights:
+        return LabelledWeights(np.asarray(self).round(decimals), self.labels)
+
+    def _labelled(self) -> bool:
+        return self.labels is not None and self.ndim == 1 and len(self.labels) == len(self)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if not self._labelled() or key not in self.labels:
+                raise KeyError(f"no weight labelled {key!r}; labels: {list(self.labels or [])}")
+            return float(np.asarray(self)[self.labels.index(key)])
+        return np.asarray(self)[key]  # positions: a plain array (its labels would not fit)
+
+    def items(self) -> list[tuple[str, float]]:
+        return list(zip(self.labels, map(float, np.asarray(self))))
+
+    def __repr__(self) -> str:
+        if not self._labelled() or self.dtype.kind != "f":
+            return repr(np.asarray(self))
+        width = max(map(len, self.labels), default=0)
+        ranked = sorted(self.items(), key=lambda item: -item[1])
+        return "\n".join(f"{label:<{width}}  {value:+.4g}" for label, value in ranked)
+
+    __str__ = __repr__

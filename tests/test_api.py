@@ -162,6 +162,11 @@ def test_predictions_read_well_and_convert_to_rows(run):
     text = str(predictions)
     assert text.startswith(q1.text) and q2.text in text and "%" in text
     assert "0.21899999" not in text  # probabilities print rounded
+    # In a notebook: an HTML table, a heading row per question, escaped text.
+    page = predictions._repr_html_()
+    assert page.startswith("<table>") and page.count("<tr>") == 1 + 2 + len(
+        q1.answer_options) + len(q2.answer_options)
+    assert f"{predictions.level:.0%} interval" in page and "<script" not in page
     rows = predictions.records()
     assert len(rows) == len(q1.answer_options) + len(q2.answer_options)
     low, high = predictions[0].interval(predictions.level)

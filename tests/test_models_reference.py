@@ -132,6 +132,13 @@ def test_api_weights_respondents_and_new_questions(data, trained_run):
     group = model.adapt(context)
     weights = group.features["reference_weights"]
     np.testing.assert_allclose(weights.sum(), 1.0, atol=1e-5)
+    # Named by the training groups they weigh, printed largest first.
+    train_labels = [survey.group_labels[i] for i in make_split(survey, "A", seed=0).train_groups]
+    assert sorted(weights.labels) == sorted(train_labels)
+    heaviest = max(weights.items(), key=lambda item: item[1])
+    assert str(weights.round(2)).splitlines()[0].split() == [heaviest[0],
+                                                             f"{round(heaviest[1], 2):+.4g}"]
+    assert weights[heaviest[0]] == heaviest[1]
     target = survey.questions[20]
     fitted = group.predict([target.key])[0]
     # Few respondents: noisy answers, so the fit moves less from the population prior.
