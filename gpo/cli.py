@@ -19,6 +19,14 @@ from gpo.intervals import DEFAULT_LEVEL
 # keeps the two equal).
 PROMPT_STYLES = ("zero-shot", "steered-QA", "steered-BIO", "steered-PORTRAY", "few-shot")
 
+# gpo.models.registry.head_names(), written out for the same reason (a test keeps them equal).
+HEADS = ("reference", "gpo", "pal", "ppd")
+TRAIN_EPILOG = f"""heads (--set head=NAME): {', '.join(HEADS)} (default: reference)
+datasets (--set data.dataset=NAME): {', '.join(DATASETS)}
+config fields: the sections data, embed, model and train of gpo.RunConfig; an example
+  config file is in README (Configs). Every field can be set with --set SECTION.FIELD=VALUE,
+  e.g. --set train.steps=2000 --set data.protocol=B --set embed.model=minilm"""
+
 CONTEXT_FORMAT = """context JSON: a list of objects, one per answered question:
   [{"question": "WORLDDANGER_W26", "distribution": [0.2, 0.6, 0.2], "respondents": 420},
    {"question": {"text": "Do you own a gun?", "options": ["Yes", "No"]},
@@ -57,13 +65,25 @@ def cmd_embed(args) -> None:
 
 
 def cmd_train(args) -> None:
+    import dataclasses
+    import time
+
+    from gpo.config import user_cache_dir
     from gpo.pipeline import train_run
     from gpo.sharding import maybe_initialize_distributed
+    start = time.perf_counter()
     maybe_initialize_distributed()
-    result = train_run(_config(args), args.run_dir, progress=not args.quiet)
+    config = _config(args)
+    if not args.no_cache and (args.cache_dir or config.embed.cache_dir is None):
+        cache = args.cache_dir or str(user_cache_dir() / "embeddings")
+        config = dataclasses.replace(config, embed=dataclasses.replace(config.embed,
+                                                                       cache_dir=cache))
+    result = train_run(config, args.run_dir, progress=not args.quiet,
+                       announce=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps({"run_dir": str(result.run_dir), "steps": result.steps,
                       "best_validation": result.best_validation, "best_step": result.best_step,
-                      "seconds": round(result.seconds, 1)}))
+                      "seconds": round(result.seconds, 1),
+                      "total_seconds": round(time.perf_counter() - start, 1)}))
 
 
 def cmd_eval(args) -> None:
@@ -239,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the .npz file to write")
     p.set_defaults(run=cmd_embed)
 
-    p = sub.add_parser("train", help="meta-train a head")
+    p = sub.add_parser("train", help="meta-train a head", formatter_class=formatter,
+                       epilog=TRAIN_EPILOG)
     p.add_argument("--config", help="RunConfig JSON (default: RunConfig(): the reference head "
                    "on synthetic data)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
@@ -247,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeatable)")
     p.add_argument("--data-dir", help="the dataset folder (sets data.data_dir)")
     p.add_argument("--run-dir", required=True, help="the run folder (resumed if it exists)")
+    p.add_argument("--cache-dir", help="embedding cache (default: the config's "
+                   "embed.cache_dir, else $GPO_CACHE_DIR/embeddings or ~/.cache/gpo/embeddings)")
+    p.add_argument("--no-cache", action="store_true", help="embed without a cache")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_train)
 

@@ -4,7 +4,7 @@ embed it, train a run, and evaluate a saved run on the data it was trained on.""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,21 +82,36 @@ def read_embeddings(path: str | Path, survey: Survey, model: str) -> np.ndarray:
 
 
 def train_run(config: RunConfig, run_dir: str | Path, progress: bool = True,
-              survey: Survey | None = None, embeddings: np.ndarray | None = None
-              ) -> TrainResult:
+              survey: Survey | None = None, embeddings: np.ndarray | None = None,
+              announce: Callable[[str], None] | None = None) -> TrainResult:
     """Load (unless given), embed (unless given) and meta-train; the run records its data.
     Before any minute goes to embedding: the head's config section, the config against the
     data, and the run folder are checked; a run folder that already finished this config
-    returns its result at once (`TrainResult.seconds` 0)."""
+    returns its result at once (`TrainResult.seconds` 0). announce: called once with a line
+    saying what is trained, on what, embedded how, before anything slow starts."""
     check_model_section(config.head, config.model)
     survey = load_survey(config.data) if survey is None else survey
     check_against_data(config, survey)
+    if announce is not None:
+        announce(training_line(config, survey, run_dir, embedded=embeddings is not None))
     done = finished_run(config, RunDir(run_dir))
     if done is not None:
         return done
     embeddings = embed(survey, config.embed) if embeddings is None else embeddings
     return train(config, survey, embeddings, run_dir, progress=progress,
                  data_dir=dataset_folder(config.data))
+
+
+def training_line(config: RunConfig, survey: Survey, run_dir: str | Path,
+                  embedded: bool = False) -> str:
+    """What a training run is about to do, in one line."""
+    data = config.data
+    embedder = "embeddings given" if embedded else (
+        f"questions embedded with {config.embed.model}"
+        + (f" (cache {config.embed.cache_dir})" if config.embed.cache_dir else " (no cache)"))
+    return (f"training the {config.head} head for {config.train.steps} steps on {survey.name} "
+            f"({len(survey.groups)} groups, {len(survey.questions)} questions; protocol "
+            f"{data.protocol}, split seed {data.split_seed}); {embedder}; run folder {run_dir}")
 
 
 def run_survey(run: RunDir, data_dir_override: str | Path | None = None) -> Survey:

@@ -18,6 +18,9 @@ from pathlib import Path
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(Path(tempfile.gettempdir()) / f"gpo-tests-xla-cache-{os.getuid()}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+# What `gpo train` and `gpo eval --llm-baselines` cache goes to a folder of the test session's,
+# never to the user's ~/.cache/gpo.
+os.environ["GPO_CACHE_DIR"] = tempfile.mkdtemp(prefix="gpo-tests-cache-")
 
 import pytest  # noqa: E402
 

@@ -35,6 +35,33 @@ def test_every_option_has_help_with_its_default():
                 assert "default" in action.help, f"{where} does not say its default"
 
 
+def test_train_help_lists_the_heads_the_registry_knows():
+    import gpo  # noqa: F401  (registers the heads)
+    from gpo.cli import HEADS, TRAIN_EPILOG
+    from gpo.models.registry import head_names
+    assert sorted(HEADS) == head_names()
+    assert all(name in TRAIN_EPILOG for name in (*HEADS, *DATASETS))
+
+
+def test_train_says_first_what_it_trains_and_caches_embeddings(tmp_path, monkeypatch,
+                                                               capsys):
+    monkeypatch.setenv("GPO_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["train", "--run-dir", str(tmp_path / "run"), "--quiet", "--set",
+            "train.steps=2", "--set", "data.synthetic_questions=12", "--set", "data.eval_k=3",
+            "--set",
+            "data.synthetic_groups=8"]
+    main(args)
+    captured = capsys.readouterr()
+    first = captured.err.splitlines()[0]
+    assert first.startswith("training the reference head for 2 steps on synthetic")
+    assert "(8 groups, 12 questions; protocol A, split seed 0)" in first
+    assert f"embedded with smollm2 (cache {tmp_path / 'cache' / 'embeddings'})" in first
+    assert json.loads(captured.out)["total_seconds"] >= json.loads(captured.out)["seconds"]
+    assert any((tmp_path / "cache" / "embeddings").glob("*/part-*.npy"))
+    main(args)  # finished: returns at once, nothing embedded again
+    assert json.loads(capsys.readouterr().out)["seconds"] == 0
+
+
 def test_help_is_fast():
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "gpo.cli", "--help"], capture_output=True,
