@@ -88,7 +88,14 @@ def cmd_train(args) -> None:
 
 def cmd_eval(args) -> None:
     from gpo.evaluation.plots import plot_alignment_vs_k, plot_per_group
-    from gpo.evaluation.report import evaluation_table, write_html, write_json
+    from gpo.evaluation.report import (
+        evaluation_table,
+        html_definitions,
+        html_facts,
+        html_table,
+        write_html,
+        write_json,
+    )
     from gpo.pipeline import evaluate_saved_run
     llm = None
     if args.llm_baselines:
@@ -110,7 +117,18 @@ def cmd_eval(args) -> None:
     write_json(out / "report.json", {"evaluated": what, **evaluation.to_json()})
     plots = [plot_alignment_vs_k(evaluation, out / "alignment_vs_k.png", title),
              plot_per_group(evaluation, max(args.k), out / "per_group.png", title)]
-    write_html(out / "report.html", f"gpo eval: {args.run_dir}", [table], plots)
+    split = evaluation.splits[0]
+    checkpoint = split.checkpoint or {}
+    facts = html_facts({
+        "run": str(args.run_dir), "data": f"{survey}: {what}",
+        "split": f"protocol {evaluation.protocol}, seed {split.seed}: {len(split.groups)} "
+                 f"held-out groups ({', '.join(split.groups)})",
+        "head": f"{evaluation.head}, checkpoint of step {checkpoint.get('step')} (validation "
+                f"alignment {checkpoint.get('validation')})",
+        "context draws": ", ".join(str(s.seed) for s in evaluation.splits)})
+    write_html(out / "report.html", f"gpo eval: {args.run_dir}",
+               [facts, html_table(evaluation.rows(args.k), [f"k={k}" for k in args.k]),
+                html_definitions(evaluation.metric, evaluation.methods)], plots)
     print(f"wrote {out}/report.json, report.html, alignment_vs_k.png, per_group.png")
 
 

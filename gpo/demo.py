@@ -7,6 +7,8 @@ survey. Sized to finish in a few minutes on 2 CPU cores; experiments/ holds full
 
 from __future__ import annotations
 
+import html
+import json
 import time
 from pathlib import Path
 
@@ -27,7 +29,17 @@ from gpo.evaluation.evaluate import (
 )
 from gpo.evaluation.metrics import noise_ceiling, paired_difference, score_predictions
 from gpo.evaluation.plots import plot_alignment_vs_k, plot_per_group
-from gpo.evaluation.report import evaluation_table, write_html, write_json
+from gpo.evaluation.report import (
+    K_DEFINITION,
+    METRICS,
+    Html,
+    evaluation_table,
+    html_definitions,
+    html_facts,
+    html_table,
+    write_html,
+    write_json,
+)
 from gpo.pipeline import embed
 from gpo.run_dir import RunDir
 from gpo.training.loop import train
@@ -90,7 +102,7 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
         task = make_eval_task(survey, split, max(DEMO_KS), seed=split.seed)
         ceiling = noise_ceiling(survey, task).mean
     table = evaluation_table(evaluation, title, DEMO_KS)
-    closing = summary(evaluation, max(DEMO_KS), ceiling)
+    closing = summary(evaluation, DEMO_KS, ceiling)
     print(f"\n{table}\n\n{closing}")
     asking = which_questions(run_dir, survey, evaluation.metric)
     print(f"\n{asking}")
@@ -99,10 +111,24 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
     write_json(out_dir / "report.json", {"embedder": embedder, "config": config.to_dict(),
                                          **evaluation.to_json()})
     plot_title = f"{dataset} demo, protocol A, {len(survey.questions)} questions"
-    plots = [plot_alignment_vs_k(evaluation, out_dir / "alignment_vs_k.png", plot_title),
+    plots = [plot_alignment_vs_k(evaluation, out_dir / "alignment_vs_k.png", plot_title,
+                                 ceiling),
              plot_per_group(evaluation, max(DEMO_KS), out_dir / "per_group.png", plot_title)]
-    write_html(out_dir / "report.html", f"gpo demo: {dataset}", [table, closing, asking, margins],
-               plots)
+    rows = evaluation.rows(DEMO_KS)
+    if ceiling is not None:
+        rows["noise ceiling"] = {f"k={max(DEMO_KS)}": [ceiling]}
+    split = evaluation.splits[0]
+    facts = html_facts({
+        "data": f"{survey} ({dataset})",
+        "split": f"protocol A, seed {split.seed}: {len(split.groups)} held-out groups "
+                 f"({', '.join(split.groups)})",
+        "head": f"{config.head}, {result.steps} steps; checkpoint of step {result.best_step} "
+                f"(best validation alignment {result.best_validation:.4f})",
+        "embedder": embedder, "config": json.dumps(config.to_dict())})
+    write_html(out_dir / "report.html", f"gpo demo: {dataset}",
+               [facts, Html(f"<h2>{html.escape(title)}</h2>"),
+                html_table(rows, [f"k={k}" for k in DEMO_KS]), closing, asking, margins,
+                html_definitions(evaluation.metric, [*rows])], plots)
     print(f"\n[demo] wrote {out_dir}/report.html (tables and plots), report.json "
           f"({time.perf_counter() - started:.0f}s in all); `gpo eval --run-dir {run_dir}` "
           "reprints this table")
@@ -155,24 +181,50 @@ def interval_coverage(run_dir: Path, survey, k: int, with_counts: bool) -> str:
             f"{result.option_width[1]:.3f}); one split, so read it give or take a few points.")
 
 
-def summary(evaluation: Evaluation, k: int, ceiling: float | None = None) -> str:
-    """Plain sentences: who wins at k and by how much, where the head stands, and how well
-    the data can be predicted at all."""
+def summary(evaluation: Evaluation, ks, ceiling: float | None = None) -> str:
+    """Plain sentences: what alignment and k are, who wins at the largest k and by how much
+    over the runner-up (paired over groups), at which k the head's lead is clearest, and how
+    well the data can be predicted at all."""
+    ks = sorted(ks)
+    k = ks[-1]
     means = {m: float(np.mean(evaluation.per_split(m, k))) for m in evaluation.methods}
     winner = max(means, key=means.get)
-    prior = means.get("population prior")
-    lines = [f"At k = {k}, {winner} predicts best ({means[winner]:.4f})"
-             + (f", {means[winner] - prior:+.4f} over the population prior." if prior is not None
-                and winner != "population prior" else ".")]
+    runner_up = max((m for m in means if m != winner), key=means.get)
+    n_groups = len(evaluation.per_group(winner, k)[0])
+    spread = ("one split" if len(evaluation.splits) == 1
+              else f"{len(evaluation.splits)} splits")
+    diff, low, high = _paired(evaluation, winner, runner_up, k)
+    lines = [_sentence(METRICS[evaluation.metric]), K_DEFINITION,
+             f"At k = {k}, {winner} predicts best ({means[winner]:.4f}): {diff:+.4f} over the "
+             f"runner-up, {runner_up} (95% interval [{low:+.4f}, {high:+.4f}], paired over the "
+             f"{n_groups} held-out groups; {spread})"
+             + ("; the interval holds 0, so the two are not told apart here." if low <= 0
+                else ".")]
     head = evaluation.head
-    if head in means and head != winner:
-        lines.append(f"{head} scores {means[head]:.4f}, {means[head] - means[winner]:+.4f} "
-                     f"against {winner}" + (f" and {means[head] - prior:+.4f} against the "
-                                            "population prior." if prior is not None else "."))
+    if head in means and len(ks) > 1:
+        leads = {kk: _paired(evaluation, head, max(
+            (m for m in means if m != head),
+            key=lambda m: np.mean(evaluation.per_split(m, kk))), kk) for kk in ks}
+        clearest = max(leads, key=lambda kk: leads[kk][1])  # the largest lower bound
+        d, lo, hi = leads[clearest]
+        lines.append(f"{head}'s lead over the best other method is clearest at k = "
+                     f"{clearest}: {d:+.4f} [{lo:+.4f}, {hi:+.4f}].")
+    prior = means.get("population prior")
+    if head in means and prior is not None:
+        lines.append(f"{head} scores {means[head]:.4f} at k = {k}, {means[head] - prior:+.4f} "
+                     "against the population prior (the training groups' mean answer).")
     if ceiling is not None:
         lines.append(f"Noise ceiling {ceiling:.4f}: each group's answers against resamples of "
                      "themselves at their own respondent counts (no method can expect more).")
     return "\n".join(lines)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _paired(evaluation: Evaluation, a: str, b: str, k: int) -> tuple[float, float, float]:
+    return paired_difference(evaluation.per_group(a, k)[1], evaluation.per_group(b, k)[1])
 
 
 def _data_dir(flag: str | None) -> Path | None:

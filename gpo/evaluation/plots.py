@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -14,23 +15,31 @@ import numpy as np  # noqa: E402
 OFF_SCALE = ("uniform", "kNN options")
 
 
-def plot_alignment_vs_k(evaluation, path: str | Path, title: str) -> Path:
+def plot_alignment_vs_k(evaluation, path: str | Path, title: str,
+                        ceiling: float | None = None) -> Path:
     """Mean alignment against k context questions, one line per method, error bars = std
-    over splits (or eval seeds); uniform and kNN are named in a note, not drawn."""
+    over splits (none for one split); uniform and kNN are named in a note, not drawn; a
+    dotted line at the noise ceiling where known."""
     ks = evaluation.ks
     fig, ax = plt.subplots(figsize=(7, 4.5))
     notes = []
+    n = len(evaluation.splits)
     for i, method in enumerate(evaluation.methods):
         mean, std = _mean_and_std([evaluation.per_split(method, k) for k in ks])
         if method.rstrip(" *") in OFF_SCALE:
             notes.append(f"{method}: {mean.mean():.3f}")
             continue
-        shift = 1 + 0.015 * (i - len(evaluation.methods) / 2)  # keep error bars apart
-        ax.errorbar(np.array(ks) * shift, mean, yerr=std, marker="o", ms=4, capsize=4,
-                    elinewidth=1.5, label=_escape(method),
-                    lw=2.5 if method == evaluation.head else 1.2)
-    n = len(evaluation.splits)
-    _against_k(ax, ks, f"alignment ({evaluation.metric})", title,
+        style = dict(marker="o", ms=4, label=_escape(method),
+                     lw=2.5 if method == evaluation.head else 1.2)
+        if n > 1:
+            shift = 1 + 0.015 * (i - len(evaluation.methods) / 2)  # keep error bars apart
+            ax.errorbar(np.array(ks) * shift, mean, yerr=std, capsize=4, elinewidth=1.5,
+                        **style)
+        else:  # one split: no spread to draw, and no caps in the legend
+            ax.plot(ks, mean, **style)
+    if ceiling is not None:
+        ax.axhline(ceiling, color="0.4", ls=":", lw=1.2, label=f"noise ceiling ({ceiling:.3f})")
+    _against_k(ax, ks, f"alignment ({evaluation.metric}, higher is better)", title,
                f"mean ± std over {n} splits" if n > 1 else
                f"one split (seed {evaluation.splits[0].seed}): no error bars")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -58,30 +67,40 @@ def _against_k(ax, ks: list[int], ylabel: str, title: str, spread: str) -> None:
 
 def plot_per_group(evaluation, k: int, path: str | Path, title: str,
                    methods: tuple[str, ...] | None = None) -> Path:
-    """Each test group's alignment at k for the head and the strongest baselines, groups
-    sorted by the head's margin over the best of the others."""
+    """Per test group at k, each method's margin over the best of the others (the winner's
+    dot right of zero, everyone else's left of it), groups sorted by the head's margin: the
+    small differences that decide a comparison, readable group by group. Methods: the given
+    ones, or the head and the three others that score best at k."""
     head = evaluation.head
     chosen = [m for m in (methods or evaluation.methods) if m.rstrip(" *") not in OFF_SCALE]
+    if methods is None:  # the head and its three closest rivals: the others are far behind
+        rivals = sorted((m for m in chosen if m != head),
+                        key=lambda m: -np.mean(evaluation.per_split(m, k)))
+        chosen = [m for m in chosen if m == head] + rivals[:3]
     labels, _ = evaluation.per_group(chosen[0], k)
-    values = {m: evaluation.per_group(m, k)[1] for m in chosen}
-    others = [m for m in chosen if m != head]
-    if head in values and others:
-        margin = values[head] - np.max([values[m] for m in others], axis=0)
-        order = np.argsort(margin)
-        sort_note = f"sorted by {head}'s margin over the best other method"
-    else:
-        order = np.argsort(values[chosen[0]])
-        sort_note = f"sorted by {chosen[0]}"
-    fig, ax = plt.subplots(figsize=(8, max(4, 0.26 * len(labels) + 1.5)))
-    height = 0.8 / len(chosen)
+    values = np.array([evaluation.per_group(m, k)[1] for m in chosen])  # [M, G]
+    margins = np.empty_like(values)
+    for i in range(len(chosen)):
+        margins[i] = values[i] - np.delete(values, i, axis=0).max(0)
+    lead = chosen.index(head) if head in chosen else 0
+    order = np.argsort(margins[lead])
+    fig, ax = plt.subplots(figsize=(8, max(4, 0.24 * len(labels) + 1.8)))
     y = np.arange(len(labels))
+    ax.axvline(0, color="0.3", lw=1)
     for i, method in enumerate(chosen):
-        ax.barh(y + i * height, values[method][order], height, label=_escape(method))
-    ax.set_yticks(y + 0.4 - height / 2, [_escape(labels[i]) for i in order], fontsize=7)
-    finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
-    ax.set_xlim(max(0.0, finite.min() - 0.01), min(1.0, finite.max() + 0.005))
-    ax.set_xlabel(f"alignment ({evaluation.metric}) at k = {k}")
-    ax.set_title(_escape(f"{title}\nper test group at k = {k}, {sort_note}"), fontsize=10)
+        ax.scatter(margins[i][order], y, s=36 if i == lead else 16, zorder=3,
+                   marker="D" if i == lead else "o", label=_escape(method))
+    ax.set_yticks(y, [_escape(labels[i]) for i in order], fontsize=7)
+    ax.set_ylim(-0.7, len(labels) - 0.3)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(6))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.StrMethodFormatter("{x:+.3f}"))
+    ax.set_xlabel(f"margin over the best other method at k = {k} "
+                  f"(alignment, {evaluation.metric}; > 0: this method wins the group)")
+    wins = int((margins[lead] > 0).sum())
+    n = len(evaluation.splits)
+    ax.set_title(_escape(f"{title}\nper test group at k = {k}: {chosen[lead]} wins {wins} of "
+                         f"{len(labels)} groups" + (f" ({n} splits)" if n > 1 else "")
+                         + f"; sorted by {chosen[lead]}'s margin"), fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)

@@ -55,22 +55,125 @@ def evaluation_table(evaluation, title: str, ks=None, rename: dict | None = None
     return format_table(title, evaluation.rows(ks, rename=rename), [f"k={k}" for k in ks])
 
 
-def write_html(path: str | Path, title: str, texts: Sequence[str],
-               images: Sequence[str | Path]) -> Path:
-    """One self-contained HTML page: the printed tables and lines, then the PNGs inlined."""
+# One line each, for the reports a reader opens without the README.
+METRICS = {
+    "wasserstein": "alignment = 1 − the Wasserstein-1 distance between the predicted and the "
+                   "observed answer shares on the question's ordinal scale, divided by the "
+                   "scale's span; averaged over the held-out groups' target questions. 1 is "
+                   "exact; higher is better.",
+    "js": "alignment = 1 − the Jensen–Shannon distance between the predicted and the observed "
+          "answer shares, averaged over the held-out groups' target questions. 1 is exact; "
+          "higher is better.",
+    "accuracy": "accuracy = the share of held-out pairwise preferences predicted the way the "
+                "user chose. Higher is better.",
+}
+K_DEFINITION = ("k = how many of a held-out group's answers every method is given (its "
+                "context); the group's other answers are predicted and scored.")
+METHODS = {
+    "REFERENCE": "the reference-group head (default): a new group fitted as an affine "
+                 "combination of the training groups' answers, with a noise model and a text "
+                 "prior learned by meta-training",
+    "GPO": "GPO (Zhao et al. 2024): a transformer over the group's context points, "
+           "meta-trained across groups",
+    "PAL": "PAL: K learned prototypes, a group a mixture of them fitted to its context",
+    "PPD": "PPD: a group embedding from the context conditions the predictor",
+    "uniform": "every option equally likely",
+    "population prior": "the training groups' mean answer to the question",
+    "nearest group": "the training group closest to the group on its context answers",
+    "group mixture": "a convex mixture of training groups fitted to the context answers",
+    "group regression": "an affine combination of training groups fitted to the context "
+                        "answers (ridge, penalty by leave-one-group-out)",
+    "kNN options": "the group's own context answers, carried to similar options by embedding",
+    "LLM": "the LLM prompted with the question (zero-shot), a persona naming the group "
+           "(steered), or the group's context answers (few-shot); 'both orders' averages the "
+           "listed and the reversed option order",
+    "noise ceiling": "each group's answers against resamples of themselves at their own "
+                     "respondent counts: what no method can expect to beat",
+}
+
+
+def method_definition(method: str) -> str | None:
+    """A method's one-line definition (by its label's first word for heads and LLM rows)."""
+    base = method.rstrip(" *")
+    for key in (base, base.split()[0]):
+        if key in METHODS:
+            return METHODS[key]
+    return None
+
+
+class Html(str):
+    """Markup for `write_html`, inserted as it is (any other text is escaped)."""
+
+
+def html_table(rows: Mapping[str, Mapping[str, Sequence[float]]], columns: Sequence[str]
+               ) -> Html:
+    """rows as `format_table` takes them, as an HTML table: 'mean ± std' cells, each
+    column's best mean in bold."""
+    best = {c: max((float(np.mean(r[c])) for r in rows.values() if c in r and len(r[c])),
+                   default=None) for c in columns}
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for name, r in rows.items():
+        cells = []
+        for c in columns:
+            if c not in r or not len(r[c]):
+                cells.append("<td>—</td>")
+                continue
+            text = html.escape(mean_std(r[c]))
+            bold = best[c] is not None and float(np.mean(r[c])) == best[c]
+            cells.append(f"<td><b>{text}</b></td>" if bold else f"<td>{text}</td>")
+        body.append(f"<tr><th>{html.escape(name)}</th>{''.join(cells)}</tr>")
+    return Html(f"<table><tr><th>method</th>{head}</tr>{''.join(body)}</table>")
+
+
+def html_facts(facts: Mapping[str, str]) -> Html:
+    """A two-column table of what a report is about (data, split, config)."""
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in facts.items())
+    return Html(f"<table class='facts'>{rows}</table>")
+
+
+def html_definitions(metric: str, methods: Sequence[str]) -> Html:
+    """The metric, k and each method shown, one line each."""
+    items = [("alignment" if metric != "accuracy" else "accuracy", METRICS.get(metric, metric)),
+             ("k", K_DEFINITION)]
+    seen = set()
+    for m in methods:
+        text = method_definition(m)
+        if text and text not in seen:
+            seen.add(text)
+            items.append((m.rstrip(" *") if not m.startswith("LLM") else "LLM …", text))
+    return Html("<dl>" + "".join(f"<dt>{html.escape(a)}</dt><dd>{html.escape(b)}</dd>"
+                                 for a, b in items) + "</dl>")
+
+
+_STYLE = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto;line-height:1.4}"
+          "table{border-collapse:collapse;margin:1em 0}"
+          "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
+          "th:first-child{text-align:left}"
+          "table.facts td{text-align:left}"
+          "dt{font-weight:bold}dd{margin:0 0 .5em 1.5em}"
+          "p{white-space:pre-wrap}")
+
+
+def write_html(path: str | Path, title: str, blocks: Sequence[str],
+               images: Sequence[str | Path], json_name: str | None = "report.json") -> Path:
+    """One self-contained HTML page: the blocks in order (`Html` as markup, other text as
+    wrapped paragraphs), the PNGs inlined, and a link to the JSON report beside it."""
     path = Path(path)
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
-             # wrapped: the tables fit; long lines (question texts) would hide behind a scroll
-             "pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}</style>",
+    parts = [f"<!doctype html><html lang='en'><meta charset='utf-8'>"
+             f"<title>{html.escape(title)}</title><style>{_STYLE}</style>",
              f"<h1>{html.escape(title)}</h1>"]
-    parts += [f"<pre>{html.escape(text)}</pre>" for text in texts]
+    for block in blocks:
+        parts.append(block if isinstance(block, Html) else f"<p>{html.escape(block)}</p>")
     for image in images:
         data = base64.b64encode(Path(image).read_bytes()).decode("ascii")
         parts.append(f"<p><img alt='{html.escape(Path(image).stem)}' style='max-width:100%' "
                      f"src='data:image/png;base64,{data}'></p>")
-    parts.append(f"<p><small>written {time.strftime('%Y-%m-%d %H:%M')} on "
-                 f"{html.escape(platform.node())}</small></p>")
+    link = (f" Every number above is in <a href='{html.escape(json_name)}'>"
+            f"{html.escape(json_name)}</a>." if json_name else "")
+    parts.append(f"<p><small>Written {time.strftime('%Y-%m-%d %H:%M')} on "
+                 f"{html.escape(platform.node())}.{link}</small></p></html>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(parts))
     return path
