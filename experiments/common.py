@@ -131,9 +131,9 @@ def run_directory(root: str | Path, config: RunConfig, label: str) -> Path:
     return Path(root) / f"{config.data.dataset}_{config.data.protocol}_{embedder}_{variant}"
 
 
-# Every figure in README was trained with episodes sampled on the host: experiments keep that
-# sampler so that a rerun from scratch reproduces them exactly (`--set train.sampler=device`
-# trains faster, on another random stream of the same episode distribution).
+# Every figure in docs/results.md was trained with episodes sampled on the host: experiments
+# keep that sampler so that a rerun from scratch reproduces them exactly (`--set
+# train.sampler=device` trains faster, on another random stream of the same distribution).
 PUBLISHED_SAMPLER = "host"
 
 

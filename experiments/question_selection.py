@@ -22,7 +22,7 @@ group, on the targets neither context asked (a question that is asked is no long
 which would otherwise flatter a criterion that asks the hardest questions), averaged over
 the random draws, with bootstrap 95% intervals over groups x splits. Writes
 reports/question_selection.json and a plot per setting (docs/question_selection*.png, which
-README shows).
+docs/results.md shows).
 """
 
 from __future__ import annotations
@@ -214,8 +214,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=DRAWS,
                         help=f"random contexts a split (default: {DRAWS})")
     parser.add_argument("--plot", default="docs/question_selection.png",
-                        help="OpinionQA's figure (README shows it); other settings add their "
-                             "name (default: docs/question_selection.png)")
+                        help="OpinionQA's figure (docs/results.md shows it); other settings add "
+                             "their name (default: docs/question_selection.png)")
     args = parser.parse_args()
     report = {"seeds": args.seeds, "recipe": args.recipe, "ks": args.ks, "settings": {}}
     for setting in args.settings:

@@ -24,7 +24,7 @@ HEADS = ("reference", "gpo", "pal", "ppd")
 TRAIN_EPILOG = f"""heads (--set head=NAME): {', '.join(HEADS)} (default: reference)
 datasets (--set data.dataset=NAME): {', '.join(DATASETS)}
 config fields: the sections data, embed, model and train of gpo.RunConfig; an example
-  config file is in README (Configs). Every field can be set with --set SECTION.FIELD=VALUE,
+  config file is in README (CLI). Every field can be set with --set SECTION.FIELD=VALUE,
   e.g. --set train.steps=2000 --set data.protocol=B --set embed.model=minilm"""
 
 CONTEXT_FORMAT = """context JSON: a list of objects, one per answered question:

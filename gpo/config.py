@@ -96,7 +96,7 @@ class SamplingConfig:
     """The distribution of meta-training episodes, read whole by both samplers (NumPy on the
     host, `gpo.training.sampling`; jax.random inside the jitted step,
     `gpo.training.device_sampler`). Both stay: the host's random stream is the one every
-    figure in README was trained on, the device's is the fast default.
+    figure in docs/results.md was trained on, the device's is the fast default.
 
     An episode: a group drawn uniformly from the meta-training groups; context and target
     question counts drawn from their ranges (context uniformly or log-uniformly), capped by

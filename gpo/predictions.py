@@ -208,6 +208,6 @@ class LabelledWeights(np.ndarray):
             return repr(np.asarray(self))
         width = max(map(len, self.labels), default=0)
         ranked = sorted(self.items(), key=lambda item: -item[1])
-        return "\n".join(f"{label:<{width}}  {value:+.4g}" for label, value in ranked)
+        return "\n".join(f"{label:<{width}}  {value + 0.0:+.4f}" for label, value in ranked)
 
     __str__ = __repr__

@@ -56,7 +56,7 @@ def default_criterion(head: str, metric: str) -> str:
     """What to rank by unless told: with the reference head the expected error itself where
     the metric is W1 (`metric`, the best criterion on OpinionQA's validation groups), else
     the design (the best on GlobalOpinionQA's and the persona pairs' validation groups, both
-    scored by other metrics; README); heads without a posterior have only the design."""
+    scored by other metrics; docs/results.md); heads without a posterior have only the design."""
     return "metric" if head == "reference" and metric == "wasserstein" else "design"
 
 

@@ -137,7 +137,7 @@ def test_api_weights_respondents_and_new_questions(data, trained_run):
     assert sorted(weights.labels) == sorted(train_labels)
     heaviest = max(weights.items(), key=lambda item: item[1])
     assert str(weights.round(2)).splitlines()[0].split() == [heaviest[0],
-                                                             f"{round(heaviest[1], 2):+.4g}"]
+                                                             f"{round(heaviest[1], 2):+.4f}"]
     assert weights[heaviest[0]] == heaviest[1]
     target = survey.questions[20]
     fitted = group.predict([target.key])[0]

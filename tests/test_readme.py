@@ -1,16 +1,135 @@
-"""README's set-up commands are the ones CI runs."""
+"""README is a manual whose every example runs: the set-up commands are the ones CI runs, the
+Python and `gpo` examples run against a demo run, the example config loads, the headline
+table is the one docs/results.md holds, and every link resolves."""
 
+from __future__ import annotations
+
+import contextlib
+import io
+import json
 import re
+import shlex
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+
+
+def fenced(text: str) -> list[tuple[str, str]]:
+    """(language, body) of every fenced block, in order."""
+    out, language, body = [], None, []
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            if language is None:
+                language, body = line[3:].strip(), []
+            else:
+                out.append((language, "\n".join(body)))
+                language = None
+        elif language is not None:
+            body.append(line)
+    return out
+
+
+def blocks(path: Path, language: str) -> list[str]:
+    return [body for lang, body in fenced(path.read_text()) if lang == language]
 
 
 def readme_commands() -> list[str]:
-    return re.findall(r"```bash\n(.+?)\n```", (ROOT / "README.md").read_text())
+    return blocks(README, "bash")
 
 
 def test_ci_runs_readme_test_command():
     commands = readme_commands()
     test_command = next(c for c in commands if "pytest" in c)
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_is_a_manual_not_a_results_dump():
+    assert len(README.read_bytes()) <= 12_000
+
+
+@pytest.mark.parametrize("page", [README, *DOCS], ids=lambda p: p.name)
+def test_links_resolve(page):
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#([^)]+))?\)", page.read_text()):
+        path, anchor = target
+        if path.startswith("http"):
+            continue
+        linked = (page.parent / path).resolve()
+        assert linked.exists(), f"{page.name} links to missing {path}"
+        if anchor and linked.suffix == ".md":
+            headings = [re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-")
+                        for h in re.findall(r"^#+ (.+)$", linked.read_text(), re.M)]
+            assert anchor in headings, f"{page.name}: no heading #{anchor} in {path}"
+
+
+def _table_rows(text: str) -> dict[str, dict[str, str]]:
+    """Every printed table in text: {method: {column: cell}} (later tables override)."""
+    rows: dict[str, dict[str, str]] = {}
+    for block in (body for lang, body in fenced(text) if body.startswith("method ")):
+        lines = block.split("\n")
+        starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
+        columns = lines[0].split()
+        for line in lines[2:]:
+            if not line.strip() or line.startswith(" "):
+                continue
+            cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None])]
+            rows.setdefault(cells[0], {}).update(zip(columns[1:], cells[1:]))
+    return rows
+
+
+def test_headline_table_is_the_one_docs_print():
+    """README's table is a cut of experiments/reference_head.py's, which docs/results.md
+    holds: the same cells, never retyped."""
+    readme = _table_rows(README.read_text().split("## Results", 1)[1])
+    docs = (ROOT / "docs" / "results.md").read_text()
+    section = docs.split("## The reference-group head on OpinionQA", 1)[1].split("\n## ", 1)[0]
+    source = _table_rows(section)
+    assert {"REFERENCE", "group regression", "population prior", "noise ceiling"} <= set(readme)
+    for method, cells in readme.items():
+        for column, cell in cells.items():
+            assert source[method][column] == cell, (method, column)
+
+
+def test_example_config_loads():
+    from gpo.config import RunConfig
+    (example,) = blocks(README, "json")
+    config = RunConfig.from_dict(json.loads(example))
+    assert (config.head, config.data.dataset, config.train.steps) == ("reference", "opinionqa",
+                                                                      300)
+
+
+@pytest.fixture(scope="module")
+def demo_run(data_root, tmp_path_factory):
+    """A demo run as README's examples expect it (lexical embedder, a few steps)."""
+    from gpo.demo import run_demo
+    out = tmp_path_factory.mktemp("readme") / "demo"
+    with contextlib.redirect_stdout(io.StringIO()):
+        run_demo(data_dir=str(data_root / "opinionqa"), out=str(out), steps=5,
+                 embedder="lexical")
+    return out / "run"
+
+
+def test_python_examples_run(demo_run, capsys):
+    for code in blocks(README, "python"):
+        exec(compile(code.replace("runs/demo/run", str(demo_run)), "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "Questions to ask, best first" in out and "90% interval" in out
+
+
+def test_gpo_examples_run(demo_run, tmp_path, monkeypatch, capsys):
+    """The `gpo predict` example, with the context and questions files README shows."""
+    from gpo.cli import main
+    (files,) = [b for b in blocks(README, "") if b.startswith("ctx.json:")]
+    context, questions = files[len("ctx.json:"):].split("qs.json:")
+    monkeypatch.chdir(tmp_path)
+    Path("ctx.json").write_text(context)
+    Path("qs.json").write_text(questions)
+    commands = [c for c in readme_commands() if c.startswith("gpo ")]
+    assert commands
+    for command in commands:
+        main(shlex.split(command.replace("runs/demo/run", str(demo_run)))[1:])
+    out = capsys.readouterr().out
+    assert "Is tea good?" in out and "%" in out

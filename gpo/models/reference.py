@@ -63,7 +63,7 @@ class ReferenceConfig:
     # reference groups' median count on its question, 'learned' that count times a factor
     # learned from episodes that withhold their counts (train.sampling.hide_respondents),
     # 'none' adds no sampling noise (as before these existed; on OpinionQA that falls below
-    # the group regression, README).
+    # the group regression, docs/results.md).
     count_free: str = "references"
 
     # What runs saved before a field existed were trained with (RunDir.head_config).
