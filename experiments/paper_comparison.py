@@ -17,10 +17,14 @@ the reference head, the population prior, the group regression and the noise cei
 Prompting a 135M LLM costs about 0.2-0.4 s a prompt on 2 cores, so by default every method is
 scored on a fixed random subset of --llm-questions questions (the same in every split; each
 split's targets are those of them outside its context). Heads train at the 2-core budget of
-experiments/common.py and are kept under --runs, so a rerun reprints the same tables.
+experiments/common.py and are kept under --runs, so a rerun reprints the same tables; each
+protocol's report replaces its own entry of --out and keeps the others'.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 from common import (
@@ -80,27 +84,49 @@ def compare(args, protocol: str, scorer: PromptingBaselines) -> dict:
     rows = evaluation.rows([k], order)
     rows["noise ceiling"] = {f"k={k}": ceiling}
     n_scored = "all" if scored_Q is None else f"{int(scored_Q.sum())} fixed random"
-    groups = len(evaluation.splits[0].groups)
-    print(format_table(f"{title}: {len(survey.groups)} groups ({groups} held out), "
-                       f"{len(survey.questions)} questions ({n_scored} scored), k = {k}, "
-                       f"alignment over splits {args.seeds}", rows, [f"k={k}"]))
+    title = (f"{title}: {len(survey.groups)} groups ({len(evaluation.splits[0].groups)} held "
+             f"out), {len(survey.questions)} questions ({n_scored} scored), k = {k}, alignment "
+             f"over splits {' '.join(map(str, args.seeds))}")
+    means = {m: float(np.mean(evaluation.per_split(m, k))) for m in order}
+    paired = []
+    if llm_methods:
+        best_llm = max(llm_methods, key=means.get)
+        best_other = max((m for m in order if m != "GPO" and not m.startswith("LLM ")),
+                         key=means.get)
+        for a, b in (("GPO", best_llm), (best_other, "GPO"), ("REFERENCE", best_llm),
+                     (best_llm, "population prior")):
+            if a in means and b in means and a != b:
+                diff, low, high = paired_difference(evaluation.per_group(a, k)[1],
+                                                    evaluation.per_group(b, k)[1])
+                paired.append({"a": a, "b": b, "difference": diff, "low": low, "high": high})
     report = {"protocol": protocol, "dataset": dataset, "k": k, "seeds": args.seeds,
+              "title": title, "rows": rows, "paired": paired,
+              "vs_prior": {m: means[m] - means["population prior"] for m in order},
               "scored_questions": None if scored_Q is None else
               [survey.question_keys[q] for q in np.flatnonzero(scored_Q)],
-              "rows": rows, "evaluation": evaluation.to_json()}
-    if "GPO" in evaluation.methods and llm_methods:
-        best = max(llm_methods, key=lambda m: np.mean(evaluation.per_split(m, k)))
-        diff, low, high = paired_difference(evaluation.per_group("GPO", k)[1],
-                                            evaluation.per_group(best, k)[1])
-        print(f"GPO - {best} (best prompting baseline), paired over held-out groups of all "
-              f"splits: {diff:+.4f} [{low:+.4f}, {high:+.4f}] (95% bootstrap)")
-        prior = np.mean(evaluation.per_split("population prior", k))
-        for m in order:
-            print(f"  {m:34s} - population prior: "
-                  f"{np.mean(evaluation.per_split(m, k)) - prior:+.4f}")
-        report["gpo_vs_best_prompting"] = {"baseline": best, "difference": diff,
-                                           "low": low, "high": high}
+              "evaluation": evaluation.to_json()}
+    print(render(report))
     return report
+
+
+def render(report: dict) -> str:
+    """One protocol's table, its paired comparisons and every method against the prior, as
+    printed and as docs/results.md holds it (experiments/write_docs.py)."""
+    k = report["k"]
+    groups = len(report["evaluation"]["splits"][0]["groups"]) * len(report["seeds"])
+    lines = [format_table(report["title"], report["rows"], [f"k={k}"]), "",
+             f"paired over {groups} held-out groups x splits, mean [bootstrap 95% interval]:"]
+    lines += [f"  {p['a']} - {p['b']}: {p['difference']:+.4f} [{p['low']:+.4f}, "
+              f"{p['high']:+.4f}]" for p in report["paired"]]
+    width = max(map(len, report["vs_prior"]))
+    lines.append("each method - population prior:")
+    lines += [f"  {m:<{width}}  {d:+.4f}" for m, d in report["vs_prior"].items()]
+    return "\n".join(lines)
+
+
+def render_markdown(reports: dict) -> str:
+    """Every protocol of a report file as docs/results.md shows it (write_docs.py)."""
+    return "\n\n".join(f"```\n{render(reports[p])}\n```" for p in PROTOCOLS if p in reports)
 
 
 def main() -> None:
@@ -120,8 +146,12 @@ def main() -> None:
     args = parser.parse_args()
     scorer = PromptingBaselines(LetterScorer(args.llm, cache_dir=args.cache_dir),
                                 tuple(args.llm_styles))
-    reports = {p: compare(args, p, scorer) for p in args.protocols}
-    print(f"\nwrote {write_json(args.out, reports)}")
+    out = Path(args.out)
+    reports = json.loads(out.read_text()) if out.is_file() else {}  # other protocols kept
+    reports.pop("created", None), reports.pop("host", None)
+    for protocol in args.protocols:
+        reports[protocol] = compare(args, protocol, scorer)
+    print(f"\nwrote {write_json(out, reports)}")
 
 
 if __name__ == "__main__":

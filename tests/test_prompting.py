@@ -238,3 +238,42 @@ def test_gpo_eval_scores_llm_baselines_beside_the_head(trained_run, tmp_path, mo
         main(["eval", "--run-dir", str(run_dir), "--k", "2", "--llm-baselines",
               "--llm-styles", "two-shot", "--out", str(tmp_path / "eval2")])
     assert "invalid choice: 'two-shot'" in capsys.readouterr().err
+
+
+_SHARDED = """
+import json, sys
+import numpy as np
+from gpo.embed.letters import LetterScorer
+from gpo.evaluation.prompting import _system, letter_prompt, question_block
+from tests.helpers import tiny_survey
+survey = tiny_survey()
+scorer = LetterScorer(progress=False)
+prompts = [letter_prompt(scorer, _system("steered-BIO", survey.groups[0]), "",
+                         question_block(q), len(q.answer_options)) for q in survey.questions[:5]]
+print(json.dumps([scorer.mesh.shape["data"], np.concatenate(
+    scorer.distributions(prompts)).tolist()]))
+"""
+
+
+@needs_smollm2
+def test_batches_split_over_devices_give_the_same_distributions(scorer):
+    """8 simulated devices, each scoring its share of a batch, agree with one device."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True,
+                          env=env, cwd=root, check=True)
+    devices, sharded = json.loads(done.stdout.strip().splitlines()[-1])
+    survey = tiny_survey()
+    from gpo.evaluation.prompting import _system, letter_prompt
+    prompts = [letter_prompt(scorer, _system("steered-BIO", survey.groups[0]), "",
+                             question_block(q), len(q.answer_options))
+               for q in survey.questions[:5]]
+    assert devices == 8
+    np.testing.assert_allclose(sharded, np.concatenate(scorer.distributions(prompts)),
+                               atol=5e-5)

@@ -133,3 +133,19 @@ def test_gpo_examples_run(demo_run, tmp_path, monkeypatch, capsys):
         main(shlex.split(command.replace("runs/demo/run", str(demo_run)))[1:])
     out = capsys.readouterr().out
     assert "Is tea good?" in out and "%" in out
+
+
+def test_generated_docs_match_their_reports():
+    """docs/ blocks generated from a committed JSON report (experiments/write_docs.py) are
+    what the report renders to: a figure there is never edited by hand."""
+    import sys
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from write_docs import BLOCK, generated
+    found = 0
+    for page in DOCS:
+        text = page.read_text()
+        found += len(BLOCK.findall(text))
+        assert generated(text, ROOT / "docs" / "reports") == text, (
+            f"{page.name}: a generated block differs from its report; run "
+            "python experiments/write_docs.py")
+    assert found
