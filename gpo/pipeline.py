@@ -90,13 +90,18 @@ def train_run(config: RunConfig, run_dir: str | Path, progress: bool = True,
     returns its result at once (`TrainResult.seconds` 0). announce: called once with a line
     saying what is trained, on what, embedded how, before anything slow starts."""
     check_model_section(config.head, config.model)
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise ValueError(f"{run_dir}: a file where the run folder belongs; give a folder")
     survey = load_survey(config.data) if survey is None else survey
     check_against_data(config, survey)
+    done = finished_run(config, RunDir(run_dir))  # refuses a changed config, naming fields
+    if done is not None:
+        if announce is not None:
+            announce(f"{run_dir} already finished this config ({done.steps} steps): "
+                     "nothing to train")
+        return done
     if announce is not None:
         announce(training_line(config, survey, run_dir, embedded=embeddings is not None))
-    done = finished_run(config, RunDir(run_dir))
-    if done is not None:
-        return done
     embeddings = embed(survey, config.embed) if embeddings is None else embeddings
     return train(config, survey, embeddings, run_dir, progress=progress,
                  data_dir=dataset_folder(config.data))

@@ -59,7 +59,9 @@ def test_train_says_first_what_it_trains_and_caches_embeddings(tmp_path, monkeyp
     assert json.loads(captured.out)["total_seconds"] >= json.loads(captured.out)["seconds"]
     assert any((tmp_path / "cache" / "embeddings").glob("*/part-*.npy"))
     main(args)  # finished: returns at once, nothing embedded again
-    assert json.loads(capsys.readouterr().out)["seconds"] == 0
+    again = capsys.readouterr()
+    assert json.loads(again.out)["seconds"] == 0
+    assert "already finished this config (2 steps): nothing to train" in again.err
 
 
 def test_help_is_fast():

@@ -287,3 +287,13 @@ def test_paper_comparison(shared, capsys):
     # The docs' generated block renders from this JSON alone.
     from paper_comparison import render
     assert render(gpo) in out
+
+
+def test_fault_catalogue(shared, capsys):
+    """Every case answers as a user should be answered (the script exits 1 otherwise)."""
+    out = run_script("fault_catalogue.py", ["--out", str(shared["tmp"] / "faults.json")],
+                     capsys)
+    assert " 0 unexpected" in out
+    cases = report(shared, "faults")["cases"]
+    assert len(cases) >= 50 and {outcome for outcome, _ in cases.values()} == {
+        "one line", "raises", "ok"}
