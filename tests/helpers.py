@@ -32,6 +32,19 @@ needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                  reason="torch not installed: pip install -e '.[torch]'")
 WIDTH = 32  # the tiny survey's (lexical) embedding width
 
+
+def torch_smollm2():
+    """(torch, SmolLM2 as transformers reads the same GGUF): the reference the JAX LLM is
+    checked against. Skips without torch or accelerate."""
+    torch = pytest.importorskip("torch", reason="reference test: pip install -e '.[torch]'")
+    pytest.importorskip("accelerate", reason="transformers needs accelerate to read GGUF")
+    from transformers import AutoModelForCausalLM
+
+    from gpo.embed.llm import smollm2_path
+    path = smollm2_path()
+    return torch, AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                       dtype=torch.float32)
+
 # Each head small enough that a run of a few dozen steps takes seconds on 2 cores.
 TINY_MODELS = {
     "gpo": {"width": 16, "heads": 2, "layers": 1, "feedforward": 16, "embed_depth": 2},

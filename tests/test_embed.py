@@ -8,7 +8,7 @@ from gpo.config import EmbedConfig
 from gpo.embed import LexicalEmbedder, embed_survey, make_embedder
 from gpo.embed.llm import EmbeddingCache, LLMEmbedder, format_prompt, smollm2_path
 from gpo.embed.weights import ModelFileError, load_gguf
-from tests.helpers import needs_smollm2
+from tests.helpers import needs_smollm2, torch_smollm2
 
 
 def test_lexical_embedder_is_stateless_and_normalised():
@@ -140,13 +140,8 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(embedder, opinionqa):
 
 @smollm2
 def test_hidden_states_match_transformers_torch(embedder):
-    torch = pytest.importorskip("torch", reason="reference test: pip install -e '.[torch]'")
-    pytest.importorskip("accelerate", reason="transformers needs accelerate to read GGUF")
     import jax.numpy as jnp
-    from transformers import AutoModelForCausalLM
-    path = smollm2_path()
-    reference = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                     dtype=torch.float32)
+    torch, reference = torch_smollm2()
     parts = format_prompt("Do you think the world is safer than 50 years ago?",
                           ["Safer", "More dangerous"], embedder.loaded.chat_template,
                           embedder.loaded.special_tokens)

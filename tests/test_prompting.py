@@ -19,7 +19,7 @@ from gpo.evaluation.prompting import (
     prompting_predictions,
     question_block,
 )
-from tests.helpers import needs_smollm2, tiny_survey
+from tests.helpers import needs_smollm2, tiny_survey, torch_smollm2
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +121,8 @@ def test_unknown_style_is_refused():
 
 @needs_smollm2
 def test_lm_head_matches_transformers_torch(scorer):
-    torch = pytest.importorskip("torch", reason="reference test: pip install -e '.[torch]'")
-    pytest.importorskip("accelerate", reason="transformers needs accelerate to read GGUF")
     import jax.numpy as jnp
-    from transformers import AutoModelForCausalLM
-
-    from gpo.embed.llm import smollm2_path
-    path = smollm2_path()
-    reference = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                     dtype=torch.float32)
+    torch, reference = torch_smollm2()
     survey = tiny_survey()
     prompt = _letter_prompts(scorer, survey, "steered-BIO")[0]
     ids = scorer.tokenize(prompt.prefix + prompt.suffix)
