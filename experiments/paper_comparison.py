@@ -146,11 +146,10 @@ def main() -> None:
     args = parser.parse_args()
     scorer = PromptingBaselines(LetterScorer(args.llm, cache_dir=args.cache_dir),
                                 tuple(args.llm_styles))
-    out = Path(args.out)
-    reports = json.loads(out.read_text()) if out.is_file() else {}  # other protocols kept
-    reports.pop("created", None), reports.pop("host", None)
-    for protocol in args.protocols:
-        reports[protocol] = compare(args, protocol, scorer)
+    new = {protocol: compare(args, protocol, scorer) for protocol in args.protocols}
+    out = Path(args.out)  # read last, so that runs of other protocols meanwhile are kept
+    reports = json.loads(out.read_text()) if out.is_file() else {}
+    reports = {k: v for k, v in reports.items() if k in PROTOCOLS} | new
     print(f"\nwrote {write_json(out, reports)}")
 
 
