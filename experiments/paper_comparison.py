@@ -39,7 +39,7 @@ from common import (
 from gpo.config import DataConfig, EmbedConfig
 from gpo.data.splits import make_eval_task
 from gpo.embed.letters import LetterScorer
-from gpo.evaluation.metrics import noise_ceiling, paired_difference
+from gpo.evaluation.metrics import noise_ceiling
 from gpo.evaluation.prompting import STYLES, PromptingBaselines
 from gpo.evaluation.report import format_table, write_json
 from gpo.pipeline import embed, load_survey, scored_questions
@@ -96,8 +96,7 @@ def compare(args, protocol: str, scorer: PromptingBaselines) -> dict:
         for a, b in (("GPO", best_llm), (best_other, "GPO"), ("REFERENCE", best_llm),
                      (best_llm, "population prior")):
             if a in means and b in means and a != b:
-                diff, low, high = paired_difference(evaluation.per_group(a, k)[1],
-                                                    evaluation.per_group(b, k)[1])
+                diff, low, high = evaluation.paired(a, b, k)
                 paired.append({"a": a, "b": b, "difference": diff, "low": low, "high": high})
     report = {"protocol": protocol, "dataset": dataset, "k": k, "seeds": args.seeds,
               "title": title, "rows": rows, "paired": paired,

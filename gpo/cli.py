@@ -90,6 +90,7 @@ def cmd_eval(args) -> None:
     from gpo.evaluation.plots import plot_alignment_vs_k, plot_per_group
     from gpo.evaluation.report import (
         evaluation_table,
+        held_out,
         html_definitions,
         html_facts,
         html_table,
@@ -117,12 +118,10 @@ def cmd_eval(args) -> None:
     write_json(out / "report.json", {"evaluated": what, **evaluation.to_json()})
     plots = [plot_alignment_vs_k(evaluation, out / "alignment_vs_k.png", title),
              plot_per_group(evaluation, max(args.k), out / "per_group.png", title)]
-    split = evaluation.splits[0]
-    checkpoint = split.checkpoint or {}
+    checkpoint = evaluation.splits[0].checkpoint or {}
     facts = html_facts({
         "run": str(args.run_dir), "data": f"{survey}: {what}",
-        "split": f"protocol {evaluation.protocol}, seed {split.seed}: {len(split.groups)} "
-                 f"held-out groups ({', '.join(split.groups)})",
+        "split": held_out(evaluation),
         "head": f"{evaluation.head}, checkpoint of step {checkpoint.get('step')} (validation "
                 f"alignment {checkpoint.get('validation')})",
         "context draws": ", ".join(str(s.seed) for s in evaluation.splits)})

@@ -21,18 +21,18 @@ from typing import Any
 from gpo.data.datasets import DATASETS, dataset
 
 DEFAULT_HEAD = "reference"
-
-
-def user_cache_dir() -> Path:
-    """Where gpo caches what it computes from model weights (LLM answers): $GPO_CACHE_DIR,
-    else $XDG_CACHE_HOME/gpo, else ~/.cache/gpo (the XDG convention)."""
-    if os.environ.get("GPO_CACHE_DIR"):
-        return Path(os.environ["GPO_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpo"
 LOSSES = ("default", "gaussian_nll", "kl", "wasserstein", "kl+nll", "wasserstein+nll")
 SAMPLERS = ("host", "device")
 PACKINGS = ("auto", "rows", "off")
 CONTEXT_DISTRIBUTIONS = ("uniform", "log_uniform")
+
+
+def user_cache_dir() -> Path:
+    """Where gpo caches what it computes from model weights (embeddings, LLM answers):
+    $GPO_CACHE_DIR, else $XDG_CACHE_HOME/gpo, else ~/.cache/gpo (the XDG convention)."""
+    if os.environ.get("GPO_CACHE_DIR"):
+        return Path(os.environ["GPO_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpo"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,7 @@ from gpo.evaluation.report import (
     METRICS,
     Html,
     evaluation_table,
+    held_out,
     html_definitions,
     html_facts,
     html_table,
@@ -117,11 +118,8 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
     rows = evaluation.rows(DEMO_KS)
     if ceiling is not None:
         rows["noise ceiling"] = {f"k={max(DEMO_KS)}": [ceiling]}
-    split = evaluation.splits[0]
     facts = html_facts({
-        "data": f"{survey} ({dataset})",
-        "split": f"protocol A, seed {split.seed}: {len(split.groups)} held-out groups "
-                 f"({', '.join(split.groups)})",
+        "data": f"{survey} ({dataset})", "split": held_out(evaluation),
         "head": f"{config.head}, {result.steps} steps; checkpoint of step {result.best_step} "
                 f"(best validation alignment {result.best_validation:.4f})",
         "embedder": embedder, "config": json.dumps(config.to_dict())})
@@ -193,7 +191,7 @@ def summary(evaluation: Evaluation, ks, ceiling: float | None = None) -> str:
     n_groups = len(evaluation.per_group(winner, k)[0])
     spread = ("one split" if len(evaluation.splits) == 1
               else f"{len(evaluation.splits)} splits")
-    diff, low, high = _paired(evaluation, winner, runner_up, k)
+    diff, low, high = evaluation.paired(winner, runner_up, k)
     lines = [_sentence(METRICS[evaluation.metric]), K_DEFINITION,
              f"At k = {k}, {winner} predicts best ({means[winner]:.4f}): {diff:+.4f} over the "
              f"runner-up, {runner_up} (95% interval [{low:+.4f}, {high:+.4f}], paired over the "
@@ -202,7 +200,7 @@ def summary(evaluation: Evaluation, ks, ceiling: float | None = None) -> str:
                 else ".")]
     head = evaluation.head
     if head in means and len(ks) > 1:
-        leads = {kk: _paired(evaluation, head, max(
+        leads = {kk: evaluation.paired(head, max(
             (m for m in means if m != head),
             key=lambda m: np.mean(evaluation.per_split(m, kk))), kk) for kk in ks}
         clearest = max(leads, key=lambda kk: leads[kk][1])  # the largest lower bound
@@ -221,10 +219,6 @@ def summary(evaluation: Evaluation, ks, ceiling: float | None = None) -> str:
 
 def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
-
-
-def _paired(evaluation: Evaluation, a: str, b: str, k: int) -> tuple[float, float, float]:
-    return paired_difference(evaluation.per_group(a, k)[1], evaluation.per_group(b, k)[1])
 
 
 def _data_dir(flag: str | None) -> Path | None:

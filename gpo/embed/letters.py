@@ -147,10 +147,9 @@ class LetterScorer:
         """`[len(suffixes), 26]` letter logits (each letter's token variants combined)."""
         devices = self.mesh.shape["data"]
         ids, mask = _pad(suffixes, devices)
-        B = len(ids)
         last_B = np.maximum(mask.sum(1) - 1, 0).astype(np.int32)
         shard = data_sharded(self.mesh)
-        out = _letter_logits(self._graphdef, self._state, _broadcast_cache(cache, B),
+        out = _letter_logits(self._graphdef, self._state, cache,
                              *(jax.device_put(a, shard) for a in (ids, mask, last_B)),
                              jnp.asarray(self.letter_ids_LxV))
         return np.asarray(out)[: len(suffixes)]
@@ -163,11 +162,11 @@ def _prefix_pass(graphdef, state, ids, mask):
 
 
 @jax.jit
-def _letter_logits(graphdef, state, cache, ids_BxS, mask_BxS, last_B, letter_ids_Lx2):
+def _letter_logits(graphdef, state, prefix, ids_BxS, mask_BxS, last_B, letter_ids_Lx2):
+    """One prefix's cache (a batch of one) read by every suffix of the batch."""
     model = nnx.merge(graphdef, state)
-    hidden_BxSxD, _ = model(ids_BxS, mask_BxS, prefix=cache)
+    hidden_BxSxD, _ = model(ids_BxS, mask_BxS, prefix=_broadcast_cache(prefix, len(last_B)))
     hidden_BxD = jnp.take_along_axis(hidden_BxSxD, last_B[:, None, None], 1)[:, 0]
     logits = model.logits(hidden_BxD, jnp.maximum(letter_ids_Lx2, 0).reshape(-1))
     logits = jnp.where(letter_ids_Lx2.reshape(-1) >= 0, logits, -jnp.inf)
     return jax.nn.logsumexp(logits.reshape(len(last_B), *letter_ids_Lx2.shape), -1)
-

@@ -23,7 +23,7 @@ from flax import nnx
 from gpo.data.splits import EvalTask, Split, make_eval_task, task_with_context
 from gpo.data.survey import Survey
 from gpo.evaluation.baselines import BASELINES, USES_ONLY_CONTEXT
-from gpo.evaluation.metrics import Score, score_predictions
+from gpo.evaluation.metrics import Score, paired_difference, score_predictions
 from gpo.models import Head, forward
 from gpo.points import (
     EmbeddingStats,
@@ -176,6 +176,11 @@ class Evaluation:
                 labels += s.groups
                 values += s.scores[method][k]["per_group"]
         return labels, np.asarray(values, np.float64)
+
+    def paired(self, a: str, b: str, k: int) -> tuple[float, float, float]:
+        """(mean of a - b, 2.5%, 97.5%) over every split's test groups at k, bootstrapped
+        over groups (`gpo.evaluation.metrics.paired_difference`)."""
+        return paired_difference(self.per_group(a, k)[1], self.per_group(b, k)[1])
 
     def rows(self, ks: Sequence[int] | None = None, methods: Iterable[str] | None = None,
              rename: dict[str, str] | None = None) -> dict[str, dict[str, list[float]]]:

@@ -126,6 +126,13 @@ def html_table(rows: Mapping[str, Mapping[str, Sequence[float]]], columns: Seque
     return Html(f"<table><tr><th>method</th>{head}</tr>{''.join(body)}</table>")
 
 
+def held_out(evaluation) -> str:
+    """The first split of an `Evaluation` in words: protocol, seed, its held-out groups."""
+    split = evaluation.splits[0]
+    return (f"protocol {evaluation.protocol}, seed {split.seed}: {len(split.groups)} held-out "
+            f"groups ({', '.join(split.groups)})")
+
+
 def html_facts(facts: Mapping[str, str]) -> Html:
     """A two-column table of what a report is about (data, split, config)."""
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
