@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from gpo.embed.llm import EmbeddingCache, _broadcast_cache, _pad, load_llm
+from gpo.embed.llm import EmbeddingCache, load_llm, pad_tokens
 from gpo.sharding import data_sharded, make_mesh, replicated
 
 LETTERS = string.ascii_uppercase
@@ -146,7 +146,7 @@ class LetterScorer:
     def _suffix_logits(self, cache, suffixes: list[list[int]]) -> np.ndarray:
         """`[len(suffixes), 26]` letter logits (each letter's token variants combined)."""
         devices = self.mesh.shape["data"]
-        ids, mask = _pad(suffixes, devices)
+        ids, mask = pad_tokens(suffixes, devices)
         last_B = np.maximum(mask.sum(1) - 1, 0).astype(np.int32)
         shard = data_sharded(self.mesh)
         out = _letter_logits(self._graphdef, self._state, cache,
@@ -165,7 +165,7 @@ def _prefix_pass(graphdef, state, ids, mask):
 def _letter_logits(graphdef, state, prefix, ids_BxS, mask_BxS, last_B, letter_ids_Lx2):
     """One prefix's cache (a batch of one) read by every suffix of the batch."""
     model = nnx.merge(graphdef, state)
-    hidden_BxSxD, _ = model(ids_BxS, mask_BxS, prefix=_broadcast_cache(prefix, len(last_B)))
+    hidden_BxSxD, _ = model(ids_BxS, mask_BxS, prefix=prefix.first_row_for(len(last_B)))
     hidden_BxD = jnp.take_along_axis(hidden_BxSxD, last_B[:, None, None], 1)[:, 0]
     logits = model.logits(hidden_BxD, jnp.maximum(letter_ids_Lx2, 0).reshape(-1))
     logits = jnp.where(letter_ids_Lx2.reshape(-1) >= 0, logits, -jnp.inf)

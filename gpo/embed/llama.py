@@ -130,6 +130,13 @@ class PrefixCache:
     mask_BxP: jax.Array
     length_B: jax.Array
 
+    def first_row_for(self, batch: int) -> PrefixCache:
+        """The first row's cache repeated for `batch` sequences (one prefix, many suffixes)."""
+        def rows(a, axis):
+            return jnp.repeat(jnp.take(a, jnp.array([0]), axis=axis), batch, axis=axis)
+        return PrefixCache(rows(self.keys, 1), rows(self.values, 1), rows(self.mask_BxP, 0),
+                           rows(self.length_B, 0))
+
 
 class DecoderLayer(nnx.Module):
     def __init__(self, c: LlamaConfig):

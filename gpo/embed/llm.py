@@ -179,7 +179,7 @@ class LLMEmbedder:
         else:
             shared = 0
         prefix_ids, prefix_mask = self._pad(prefixes)
-        head_B = None if head is None else _broadcast_cache(head, len(prefix_ids))
+        head_B = None if head is None else head.first_row_for(len(prefix_ids))
         hidden, cache = _run(self._graphdef, self._state, *self._shard(prefix_ids, prefix_mask),
                              None, None, head_B, self.layer, True)
         prefix_sum = head_sum + np.asarray(jnp.sum(hidden * prefix_mask[..., None], 1))
@@ -191,7 +191,7 @@ class LLMEmbedder:
         # All option suffixes of a question packed into one row: each attends to the prefix and
         # to its own earlier tokens only, its positions restarting where the prefix ends.
         packed = [np.concatenate(sufs) for sufs in suffixes]
-        suffix_ids, suffix_mask = _pad(packed, rows=len(prefix_ids))  # rows match the cache's
+        suffix_ids, suffix_mask = pad_tokens(packed, rows=len(prefix_ids))  # rows match the cache's
         segments = np.full(suffix_ids.shape, -1, np.int32)
         positions = np.zeros(suffix_ids.shape, np.int32)
         for q, sufs in enumerate(suffixes):
@@ -218,7 +218,7 @@ class LLMEmbedder:
         return out
 
     def _pad(self, sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        return _pad(sequences, self.mesh.shape["data"])
+        return pad_tokens(sequences, self.mesh.shape["data"])
 
     def _shard(self, *arrays: np.ndarray) -> list[jax.Array]:
         """Split padded batches over the mesh's "data" axis."""
@@ -242,7 +242,7 @@ def _run(graphdef, state, ids, mask, positions, segments, prefix, layer, keep_ca
                                       keep_cache=keep_cache, segments_BxS=segments)
 
 
-def _pad(sequences: list[list[int]], devices: int = 1, rows: int | None = None
+def pad_tokens(sequences: list[list[int]], devices: int = 1, rows: int | None = None
          ) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad to a multiple of _BUCKET, the batch to a power of two that the device count
     divides (or to `rows`): few compiled shapes, and every device gets the same share."""
@@ -267,14 +267,6 @@ def _common_length(sequences: list[list[int]]) -> int:
     while n < shortest - 1 and all(s[n] == sequences[0][n] for s in sequences):
         n += 1
     return n
-
-
-def _broadcast_cache(cache: PrefixCache, batch: int) -> PrefixCache:
-    """The first row's cache repeated for `batch` sequences."""
-    def rows(a, axis):
-        return jnp.repeat(jnp.take(a, jnp.array([0]), axis=axis), batch, axis=axis)
-    return PrefixCache(rows(cache.keys, 1), rows(cache.values, 1), rows(cache.mask_BxP, 0),
-                       rows(cache.length_B, 0))
 
 
 def _text_key(text: str) -> str:
