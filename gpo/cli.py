@@ -132,13 +132,15 @@ def cmd_eval(args) -> None:
 
 
 def cmd_calibrate(args) -> None:
-    from gpo.evaluation.conformal import calibrate_run
     from gpo.pipeline import run_survey
     from gpo.run_dir import RunDir
+    from gpo.training import calibrate_trained_run
     run = RunDir(args.run_dir).require()
-    calibration = calibrate_run(run, run_survey(run, args.data_dir))
-    groups = calibration.fitted_on["groups"]
-    print(f"calibrated {args.run_dir}'s intervals on its {len(groups)} validation groups "
+    calibration = calibrate_trained_run(run, run_survey(run, args.data_dir), progress=True)
+    groups, folds = calibration.fitted_on["groups"], calibration.fitted_on.get("folds", 1)
+    where = "validation groups" if folds == 1 else (
+        f"held-out training groups (validation groups and {folds - 1} more folds)")
+    print(f"calibrated {args.run_dir}'s intervals on its {len(groups)} {where} "
           f"({', '.join(calibration.conditions)}) -> {run.path / 'calibration.json'}")
 
 

@@ -43,6 +43,10 @@ class DataConfig:
     split_seed: int = 0
     train_fraction: float = 0.4       # GPO: 40% of groups train
     validation_fraction: float = 0.25  # of the training groups, held out to pick checkpoints
+    # 1: intervals calibrated on the validation groups; F > 1: also on F - 1 folds of the other
+    # training groups, each held out of one more model trained only for that (F - 1 more
+    # trainings, every training group calibrates: steadier intervals)
+    calibration_folds: int = 1
     eval_k: int = 20                  # context questions per test group (GPO: 20)
     min_group_answers: int = 50       # sparse data (GlobalOpinionQA): keep groups with >= this
     synthetic_seed: int = 0           # synthetic and persona: the generator's seed
@@ -60,7 +64,8 @@ class DataConfig:
         if not 0 < self.train_fraction < 1:
             raise ValueError(f"train_fraction must be in (0, 1): some groups train, some are "
                              f"tested; got {self.train_fraction}")
-        for name in ("eval_k", "synthetic_groups", "synthetic_questions", "persona_types"):
+        for name in ("eval_k", "calibration_folds", "synthetic_groups", "synthetic_questions",
+                     "persona_types"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.min_group_answers < 0:

@@ -1,6 +1,7 @@
 """Prediction intervals with stated coverage: split-conformal quantiles of normalised
-residuals, fitted on a run's validation groups (`gpo.evaluation.conformal`), stored in the run
-folder and applied by `predict()`.
+residuals, fitted on a run's validation groups (`gpo.evaluation.conformal`; with
+`data.calibration_folds` > 1 on every training group, each scored by a model trained without
+it), stored in the run folder and applied by `predict()`.
 
 An option's interval is p ± q·f·σ, clipped to [0, 1], with
 

@@ -96,6 +96,9 @@ class RunInUse(ValueError):
     """Another process holds the run folder."""
 
 
+# where a run keeps the models that score its further calibration folds (one run folder each)
+FOLDS = "calibration_folds"
+
 # run.json's fields and their JSON types; runs of an older gpo lack the optional ones
 _RECORD_FIELDS = {"questions": list, "texts": list, "options": list, "split": dict}
 _OPTIONAL_FIELDS = {"dataset": str, "survey": str, "head_config": dict, "ordinals": list,
@@ -224,6 +227,14 @@ class RunDir:
             raise FileNotFoundError(f"{self.path}: no run.json; the run was made by an older "
                                     "gpo and must be trained again")
         return self
+
+    def fold_runs(self) -> list[RunDir]:
+        """The run folders of the models trained to score this run's further calibration
+        folds (`data.calibration_folds`), in fold order."""
+        folds = self.path / FOLDS
+        names = sorted((p.name for p in folds.iterdir() if p.name.isdigit()), key=int) if (
+            folds.is_dir()) else []
+        return [RunDir(folds / name) for name in names]
 
     def has_checkpoints(self) -> bool:
         return (self.path / "checkpoints").exists()

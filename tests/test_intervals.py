@@ -189,3 +189,64 @@ def test_too_few_scores_for_a_level_give_the_whole_range():
     assert low.tolist() == [0.0, 0.0] and high.tolist() == [1.0, 1.0]
     low, high = bands.option_intervals(np.array([0.3, 0.7]), np.array([0.05, 0.05]), 0.5)
     assert np.all(np.isfinite(low)) and np.all(high < 1)
+
+
+def test_calibration_folds_cover_every_training_group_once(tiny):
+    from gpo.data.splits import calibration_folds, make_split, validation_split
+    survey, _ = tiny
+    split = make_split(survey, "A", seed=3)
+    _, validation = validation_split(split, 0.25, 3)
+    folds = calibration_folds(split, validation, 3, 3)
+    assert len(folds) == 2
+    held_out = np.concatenate([validation, *folds])
+    np.testing.assert_array_equal(np.sort(held_out), np.sort(split.train_groups))
+    for fold, again in zip(folds, calibration_folds(split, validation, 3, 3)):
+        np.testing.assert_array_equal(fold, again)  # deterministic for a split
+
+
+def test_a_run_with_calibration_folds_calibrates_on_every_training_group(tiny, tmp_path):
+    """Each fold's model is trained without the fold's groups, and the run's intervals pool
+    the residuals of the validation groups and of every fold."""
+    import dataclasses
+
+    from gpo.run_dir import RunDir
+    from gpo.training import train
+    from tests.helpers import tiny_config
+    survey, embeddings = tiny
+    config = tiny_config(10, head="reference")
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                  calibration_folds=3))
+    train(config, survey, embeddings, tmp_path / "run", progress=False)
+    run = RunDir(tmp_path / "run")
+    split, validation = run.split.resolve(survey)
+    folds = run.fold_runs()
+    assert len(folds) == 2
+    for fold in folds:
+        fold_split, held_out = fold.split.resolve(survey)
+        assert not np.isin(held_out, validation).any()
+        np.testing.assert_array_equal(fold_split.train_groups, split.train_groups)
+    fitted = run.calibration().fitted_on
+    assert sorted(fitted["groups"]) == sorted(survey.group_labels[g]
+                                              for g in split.train_groups)
+    assert fitted["folds"] == 3
+    q = survey.questions
+    context = [(q[i].key, survey.probs_GxQxO[0, i, :len(q[i].answer_options)])
+               for i in range(4)]
+    (prediction,) = gpo.load(tmp_path / "run").adapt(context).predict([q[10].key])
+    low, high = prediction.interval(0.8)
+    assert np.all((low <= prediction.probs) & (prediction.probs <= high))
+
+
+def test_too_many_calibration_folds_are_refused_naming_the_field(tiny, tmp_path):
+    import dataclasses
+
+    from gpo.training import train
+    from tests.helpers import tiny_config
+    survey, embeddings = tiny
+    config = tiny_config(2, head="reference")
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                  calibration_folds=99))
+    with pytest.raises(ValueError, match="data.calibration_folds=99"):
+        train(config, survey, embeddings, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()  # refused before the run folder is made
+

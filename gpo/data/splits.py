@@ -117,6 +117,16 @@ def make_eval_task(survey: Survey, split: Split, k: int, seed: int = 0) -> EvalT
     return task_with_context(survey, split, context)
 
 
+def calibration_folds(split: Split, validation: np.ndarray, folds: int, seed: int
+                      ) -> list[np.ndarray]:
+    """The training groups outside the validation groups, in `folds - 1` near-equal folds:
+    each is held out of a further model whose residuals on it calibrate the run's intervals
+    beside the validation groups' (`gpo.evaluation.conformal`)."""
+    rest = np.setdiff1d(split.train_groups, validation)
+    order = np.random.default_rng((seed, 2)).permutation(rest)
+    return [np.sort(fold) for fold in np.array_split(order, folds - 1) if len(fold)]
+
+
 def validation_split(split: Split, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(meta-training groups, validation groups): some training groups held out to pick
     checkpoints and recipes; test groups are never looked at."""

@@ -35,7 +35,7 @@ from gpo.intervals import (
 )
 from gpo.models import Head
 from gpo.points import OptionTable, padded_size
-from gpo.run_dir import RunDir
+from gpo.run_dir import FOLDS, RunDir
 
 CALIBRATION_KS = (1, 2, 5, 10, 20, 50, 100)
 CALIBRATION_DRAWS = 3        # context draws per k (each a different seed)
@@ -205,14 +205,13 @@ def calibration_tasks(survey: Survey, split: Split, groups: np.ndarray, seed: in
                 for d in range(draws)] for k in usable}
 
 
-def calibrate(head: Head, table: OptionTable, survey: Survey, split: Split,
-              groups: np.ndarray, seed: int, fitted_on: dict | None = None,
-              ks: Sequence[int] = CALIBRATION_KS, draws: int = CALIBRATION_DRAWS
-              ) -> Calibration:
-    """A head's interval calibration on `groups` (a run's validation groups), for context
-    answers with respondent counts (where the survey has them) and without."""
-    if not len(groups):
-        raise ValueError("calibration needs held-out groups (data.validation_fraction > 0)")
+def calibration_residuals(head: Head, table: OptionTable, survey: Survey, split: Split,
+                          groups: np.ndarray, seed: int, ks: Sequence[int] = CALIBRATION_KS,
+                          draws: int = CALIBRATION_DRAWS
+                          ) -> dict[str, dict[int, list[Residuals]]]:
+    """Per condition (context answers with counts, where the survey has them, and without)
+    and per k, the residuals of `groups` (held out of the head's meta-training) after `draws`
+    contexts of k questions."""
     tasks = calibration_tasks(survey, split, groups, seed, ks, draws)
     capacities = task_capacities(survey, [t for per_k in tasks.values() for t in per_k])
     has_counts = bool(np.any(np.nan_to_num(survey.respondents_GxQ[groups]) > 0))
@@ -220,7 +219,7 @@ def calibrate(head: Head, table: OptionTable, survey: Survey, split: Split,
     # answers, left-out context answers) instead of two a task
     ordered = [(k, task) for k, draws_k in tasks.items() for task in draws_k]
     together = concatenate([task for _, task in ordered])
-    conditions = {}
+    found = {}
     for name, with_counts in ((WITH_COUNTS, True), (WITHOUT_COUNTS, False)):
         if with_counts and not has_counts:
             continue
@@ -231,9 +230,33 @@ def calibrate(head: Head, table: OptionTable, survey: Survey, split: Split,
             mine = np.arange(rows, rows + len(task.groups))
             per_k.setdefault(k, []).append(everything.rows(mine, k))
             rows += len(task.groups)
-        conditions[name] = fit_condition(per_k)
-    return Calibration(conditions, {"groups": [survey.group_labels[g] for g in groups],
-                                    "draws": draws, **(fitted_on or {})})
+        found[name] = per_k
+    return found
+
+
+def fit(found: Sequence[dict[str, dict[int, list[Residuals]]]], fitted_on: dict
+        ) -> Calibration:
+    """One calibration from the residuals of one or more models' held-out groups, pooled
+    per condition and k (a condition and k every model has)."""
+    conditions = {}
+    for name in found[0]:
+        ks = [k for k in found[0][name] if all(k in f.get(name, {}) for f in found)]
+        conditions[name] = fit_condition({k: [r for f in found for r in f[name][k]]
+                                          for k in ks})
+    return Calibration(conditions, fitted_on)
+
+
+def calibrate(head: Head, table: OptionTable, survey: Survey, split: Split,
+              groups: np.ndarray, seed: int, fitted_on: dict | None = None,
+              ks: Sequence[int] = CALIBRATION_KS, draws: int = CALIBRATION_DRAWS
+              ) -> Calibration:
+    """A head's interval calibration on `groups` (a run's validation groups), for context
+    answers with respondent counts (where the survey has them) and without."""
+    if not len(groups):
+        raise ValueError("calibration needs held-out groups (data.validation_fraction > 0)")
+    found = calibration_residuals(head, table, survey, split, groups, seed, ks, draws)
+    return fit([found], {"groups": [survey.group_labels[g] for g in groups], "draws": draws,
+                         **(fitted_on or {})})
 
 
 def fit_condition(per_k: dict[int, list[Residuals]]) -> ConditionCalibration:
@@ -308,16 +331,33 @@ def coverage(calibration: Calibration, found: Sequence[Residuals], with_counts: 
 
 def calibrate_run(run: RunDir, survey: Survey, table: OptionTable | None = None
                   ) -> Calibration:
-    """Calibrate a trained run's intervals on its validation groups and save them in the run
-    folder. `survey` holds the run's questions in the run's order; `table`, the run's option
-    table of it, if already built."""
+    """Calibrate a trained run's intervals on its validation groups (and, with
+    `data.calibration_folds` > 1, on its other training groups, each scored by the fold
+    model trained without it) and save them in the run folder. `survey` holds the run's
+    questions in the run's order; `table`, the run's option table of it, if already built."""
     split, validation = run.require().split.resolve(survey)
     if not len(validation):
         raise ValueError(f"{run.path}: the run held out no validation groups "
                          "(data.validation_fraction), so its intervals cannot be calibrated")
     head, meta = run.restore_head()
     table = run_table(run, survey, split) if table is None else table
-    calibration = calibrate(head, table, survey, split, validation, split.seed,
-                            {"step": meta.get("step")})
+    found = [calibration_residuals(head, table, survey, split, validation, split.seed)]
+    groups = [survey.group_labels[g] for g in validation]
+    folds = run.config.data.calibration_folds
+    fold_runs = run.fold_runs()
+    if folds > 1:
+        if len(fold_runs) < folds - 1 or not all(f.has_checkpoints() for f in fold_runs):
+            raise ValueError(f"{run.path}: data.calibration_folds={folds}, but the models of "
+                             f"its folds ({run.path / FOLDS}) are not all trained; run the "
+                             "training again (it resumes) to train them")
+        for fold_run in fold_runs[:folds - 1]:
+            fold_split, held_out = fold_run.split.resolve(survey)
+            fold_head, _ = fold_run.restore_head()
+            found.append(calibration_residuals(fold_head, run_table(fold_run, survey,
+                                                                    fold_split),
+                                               survey, fold_split, held_out, split.seed))
+            groups += [survey.group_labels[g] for g in held_out]
+    calibration = fit(found, {"groups": groups, "draws": CALIBRATION_DRAWS,
+                              "folds": len(found), "step": meta.get("step")})
     run.save_calibration(calibration)
     return calibration

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from gpo.training.loop import TrainingDiverged, TrainResult, train
+from gpo.training.loop import TrainingDiverged, TrainResult, calibrate_trained_run, train
 
-__all__ = ["TrainResult", "TrainingDiverged", "train"]
+__all__ = ["TrainResult", "TrainingDiverged", "calibrate_trained_run", "train"]

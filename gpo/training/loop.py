@@ -20,13 +20,20 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from gpo.config import RunConfig, TrainConfig
-from gpo.data.splits import Split, make_eval_task, make_split, validation_split
+from gpo.data.splits import (
+    Split,
+    calibration_folds,
+    make_eval_task,
+    make_split,
+    validation_split,
+)
 from gpo.data.survey import Survey
 from gpo.evaluation.conformal import calibrate_run
 from gpo.evaluation.evaluate import validation_evaluator
+from gpo.intervals import Calibration
 from gpo.models.registry import head_class, head_config
 from gpo.points import EmbeddingStats, OptionTable, References, survey_option_table
-from gpo.run_dir import RunDir, RunSplit
+from gpo.run_dir import FOLDS, RunDir, RunSplit
 from gpo.sharding import check_batch_split, make_mesh, put_batch, replicated
 from gpo.training.device_sampler import DeviceSampler
 from gpo.training.packing import choose_layout
@@ -95,6 +102,12 @@ def check_against_data(config: RunConfig, survey: Survey) -> None:
         except ValueError as err:
             raise ValueError(f"data.eval_k={d.eval_k} (the validation groups' context): {err}"
                              ) from None
+    if d.calibration_folds > 1 and not (len(val_groups)
+                                        and len(train_groups) >= d.calibration_folds - 1):
+        raise ValueError(f"data.calibration_folds={d.calibration_folds} needs validation groups "
+                         f"and {d.calibration_folds - 1} other training groups to fold, but the "
+                         f"split holds {len(val_groups)} validation and {len(train_groups)} "
+                         "other training groups")
 
 
 def finished_run(config: RunConfig, run: RunDir) -> TrainResult | None:
@@ -120,7 +133,8 @@ def finished_run(config: RunConfig, run: RunDir) -> TrainResult | None:
 def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_dir: str | Path,
           progress: bool = True, stop_after: int | None = None,
           data_dir: str | Path | None = None,
-          evaluator: Evaluator | None = None, calibrate: bool = True) -> TrainResult:
+          evaluator: Evaluator | None = None, calibrate: bool = True,
+          validation_groups: np.ndarray | None = None) -> TrainResult:
     """Meta-train `config.head` on `survey`; resumes from run_dir's latest checkpoint.
 
     The reference groups every head may read are the split's training groups; while training
@@ -131,7 +145,10 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
     after `data.eval_k` context answers; none when no group is held out).
     calibrate: when training ends, fit the prediction intervals on the validation groups
     (`gpo.evaluation.conformal`; seconds for the reference head, a minute for GPO on
-    OpinionQA on 2 cores); experiments that never predict skip it.
+    OpinionQA on 2 cores), and with `data.calibration_folds` > 1 on the other training groups
+    too, each fold scored by a model trained without it (`FOLDS`/N in the run folder);
+    experiments that never predict skip it.
+    validation_groups: hold out these training groups instead of the config's (a fold's).
     The run folder is locked while training (`RunDir.lock`; in a multi-host run, by process
     0): a second process on it is refused with `RunInUse`.
     """
@@ -139,12 +156,13 @@ def train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run_d
     run = RunDir(run_dir)
     with run.lock() if jax.process_index() == 0 else contextlib.nullcontext():
         return _train(config, survey, embeddings_QxOxE, run, progress, stop_after, data_dir,
-                      evaluator, calibrate)
+                      evaluator, calibrate, validation_groups)
 
 
 def _train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run: RunDir,
            progress: bool, stop_after: int | None, data_dir: str | Path | None,
-           evaluator: Evaluator | None, calibrate: bool) -> TrainResult:
+           evaluator: Evaluator | None, calibrate: bool,
+           validation_groups: np.ndarray | None = None) -> TrainResult:
     t = config.train
     head_cls = head_class(config.head)
     model = head_config(config.head, config.model, embedding_dim=embeddings_QxOxE.shape[-1],
@@ -152,6 +170,9 @@ def _train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run:
     split = split_for(config, survey)
     train_groups, val_groups = validation_split(split, config.data.validation_fraction,
                                                 config.data.split_seed)
+    if validation_groups is not None:
+        val_groups = np.sort(np.asarray(validation_groups, int))
+        train_groups = np.setdiff1d(split.train_groups, val_groups)
     if t.sampling.group_mixup and head_cls.learns_training_groups:
         raise ValueError(f"train.sampling.group_mixup: head {config.head!r} learns one state "
                          "per training group, and a mixed group has none")
@@ -231,9 +252,32 @@ def _train(config: RunConfig, survey: Survey, embeddings_QxOxE: np.ndarray, run:
     checkpoints.close()
     if calibrate and end == t.steps and len(val_groups) and (start < end
                                                              or run.calibration() is None):
-        calibrate_run(run, survey, table)  # the finished run's intervals
+        calibrate_trained_run(run, survey, embeddings_QxOxE, table, progress)
     return TrainResult(run.path, end, meta["best_validation"], meta["best_step"],
                        meta["history"], time.perf_counter() - started)
+
+
+def calibrate_trained_run(run: RunDir, survey: Survey, embeddings_QxOxE: np.ndarray | None = None,
+                          table: OptionTable | None = None, progress: bool = False
+                          ) -> Calibration:
+    """Fit a finished run's intervals and save them: first the models of its further
+    calibration folds (`data.calibration_folds` > 1; each resumed, or skipped when trained),
+    then the conformal quantiles on its validation groups and those folds. `survey` holds
+    the run's questions in its order; embeddings default to the run's own."""
+    config = run.require().config
+    split, val_groups = run.split.resolve(survey)
+    folds = calibration_folds(split, val_groups, config.data.calibration_folds,
+                              config.data.split_seed) if config.data.calibration_folds > 1 else []
+    fold_config = dataclasses.replace(config, data=dataclasses.replace(config.data,
+                                                                       calibration_folds=1))
+    for i, fold in enumerate(folds, 1):  # models that score the other training groups
+        if progress:
+            tqdm.write(f"calibration fold {i} of {len(folds)}: a model trained without "
+                       + ", ".join(survey.group_labels[g] for g in fold))
+        train(fold_config, survey, run.embeddings() if embeddings_QxOxE is None
+              else embeddings_QxOxE, run.path / FOLDS / str(i), progress=progress,
+              calibrate=False, validation_groups=fold)
+    return calibrate_run(run, survey, table)
 
 
 class HostSteps:
