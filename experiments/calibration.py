@@ -31,12 +31,13 @@ from scipy.stats import norm  # noqa: E402
 
 from gpo.config import DataConfig, EmbedConfig  # noqa: E402
 from gpo.data.splits import make_eval_task  # noqa: E402
-from gpo.evaluation.conformal import calibrate_run, coverage, residuals  # noqa: E402
+from gpo.evaluation.conformal import coverage, residuals  # noqa: E402
 from gpo.evaluation.evaluate import run_table  # noqa: E402
 from gpo.evaluation.metrics import calibration  # noqa: E402
 from gpo.evaluation.report import format_table, write_json  # noqa: E402
 from gpo.intervals import bounds  # noqa: E402
 from gpo.run_dir import RunDir  # noqa: E402
+from gpo.training import calibrate_trained_run  # noqa: E402
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 DIAGRAM_LEVELS = tuple(round(0.05 * i, 2) for i in range(1, 20))
@@ -55,6 +56,9 @@ def main() -> None:
     parser.add_argument("--heads", nargs="+", default=["REFERENCE", "GPO", "PPD"],
                         choices=["REFERENCE", "GPO", "PPD", "PAL"],
                         help="heads to check (default: REFERENCE GPO PPD)")
+    parser.add_argument("--draws", type=int, default=5,
+                        help="random contexts per split and k the test coverage pools (draw 0 "
+                             "is every table's; default: 5)")
     parser.add_argument("--without-counts", action="store_true",
                         help="give the context answers without respondent counts")
     parser.add_argument("--plot", default=None,
@@ -66,7 +70,8 @@ def main() -> None:
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
     embeddings = embed(survey, embed_config, args.embeddings)
     with_counts = not args.without_counts
-    rows, means, diagram = {}, {}, {}
+    rows, means, diagram, by = {}, {}, {}, {}
+    calibrated_on = []  # how many groups each run's intervals were calibrated on
     for label, (head, model) in head_variants(pal_ks=(4,), heads=args.heads).items():
         config, root = variant_run(args, label, head, model, data, embed_config)
         train_and_evaluate(config, survey, embeddings, root, (20,), args.seeds,
@@ -74,19 +79,22 @@ def main() -> None:
         per_split = {k: [] for k in args.k}  # k -> one test residual list per split
         for seed in args.seeds:
             run = RunDir(root / str(seed))
-            fitted = run.calibration() or calibrate_run(run, survey)
             split, _ = run.split.resolve(survey)
             head_module, _ = run.restore_head()
             table = run_table(run, survey, split)
+            fitted = run.calibration() or calibrate_trained_run(run, survey, embeddings, table)
+            calibrated_on.append(len(fitted.fitted_on["groups"]))
             for k in args.k:
-                task = make_eval_task(survey, split, k, seed=split.seed)
-                found = residuals(head_module, table, survey, split, task, k, with_counts)
+                tasks = [make_eval_task(survey, split, k, seed=split.seed + 1000 * d)
+                         for d in range(args.draws)]
+                found = [residuals(head_module, table, survey, split, t, k, with_counts)
+                         for t in tasks]
                 # today's std, as evaluation predicts (targets with their counts)
-                raw = residuals(head_module, table, survey, split, task, k, with_counts,
-                                target_counts=True)
+                raw = [residuals(head_module, table, survey, split, t, k, with_counts,
+                                 target_counts=True) for t in tasks]
                 per_split[k].append((fitted, found, raw))
         for k in args.k:
-            scored = [(coverage(c, [r], with_counts, LEVELS), raw, c)
+            scored = [(coverage(c, r, with_counts, LEVELS), raw, c)
                       for c, r, raw in per_split[k]]
             row = {f"{level:.0%}": [s.option_coverage[i] for s, _, _ in scored]
                    for i, level in enumerate(LEVELS)}
@@ -99,7 +107,11 @@ def main() -> None:
                    for i, level in enumerate(LEVELS)},
                 "width 80%": [s.mean_width[1] for s, _, _ in scored]}
             if k == max(args.k):
-                pooled = [coverage(c, [r], with_counts, DIAGRAM_LEVELS)
+                for level in CONDITIONAL_LEVELS:
+                    cells = [conditional(c, r, with_counts, level) for c, r, _ in per_split[k]]
+                    by[f"{label} k={k}, {level:.0%}"] = {
+                        cell: [c[cell] for c in cells] for cell in cells[0]}
+                pooled = [coverage(c, r, with_counts, DIAGRAM_LEVELS)
                           for c, r, _ in per_split[k]]
                 diagram[label] = (np.mean([p.option_coverage for p in pooled], 0),
                                   [float(np.mean([gaussian(raw, lv)[0]
@@ -108,29 +120,82 @@ def main() -> None:
     name = {"opinionqa": "OpinionQA protocol A", "globalopinionqa": "GlobalOpinionQA"}[
         args.dataset]
     given = "with" if with_counts else "without"
+    fewest, most = min(calibrated_on), max(calibrated_on)
+    calibrated_with = (f"{fewest}-{most}" if fewest < most else str(most)) + (
+        " groups a run, each held out of the model that scored it")
     columns = [f"{level:.0%}" for level in LEVELS] + ["width 80%", "±1.28·std: cover",
                                                       "±1.28·std: width"]
-    print(format_table(f"{name}, {args.embedder}: coverage of the calibrated intervals on "
+    report = {"dataset": args.dataset, "with_counts": with_counts, "seeds": args.seeds,
+              "draws": args.draws,
+              "title": f"{name}, {args.embedder}: coverage of the calibrated intervals on "
                        f"test groups' options (context answers {given} counts), mean ± std "
-                       f"over splits {args.seeds}", rows, columns))
-    print()
-    print(format_table(f"{name}: the same for each question's mean ordinal position (width "
-                       "in ordinal units)", means, columns[:5]))
+                       f"over splits {args.seeds}, {args.draws} random contexts each; "
+                       f"calibrated on {calibrated_with}",
+              "means_title": f"{name}: the same for each question's mean ordinal position "
+                             "(width in ordinal units)",
+              "columns": columns, "options": rows, "question_means": means,
+              "conditional_title": f"{name}: coverage by the question's number of options and "
+                                   "by the group's respondents (median count of its context "
+                                   f"answers), at k = {max(args.k)}",
+              "conditional": by}
+    for part in ("options", "question_means", "conditional"):
+        print(render(report, part), end="\n\n")
     plot = args.plot or ("reports/calibration.png" if args.dataset == "opinionqa"
                          else f"reports/calibration_{args.dataset}.png")
     path = plot_reliability(diagram, plot, f"{name}, k = {max(args.k)}")
     out = write_json(args.out if args.dataset == "opinionqa" and with_counts else
-                     args.out.replace(".json", f"_{args.dataset}_{given}_counts.json"),
-                     {"dataset": args.dataset, "with_counts": with_counts, "seeds": args.seeds,
-                      "options": rows, "question_means": means})
-    print(f"\nwrote {out}, {path}")
+                     args.out.replace(".json", f"_{args.dataset}_{given}_counts.json"), report)
+    print(f"wrote {out}, {path}")
+
+
+def render(report: dict, part: str = "options") -> str:
+    """The options' table (`options`) or the question means' (`question_means`), as printed
+    and as docs/results.md holds it (experiments/write_docs.py)."""
+    if part == "options":
+        return format_table(report["title"], report["options"], report["columns"])
+    if part == "conditional":
+        rows = report["conditional"]
+        return format_table(report["conditional_title"], rows, list(next(iter(rows.values()))))
+    return format_table(report["means_title"], report["question_means"],
+                        report["columns"][:5])
+
+
+CONDITIONAL_LEVELS = (0.8, 0.9)
+OPTION_CELLS = {"2 options": (2, 2), "3-4 options": (3, 4), "5+ options": (5, 99)}
+PEOPLE_CELLS = {"< 300 people": (0, 300), "300-1,000": (300, 1000), ">= 1,000": (1000, np.inf)}
+
+
+def conditional(fitted, found, with_counts: bool, level: float) -> dict[str, float]:
+    """Coverage at `level` of the options of questions with so many options, and of groups
+    of so many respondents (NaN where none fall in a cell)."""
+    condition = fitted.condition(with_counts)
+    weight = condition.sampling_weight
+    hits, options, people = [], [], []
+    for r in found:
+        low, high = bounds(r.prob_N, condition.options.at(r.k, level) * r.scales(weight))
+        hits.append((r.truth_N >= low) & (r.truth_N <= high))
+        options.append(np.bincount(r.question_N)[r.question_N])
+        people.append(r.respondents_N)
+    hit, options, people = map(np.concatenate, (hits, options, people))
+    cells = {name: (options >= lo) & (options <= hi) for name, (lo, hi) in OPTION_CELLS.items()}
+    if np.isfinite(people).any():  # respondents given
+        cells |= {name: (people >= lo) & (people < hi)
+                  for name, (lo, hi) in PEOPLE_CELLS.items()}
+    return {name: float(hit[m].mean()) if m.any() else float("nan")
+            for name, m in cells.items()}
+
+
+def render_markdown(report: dict, part: str | None) -> str:
+    return f"```\n{render(report, part or 'options')}\n```"
 
 
 def gaussian(found, level: float) -> tuple[float, float]:
-    """(coverage, mean width) of the uncalibrated mean ± z·std at `level`, clipped to [0, 1]."""
-    covered = calibration(found.prob_N, found.std_N, found.truth_N, [level]).observed[0]
-    half = norm.ppf(0.5 + level / 2) * found.std_N
-    low, high = bounds(found.prob_N, half)
+    """(coverage, mean width) of the uncalibrated mean ± z·std at `level`, clipped to [0, 1],
+    over the options of every residual set in `found`."""
+    prob, std, truth = (np.concatenate([getattr(r, name) for r in found])
+                        for name in ("prob_N", "std_N", "truth_N"))
+    covered = calibration(prob, std, truth, [level]).observed[0]
+    low, high = bounds(prob, norm.ppf(0.5 + level / 2) * std)
     return float(covered), float(np.mean(high - low))
 
 

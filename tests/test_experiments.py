@@ -90,7 +90,8 @@ def test_sample_efficiency(shared, capsys):
 
 def test_calibration_checks_the_intervals(shared, capsys):
     out = run_script("calibration.py", ["--data-dir", shared["data"], "--heads", "REFERENCE",
-                                        "--k", "5", "--plot", str(shared["tmp"] / "cal.png"),
+                                        "--k", "5", "--draws", "2",
+                                        "--plot", str(shared["tmp"] / "cal.png"),
                                         *TINY, *common(shared, "cal")], capsys)
     options = out.split("\n\n")[0]  # the options' table (the question means' follows)
     *coverages, width, gaussian_coverage, gaussian_width = map(
@@ -101,6 +102,8 @@ def test_calibration_checks_the_intervals(shared, capsys):
     assert saved["options"]["REFERENCE k=5"]["95%"] == [pytest.approx(coverages[3], abs=1e-4)]
     assert len(saved["question_means"]["REFERENCE k=5"]["80%"]) == 1
     assert (shared["tmp"] / "cal.png").stat().st_size > 10_000
+    from calibration import render
+    assert render(saved, "options") in out and render(saved, "question_means") in out
 
 
 @pytest.mark.xdist_group("gpo_runs")  # shares run folders
@@ -233,8 +236,12 @@ def test_reference_head(shared, capsys):
     assert len(table_row(planted, "REFERENCE")) == 1
     settings = report(shared, "reference")["settings"]
     assert settings["opinionqa_A"]["chosen"] in ("base", "kl")
-    assert set(settings["opinionqa_A"]["k"]["20"]) >= {"REFERENCE", "group regression",
-                                                        "noise ceiling"}
+    assert set(settings["opinionqa_A"]["rows"]) >= {"REFERENCE", "group regression",
+                                                     "noise ceiling"}
+    from reference_head import render_markdown, render_setting
+    assert render_setting(settings["opinionqa_A"]) in opinionqa  # the JSON renders the print
+    assert "REFERENCE − group regression, paired over 22" in render_markdown(
+        report(shared, "reference"), "headline")
     paired = settings["opinionqa_A"]["paired_vs_group_regression"]
     assert set(paired) == {"REFERENCE", "REFERENCE without counts"}
     for method in paired.values():
@@ -263,6 +270,8 @@ def test_question_selection(shared, capsys):
     assert "REFERENCE chosen (" in out and "random at 2k, paired over 22 test groups" in out
     setting = report(shared, "qs")["settings"]["opinionqa_A"]
     assert setting["default"] in ("design", "posterior", "metric")
+    from question_selection import render_setting
+    assert render_setting(setting) in out  # the JSON renders the print
     assert (shared["tmp"] / "qs.png").stat().st_size > 10_000
 
 
