@@ -289,18 +289,28 @@ class EmbeddingCache:
                                  f"({spec_file.read_text()}); refusing to mix vectors")
         else:
             spec_file.write_text(json.dumps(spec, indent=2))
+        self._parts: dict[Path, list[str]] = {}  # index file -> its keys, read once
+
+    def _index(self) -> dict[Path, list[str]]:
+        """Every part's keys; a part's index is read once, as a part is never rewritten (its
+        name is its keys' digest)."""
+        for index_file in sorted(self.dir.glob("part-*.json")):
+            if index_file not in self._parts:
+                self._parts[index_file] = json.loads(index_file.read_text())
+        return self._parts
 
     def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         wanted, found = set(keys), {}
-        for index_file in sorted(self.dir.glob("part-*.json")):
-            part_keys = json.loads(index_file.read_text())
+        for index_file, part_keys in self._index().items():
+            rows = [(i, k) for i, k in enumerate(part_keys) if k in wanted and k not in found]
+            if not rows:  # nothing wanted here: its vectors are never opened
+                continue
             vectors = np.load(index_file.with_suffix(".npy"), mmap_mode="r")
             if len(vectors) != len(part_keys):
                 raise ValueError(f"{index_file}: {len(part_keys)} keys for {len(vectors)} "
                                  "vectors; delete this cache part")
-            for k, row in zip(part_keys, vectors):
-                if k in wanted:
-                    found[k] = np.asarray(row)
+            for i, k in rows:
+                found[k] = np.asarray(vectors[i])
         return found
 
     def put(self, vectors: dict[str, np.ndarray]) -> None:
