@@ -123,8 +123,25 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(reports: dict) -> str:
-    """Every protocol of a report file as docs/results.md shows it (write_docs.py)."""
+def render_headline(report: dict) -> str:
+    """README's sentence: one protocol's heads, baselines and best prompt, and its paired
+    differences."""
+    k = report["k"]
+    mean = lambda m: float(np.mean(report["rows"][m][f"k={k}"]))  # noqa: E731
+    prompt = max((m for m in report["rows"] if m.startswith("LLM ")), key=mean)
+    shown = [m for m in report["rows"] if not m.startswith("LLM ")
+             and m not in ("uniform", "noise ceiling")] + [prompt]
+    pairs = "; ".join(f"{p['a']} − {p['b']} {p['difference']:+.4f} [{p['low']:+.4f}, "
+                      f"{p['high']:+.4f}]" for p in report["paired"])
+    return (f"{report['title']}: " + ", ".join(f"{m} {mean(m):.4f}" for m in shown)
+            + f" (the best prompt); paired over held-out groups × splits: {pairs}.")
+
+
+def render_markdown(reports: dict, part: str | None = None) -> str:
+    """Every protocol of a report file as docs/results.md shows it (write_docs.py), or
+    `headline`: GPO's protocol in one sentence, as README quotes it."""
+    if part == "headline":
+        return render_headline(reports["gpo"])
     return "\n\n".join(f"```\n{render(reports[p])}\n```" for p in PROTOCOLS if p in reports)
 
 

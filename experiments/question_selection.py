@@ -28,7 +28,9 @@ docs/results.md shows).
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from common import (
@@ -145,6 +147,58 @@ def interval(differences: np.ndarray) -> tuple[float, float, float]:
     return paired_difference(differences, np.zeros_like(differences))
 
 
+PAIRINGS = {"vs random at k": 1, "vs random at 2k": 2}  # chosen at k against random at k·times
+
+
+def render_setting(report: dict, methods=(HEAD, BASELINE), subset: bool = False) -> str:
+    """A setting's table, validation line and paired comparisons as printed; `subset`: the
+    rows and comparisons docs/results.md shows (the head's, and the regression's default
+    criterion and random rows)."""
+    best, draws = report["default"], report["draws"]
+    rows = report["rows"]
+    if subset:
+        keep = [r for r in rows if r.startswith(f"{HEAD},")] + [
+            f"{BASELINE}, chosen ({best})", f"{BASELINE}, random ({draws} draws)",
+            "population prior, random", "noise ceiling"]
+        rows = {r: rows[r] for r in keep if r in rows}
+    lines = [format_table(report["title"], rows, [f"k={k}" for k in report["ks"]])]
+    if not subset:
+        lines.append("validation groups (reference head, targets no strategy asked, mean "
+                     "over k): " + ", ".join(f"{s} {v:.4f}"
+                                             for s, v in report["validation"].items()))
+    n = sum(len(groups) for groups in report["groups"])
+    for method in methods[:1] if subset else methods:
+        for key, times in PAIRINGS.items():
+            what = "random at the same k" if times == 1 else f"random at {times}k"
+            cells = report["paired"][f"{method} {best}"][key]
+            lines.append(f"{method} chosen ({best}) - {what}, paired over {n} test groups x "
+                         "splits on the targets neither asked, mean [bootstrap 95% interval]:")
+            lines.append("  " + "  ".join(f"k={k}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+                                          for k, (m, lo, hi) in cells.items()))
+    return "\n".join(lines)
+
+
+def render_headline(report: dict, k: int = 5) -> str:
+    """README's sentence: k chosen questions against k and 2k random ones."""
+    best, draws = report["default"], report["draws"]
+    score = lambda row, at: float(np.mean(report["rows"][row][f"k={at}"]))  # noqa: E731
+    chosen = f"{HEAD}, chosen ({best})"
+    random = f"{HEAD}, random ({draws} draws)"
+    m, lo, hi = report["paired"][f"{HEAD} {best}"]["vs random at 2k"][str(k)]
+    return (f"{k} questions chosen by `suggest_questions` score {score(chosen, k):.4f}, "
+            f"{k} random ones {score(random, k):.4f} and {2 * k} random ones "
+            f"{score(random, 2 * k):.4f} (chosen {k} − random {2 * k}, paired on the "
+            f"questions neither asked: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]).")
+
+
+def render_markdown(report: dict, part: str) -> str:
+    """A part of the report as docs show it: `opinionqa_A` (or another setting), the rows
+    docs/results.md shows, or `headline`, README's sentence."""
+    if part == "headline":
+        return render_headline(report["settings"]["opinionqa_A"])
+    return f"```\n{render_setting(report['settings'][part], subset=True)}\n```"
+
+
 def summarise(name, survey, splits, ks, criteria, metric, draws, seeds):
     """Print the setting's tables; return its report and plot curves."""
     validation = {s: float(np.mean([r["validation"][s] for r in splits]))
@@ -167,33 +221,23 @@ def summarise(name, survey, splits, ks, criteria, metric, draws, seeds):
     if ceilings:
         rows["noise ceiling"] = {f"k={k}": ceilings for k in ks}
     label = {"wasserstein": "alignment", "js": "JS alignment"}.get(metric, metric)
-    print(format_table(f"\n{name}: {survey}; {label} on the other test questions after k "
-                       f"context questions, mean ± std over splits {seeds}; default "
-                       f"criterion '{best}' (best on validation groups)", rows,
-                       [f"k={k}" for k in ks]))
-    print("validation groups (reference head, targets no strategy asked, mean over k): "
-          + ", ".join(f"{s} {v:.4f}" for s, v in validation.items()))
     comparisons = {}
     for method in (HEAD, BASELINE):
         for c in criteria:
             comparisons[f"{method} {c}"] = {
                 key: {k: interval(paired(splits, survey, metric, method, c, k, times * k,
                                          draws)) for k in ks}
-                for key, times in (("vs random at k", 1), ("vs random at 2k", 2))}
-        n = sum(len(r["groups"]) for r in splits)
-        for what, key in (("random at the same k", "vs random at k"),
-                          ("random at 2k", "vs random at 2k")):
-            cells = comparisons[f"{method} {best}"][key]
-            print(f"{method} chosen ({best}) - {what}, paired over {n} test groups x splits "
-                  "on the targets neither asked, mean [bootstrap 95% interval]:")
-            print("  " + "  ".join(f"k={k}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-                                   for k, (m, lo, hi) in cells.items()))
+                for key, times in PAIRINGS.items()}
     curves = {f"{method}, {kind}": (list(ks), [rows[row][f"k={k}"] for k in ks])
               for method in (HEAD, BASELINE)
               for kind, row in ((f"chosen ({best})", f"{method}, chosen ({best})"),
                                 ("random", f"{method}, random ({draws} draws)"))}
-    report = {"rows": rows, "validation": validation, "default": best,
-              "paired": comparisons, "groups": [r["groups"] for r in splits]}
+    report = {"title": f"{name}: {survey}; {label} on the other test questions after k "
+                       f"context questions, mean ± std over splits {seeds}; default criterion "
+                       f"'{best}' (best on validation groups)",
+              "ks": list(ks), "draws": draws, "rows": rows, "validation": validation,
+              "default": best, "paired": comparisons, "groups": [r["groups"] for r in splits]}
+    print("\n" + render_setting(report))
     return report, curves, (float(np.mean(ceilings)) if ceilings else None), label
 
 
@@ -248,7 +292,11 @@ def main() -> None:
                                                                  if c.endswith("random")))
         print(f"wrote {path}")
         report["settings"][setting] = summary
-    print(f"\nwrote {write_json(args.out, report)}")
+    out = Path(args.out)  # settings not rerun keep their last report
+    previous = json.loads(out.read_text()).get("settings", {}) if out.is_file() else {}
+    report["settings"] = {**{s: v for s, v in previous.items() if s in SETTINGS},
+                          **report["settings"]}
+    print(f"\nwrote {write_json(out, report)}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ its printed name.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 from common import (
     PERSONA,
@@ -44,6 +47,7 @@ from gpo.evaluation.report import format_table, write_json
 from gpo.run_dir import RunDir
 
 HEAD = "REFERENCE"
+BASELINE = "group regression"  # the strongest baseline, every paired difference's other side
 SETTINGS = {  # name: (dataset, protocol, context sizes k)
     "opinionqa_A": ("opinionqa", "A", (1, 2, 5, 10, 20, 50, 100)),
     "opinionqa_B": ("opinionqa", "B", (5, 10, 20)),
@@ -139,29 +143,66 @@ def main() -> None:
         metric = {"wasserstein": "alignment", "js": "JS alignment"}.get(data.metric,
                                                                        data.metric)
         how = "validation here" if len(runs) > 1 else "validation on OpinionQA A"
-        print(format_table(f"\n{setting}: {survey}; {metric}, mean ± std over splits "
-                           f"{args.seeds}; {HEAD} = recipe '{picked}' (best {how})", rows,
-                           [f"k={k}" for k in ks]))
         paired = {}
-        baseline = "group regression" if protocol == "A" else None
-        if baseline in evaluation.methods:
+        if protocol == "A" and BASELINE in evaluation.methods:  # B's baselines read test
+            # questions' training answers, which a protocol-B model may not: no fair pairing
             chosen_runs = runs[label].evaluation
             for method in (HEAD, f"{HEAD} without counts") if counts else (HEAD,):
                 source = evaluation if method == HEAD else chosen_runs
                 paired[method] = {k: paired_difference(
-                    source.per_group(method, k)[1], evaluation.per_group(baseline, k)[1])
+                    source.per_group(method, k)[1], evaluation.per_group(BASELINE, k)[1])
                     for k in ks}
-                print(f"{method} - {baseline}, paired over "
-                      f"{len(evaluation.per_group(HEAD, ks[0])[1])} test groups x splits, "
-                      "mean [bootstrap 95% interval]:")
-                print("  " + "  ".join(f"k={k}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-                                       for k, (m, lo, hi) in paired[method].items()))
         report["settings"][setting] = {
-            "k": {k: {name: row[f"k={k}"] for name, row in rows.items()} for k in ks},
+            "title": f"{setting}: {survey}; {metric}, mean ± std over splits {args.seeds}; "
+                     f"{HEAD} = recipe '{picked}' (best {how})",
+            "ks": list(ks), "rows": rows,
             "chosen": picked, "paired_vs_group_regression": paired,
+            "paired_groups": len(evaluation.per_group(HEAD, ks[0])[1]),
             "validation": validation,
             "evaluation": evaluation.to_json()}
-    print(f"\nwrote {write_json(args.out, report)}")
+        print("\n" + render_setting(report["settings"][setting]))
+    out = Path(args.out)  # settings not rerun keep their last report
+    previous = json.loads(out.read_text()).get("settings", {}) if out.is_file() else {}
+    report["settings"] = {**{s: v for s, v in previous.items() if s in SETTINGS},
+                          **report["settings"]}
+    print(f"\nwrote {write_json(out, report)}")
+
+
+def render_setting(setting: dict) -> str:
+    """One setting's table and each head's paired difference to the group regression, as
+    printed and as docs/results.md holds it (experiments/write_docs.py)."""
+    lines = [format_table(setting["title"], setting["rows"], [f"k={k}" for k in setting["ks"]])]
+    for method, per_k in setting["paired_vs_group_regression"].items():
+        lines.append(f"{method} - {BASELINE}, paired over {setting['paired_groups']} test "
+                     "groups x splits, mean [bootstrap 95% interval]:")
+        lines.append("  " + "  ".join(f"k={k}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+                                      for k, (m, lo, hi) in per_k.items()))
+    return "\n".join(lines)
+
+
+HEADLINE_METHODS = (HEAD, BASELINE, "population prior", "noise ceiling")
+HEADLINE_KS = (5, 10, 20)
+
+
+def render_headline(setting: dict) -> str:
+    """README's cut of protocol A: the head, the strongest baseline, the prior and the noise
+    ceiling at k = 5, 10, 20, and the head's paired lead at those k."""
+    columns = [f"k={k}" for k in HEADLINE_KS]
+    rows = {m: {c: setting["rows"][m][c] for c in columns} for m in HEADLINE_METHODS}
+    table = format_table("", rows, columns).lstrip("\n")
+    lead = setting["paired_vs_group_regression"][HEAD]
+    leads = ", ".join(f"{lead[str(k)][0]:+.4f} [{lead[str(k)][1]:+.4f}, {lead[str(k)][2]:+.4f}] "
+                      f"at k = {k}" for k in HEADLINE_KS)
+    return (f"```\n{table}\n```\n\n{HEAD} − {BASELINE}, paired over "
+            f"{setting['paired_groups']} held-out groups × splits (mean [95% interval]): "
+            f"{leads}.")
+
+
+def render_markdown(report: dict, part: str) -> str:
+    """A part of the report as docs show it: a setting's full table, or `headline`."""
+    if part == "headline":
+        return render_headline(report["settings"]["opinionqa_A"])
+    return f"```\n{render_setting(report['settings'][part])}\n```"
 
 
 def regimes_validation(runs, survey, ks, counts: bool) -> dict[str, float]:

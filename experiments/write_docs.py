@@ -3,7 +3,8 @@ figure in them is typed by hand.
 
     python experiments/write_docs.py [--reports reports]
 
-A generated block of a docs page sits between `<!-- generated from NAME.json -->` and
+A generated block of README or a docs page sits between `<!-- generated from NAME.json -->`
+(or `<!-- generated from NAME.json: PART -->`, a part of the report) and
 `<!-- end of generated block -->`; this script copies reports/NAME.json to docs/reports/ and
 rewrites the block from it with the experiment's own renderer (tests/test_readme.py checks
 that every block matches its committed JSON).
@@ -19,15 +20,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-BLOCK = re.compile(r"(<!-- generated from (\S+)\.json -->\n)(.*?)(<!-- end of generated block -->)",
-                   re.S)
+PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+BLOCK = re.compile(r"(<!-- generated from (\S+?)\.json(?:: (\S+))? -->\n)(.*?)"
+                   r"(<!-- end of generated block -->)", re.S)
 
 
 def renderers() -> dict:
-    """{report name: function(report JSON) -> Markdown}."""
+    """{report name: function(report JSON, part or None) -> Markdown}."""
     sys.path.insert(0, str(ROOT / "experiments"))
+    import calibration
     import paper_comparison
-    return {"paper_comparison": paper_comparison.render_markdown}
+    import question_selection
+    import reference_head
+    return {"calibration": calibration.render_markdown,
+            "paper_comparison": paper_comparison.render_markdown,
+            "question_selection": question_selection.render_markdown,
+            "reference_head": reference_head.render_markdown}
 
 
 def generated(page_text: str, reports: Path) -> str:
@@ -36,9 +44,13 @@ def generated(page_text: str, reports: Path) -> str:
     render = renderers()
 
     def fill(match: re.Match) -> str:
-        name = match.group(2)
+        name, part = match.group(2), match.group(3)
+        # NAME is an experiment's report (calibration) or another of its reports
+        # (calibration_splits5-9): the experiment is the longest name it starts with
+        renderer = render[max((key for key in render
+                               if name == key or name.startswith(key + "_")), key=len)]
         report = json.loads((reports / f"{name}.json").read_text())
-        return f"{match.group(1)}{render[name](report)}\n{match.group(4)}"
+        return f"{match.group(1)}{renderer(report, part)}\n{match.group(5)}"
 
     return BLOCK.sub(fill, page_text)
 
@@ -49,10 +61,12 @@ def main() -> None:
                         help="where the experiments wrote their JSON (default: reports)")
     args = parser.parse_args()
     (DOCS / "reports").mkdir(exist_ok=True)
-    for page in sorted(DOCS.glob("*.md")):
+    for page in PAGES:
         names = [m.group(2) for m in BLOCK.finditer(page.read_text())]
-        for name in names:
-            shutil.copyfile(Path(args.reports) / f"{name}.json", DOCS / "reports" / f"{name}.json")
+        for name in sorted(set(names)):  # a report not rerun keeps its committed copy
+            if (Path(args.reports) / f"{name}.json").is_file():
+                shutil.copyfile(Path(args.reports) / f"{name}.json",
+                                DOCS / "reports" / f"{name}.json")
         if names:
             page.write_text(generated(page.read_text(), DOCS / "reports"))
             print(f"{page.relative_to(ROOT)}: {len(names)} generated block(s) from {names}")
