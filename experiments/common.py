@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ import numpy as np
 from gpo.config import RunConfig, TrainConfig
 from gpo.data.survey import Survey
 from gpo.evaluation.evaluate import Evaluation, evaluate_run
+from gpo.evaluation.report import write_json
 from gpo.pipeline import dataset_folder, embed, load_survey  # noqa: F401  (scripts' imports)
 from gpo.training import train
 
@@ -187,6 +189,20 @@ def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray
         run_dirs.append(run_dir)
         evaluation = scored if evaluation is None else evaluation.extend(scored)
     return SplitRuns(evaluation, validation, run_dirs)
+
+
+def write_merged(path: str | Path, report: dict, known: Sequence[str],
+                 key: str | None = None) -> Path:
+    """Write `report`, whose parts (settings, protocols: report[key], or the report itself
+    when key is None) were rerun, keeping the parts of the file's last version that were
+    not rerun and are still `known`: one part at a time can be redone. Read last, so that
+    another part written meanwhile is kept."""
+    path = Path(path)
+    last = json.loads(path.read_text()) if path.is_file() else {}
+    kept = {name: part for name, part in (last.get(key, {}) if key else last).items()
+            if name in known}
+    report = {**report, key: kept | report[key]} if key else kept | report
+    return write_json(path, report)
 
 
 def main_guard(main) -> None:

@@ -23,9 +23,6 @@ protocol's report replaces its own entry of --out and keeps the others'.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 from common import (
     experiment_parser,
@@ -34,6 +31,7 @@ from common import (
     merge_variants,
     train_and_evaluate,
     variant_run,
+    write_merged,
 )
 
 from gpo.config import DataConfig, EmbedConfig
@@ -41,7 +39,7 @@ from gpo.data.splits import make_eval_task
 from gpo.embed.letters import LetterScorer
 from gpo.evaluation.metrics import noise_ceiling
 from gpo.evaluation.prompting import STYLES, PromptingBaselines
-from gpo.evaluation.report import format_table, write_json
+from gpo.evaluation.report import format_table
 from gpo.pipeline import embed, load_survey, scored_questions
 from gpo.run_dir import RunDir
 
@@ -124,17 +122,19 @@ def render(report: dict) -> str:
 
 
 def render_headline(report: dict) -> str:
-    """README's sentence: one protocol's heads, baselines and best prompt, and its paired
-    differences."""
-    k = report["k"]
-    mean = lambda m: float(np.mean(report["rows"][m][f"k={k}"]))  # noqa: E731
+    """README's cut of one protocol: the heads, the baselines and the best prompt at its k,
+    and its paired differences."""
+    column = f"k={report['k']}"
+    mean = lambda m: float(np.mean(report["rows"][m][column]))  # noqa: E731
     prompt = max((m for m in report["rows"] if m.startswith("LLM ")), key=mean)
     shown = [m for m in report["rows"] if not m.startswith("LLM ")
              and m not in ("uniform", "noise ceiling")] + [prompt]
+    table = format_table("", {m: {column: report["rows"][m][column]} for m in shown},
+                         [column]).lstrip("\n")
     pairs = "; ".join(f"{p['a']} − {p['b']} {p['difference']:+.4f} [{p['low']:+.4f}, "
                       f"{p['high']:+.4f}]" for p in report["paired"])
-    return (f"{report['title']}: " + ", ".join(f"{m} {mean(m):.4f}" for m in shown)
-            + f" (the best prompt); paired over held-out groups × splits: {pairs}.")
+    return (f"{report['title']} ({prompt}: the best prompt):\n\n```\n{table}\n```\n\n"
+            f"Paired over held-out groups × splits, mean [95% interval]: {pairs}.")
 
 
 def render_markdown(reports: dict, part: str | None = None) -> str:
@@ -163,10 +163,7 @@ def main() -> None:
     scorer = PromptingBaselines(LetterScorer(args.llm, cache_dir=args.cache_dir),
                                 tuple(args.llm_styles))
     new = {protocol: compare(args, protocol, scorer) for protocol in args.protocols}
-    out = Path(args.out)  # read last, so that runs of other protocols meanwhile are kept
-    reports = json.loads(out.read_text()) if out.is_file() else {}
-    reports = {k: v for k, v in reports.items() if k in PROTOCOLS} | new
-    print(f"\nwrote {write_json(out, reports)}")
+    print(f"\nwrote {write_merged(args.out, new, PROTOCOLS)}")
 
 
 if __name__ == "__main__":

@@ -28,9 +28,7 @@ docs/results.md shows).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from common import (
@@ -41,6 +39,7 @@ from common import (
     main_guard,
     reference_recipe,
     variant_run,
+    write_merged,
 )
 
 from gpo.config import DataConfig, EmbedConfig
@@ -48,7 +47,7 @@ from gpo.data.splits import EvalTask, make_eval_task
 from gpo.evaluation.evaluate import chosen_tasks, predict_task, run_table, task_predictions
 from gpo.evaluation.metrics import noise_ceiling, paired_difference, score_predictions
 from gpo.evaluation.plots import plot_curves
-from gpo.evaluation.report import format_table, write_json
+from gpo.evaluation.report import format_table
 from gpo.pipeline import dataset_folder
 from gpo.question_selection import CRITERIA, QuestionSelector
 from gpo.run_dir import RunDir
@@ -292,11 +291,7 @@ def main() -> None:
                                                                  if c.endswith("random")))
         print(f"wrote {path}")
         report["settings"][setting] = summary
-    out = Path(args.out)  # settings not rerun keep their last report
-    previous = json.loads(out.read_text()).get("settings", {}) if out.is_file() else {}
-    report["settings"] = {**{s: v for s, v in previous.items() if s in SETTINGS},
-                          **report["settings"]}
-    print(f"\nwrote {write_json(out, report)}")
+    print(f"\nwrote {write_merged(args.out, report, SETTINGS, key='settings')}")
 
 
 if __name__ == "__main__":

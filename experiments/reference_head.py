@@ -20,9 +20,6 @@ its printed name.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 from common import (
     PERSONA,
@@ -36,6 +33,7 @@ from common import (
     reference_recipe,
     train_and_evaluate,
     variant_run,
+    write_merged,
 )
 
 from gpo.config import DataConfig, EmbedConfig, TrainConfig
@@ -43,7 +41,7 @@ from gpo.data.splits import make_eval_task
 from gpo.data.synthetic import make_planted_agreement_survey
 from gpo.evaluation.evaluate import validation_scores
 from gpo.evaluation.metrics import noise_ceiling, paired_difference
-from gpo.evaluation.report import format_table, write_json
+from gpo.evaluation.report import format_table
 from gpo.run_dir import RunDir
 
 HEAD = "REFERENCE"
@@ -161,11 +159,7 @@ def main() -> None:
             "validation": validation,
             "evaluation": evaluation.to_json()}
         print("\n" + render_setting(report["settings"][setting]))
-    out = Path(args.out)  # settings not rerun keep their last report
-    previous = json.loads(out.read_text()).get("settings", {}) if out.is_file() else {}
-    report["settings"] = {**{s: v for s, v in previous.items() if s in SETTINGS},
-                          **report["settings"]}
-    print(f"\nwrote {write_json(out, report)}")
+    print(f"\nwrote {write_merged(args.out, report, SETTINGS, key='settings')}")
 
 
 def render_setting(setting: dict) -> str:
