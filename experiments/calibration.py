@@ -172,9 +172,10 @@ def conditional(fitted, found, with_counts: bool, level: float) -> dict[str, flo
     weight = condition.sampling_weight
     hits, options, people = [], [], []
     for r in found:
-        low, high = bounds(r.prob_N, condition.options.at(r.k, level) * r.scales(weight))
+        low, high = bounds(r.prob_N, condition.option_quantiles(r.k, level, r.options_N())
+                           * r.scales(weight))
         hits.append((r.truth_N >= low) & (r.truth_N <= high))
-        options.append(np.bincount(r.question_N)[r.question_N])
+        options.append(r.options_N())
         people.append(r.respondents_N)
     hit, options, people = map(np.concatenate, (hits, options, people))
     cells = {name: (options >= lo) & (options <= hi) for name, (lo, hi) in OPTION_CELLS.items()}

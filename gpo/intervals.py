@@ -15,7 +15,9 @@ context answers fell from what the head predicts for each of them from the other
 |y - p| / σ of a question's options: groups the training groups explain well get narrower
 intervals, groups they explain badly wider ones, where one scale would be wrong for both);
 and q the conformal quantile of |y - p| / (f·σ) over the validation groups' held-out answers,
-per number of context questions k (between calibrated k, interpolated in log k). A question's
+per number of context questions k (between calibrated k, interpolated in log k) and per class
+of questions by their number of options (2, 3-4, 5+: Mondrian conformal, so that coverage
+holds within each class, not only on average over them). A question's
 mean ordinal position m = Σ p_o x_o gets m ± q'·f·σ_m, σ_m = sqrt(Σ_o σ_o² (x_o - m)²), with its
 own quantiles. Answers given with and without respondent counts are calibrated apart, as the
 heads predict them apart.
@@ -48,6 +50,16 @@ SCALE_FLOOR = 1e-4   # σ below this (a head certain of an option) would make th
 VARIANCE_FLOOR = 1e-4  # p(1 - p) floor, as the reference head's sampling noise has
 # The conditions a calibration tells apart: context answers given with or without counts.
 WITH_COUNTS, WITHOUT_COUNTS = "with counts", "without counts"
+# Questions calibrated apart by their number of options (a binary question's two residuals
+# are one, and its σ fits it less well than a scale's): {class: (fewest, most) options}
+OPTION_CLASSES = {"2": (2, 2), "3-4": (3, 4), "5+": (5, 1 << 30)}
+MIN_CLASS_SCORES = 200  # a class with fewer scores at a k uses every question's quantiles
+
+
+def option_classes(n_options) -> dict[str, np.ndarray]:
+    """{class: mask} of questions (or their options) by their number of options."""
+    n = np.asarray(n_options)
+    return {name: (n >= low) & (n <= high) for name, (low, high) in OPTION_CLASSES.items()}
 
 
 def check_level(level: float) -> float:
@@ -151,20 +163,54 @@ class QuantileTable:
 
 @dataclasses.dataclass(frozen=True)
 class ConditionCalibration:
-    """The calibration of answers given one way (with or without respondent counts)."""
+    """The calibration of answers given one way (with or without respondent counts): the
+    quantiles of every question, and those of each class of questions by number of options
+    (`OPTION_CLASSES`) that had enough scores to have its own."""
 
     sampling_weight: float           # λ
     options: QuantileTable           # |y - p| / σ per option
     means: QuantileTable | None      # |m_true - m| / σ_m per question (None: no scale)
+    options_by_class: dict[str, QuantileTable] = dataclasses.field(default_factory=dict)
+    means_by_class: dict[str, QuantileTable] = dataclasses.field(default_factory=dict)
+
+    def option_quantiles(self, k: int, level: float, n_options) -> np.ndarray:
+        """The options' quantile at `level` after k context questions, per option (or
+        question) with `n_options` options: its class's, else every question's."""
+        return _by_class(self.options, self.options_by_class, k, level, n_options)
+
+    def mean_quantiles(self, k: int, level: float, n_options) -> np.ndarray | None:
+        """The same for question means (None where the calibration has none)."""
+        if self.means is None:
+            return None
+        return _by_class(self.means, self.means_by_class, k, level, n_options)
 
     def to_json(self) -> dict:
         return {"sampling_weight": self.sampling_weight, "options": self.options.to_json(),
-                "means": None if self.means is None else self.means.to_json()}
+                "means": None if self.means is None else self.means.to_json(),
+                "by_options": {name: {"options": self.options_by_class[name].to_json(),
+                                      "means": (self.means_by_class[name].to_json()
+                                                if name in self.means_by_class else None)}
+                               for name in self.options_by_class}}
 
     @classmethod
     def from_json(cls, raw: dict) -> ConditionCalibration:
+        # a calibration saved before questions were calibrated by class has no by_options
+        by_class = {name: c for name, c in raw.get("by_options", {}).items()
+                    if name in OPTION_CLASSES}
         return cls(float(raw["sampling_weight"]), QuantileTable.from_json(raw["options"]),
-                   None if raw.get("means") is None else QuantileTable.from_json(raw["means"]))
+                   None if raw.get("means") is None else QuantileTable.from_json(raw["means"]),
+                   {name: QuantileTable.from_json(c["options"]) for name, c in by_class.items()},
+                   {name: QuantileTable.from_json(c["means"]) for name, c in by_class.items()
+                    if c.get("means") is not None})
+
+
+def _by_class(pooled: QuantileTable, by_class: dict[str, QuantileTable], k: int,
+              level: float, n_options) -> np.ndarray:
+    quantiles = np.full(np.shape(n_options), pooled.at(k, level))
+    for name, mask in option_classes(n_options).items():
+        if name in by_class:
+            quantiles[mask] = by_class[name].at(k, level)
+    return quantiles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,8 +272,8 @@ class Bands:
                          ) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) per option at `level`, clipped to [0, 1]."""
         scale = self.factor * self.scale(prob_O, std_O)
-        half = self.calibration.options.at(self.k, check_level(level)) * scale
-        return bounds(prob_O, half)
+        q = self.calibration.option_quantiles(self.k, check_level(level), len(prob_O))
+        return bounds(prob_O, q * scale)
 
     def mean_interval(self, prob_O: np.ndarray, std_O: np.ndarray, ordinals_O: np.ndarray,
                       level: float) -> tuple[float, float] | None:
@@ -237,7 +283,7 @@ class Bands:
             return None
         scale = self.factor * self.scale(prob_O, std_O)
         mean = mean_position(prob_O, ordinals_O)
-        half = self.calibration.means.at(self.k, check_level(level)) * mean_scale(
-            scale, prob_O, ordinals_O)
+        half = self.calibration.mean_quantiles(self.k, check_level(level), len(prob_O)
+                                               ) * mean_scale(scale, prob_O, ordinals_O)
         low, high = bounds(mean, half, np.min(ordinals_O), np.max(ordinals_O))
         return float(low), float(high)

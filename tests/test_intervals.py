@@ -28,18 +28,19 @@ from gpo.intervals import LEVELS as STORED_LEVELS
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 
 
-def _known_noise(rng, groups: int, k: int, questions: int = 30, options: int = 4
-                 ) -> Residuals:
+def _known_noise(rng, groups: int, k: int, questions: int = 30, options: int = 4,
+                 loudness: float = 1.0) -> Residuals:
     """Residuals of groups whose answers are the prediction plus heavy-tailed noise (Student t,
     3 degrees of freedom) at a group-specific spread the head's std does not know, and whose
-    left-out context answers carry the same noise."""
-    def part(spread_G, n_questions):
+    left-out context answers carry the same noise (the scored answers `loudness` times
+    louder)."""
+    def part(spread_G, n_questions, loudness=1.0):
         G = len(spread_G)
         group_N = np.repeat(np.arange(G), n_questions * options)
         question_N = np.repeat(np.arange(G * n_questions), options)
         prob_N = np.full(len(group_N), 1 / options)
         std_N = np.full(len(group_N), 0.02)
-        noise = (spread_G[group_N] * std_N * rng.standard_t(3, len(group_N))).reshape(
+        noise = (loudness * spread_G[group_N] * std_N * rng.standard_t(3, len(group_N))).reshape(
             -1, options)
         # a distribution per question: noise summing to zero, kept inside [0, 1]
         truth = np.clip(prob_N.reshape(-1, options) + noise - noise.mean(1, keepdims=True),
@@ -54,7 +55,7 @@ def _known_noise(rng, groups: int, k: int, questions: int = 30, options: int = 4
 
     spread = rng.lognormal(0.0, 0.5, groups)
     inner = Residuals(k - 1, **part(spread, len(left_out(k))))
-    return Residuals(k, **part(spread, questions), left_out=inner)
+    return Residuals(k, **part(spread, questions, loudness), left_out=inner)
 
 
 def test_conformal_quantile_is_the_finite_sample_rank():
@@ -84,6 +85,34 @@ def test_known_noise_gets_the_nominal_coverage(k):
     assert np.allclose(result.mean_coverage, LEVELS, atol=0.03), result
     gaussian_80 = np.mean(np.abs(fresh.truth_N - fresh.prob_N) <= 1.2816 * fresh.std_N)
     assert abs(gaussian_80 - 0.8) > 0.05
+
+
+def test_questions_are_calibrated_by_their_number_of_options():
+    """Binary questions twice as noisy as their groups' context answers and 4-option
+    questions, for the same std: quantiles
+    pooled over both would cover the binary ones too little and the others too much; each
+    class's own reach the nominal coverage. A calibration saved without classes still loads
+    and applies its pooled quantiles."""
+    rng = np.random.default_rng(0)
+
+    def both():
+        return [_known_noise(rng, 300, 10, options=2, loudness=2.0),
+                _known_noise(rng, 300, 10, options=4)]
+
+    condition = fit_condition({10: both()})
+    assert set(condition.options_by_class) == set(condition.means_by_class) == {"2", "3-4"}
+    calibration = Calibration({WITHOUT_COUNTS: condition}, {})
+    binary, four = both()
+    for found in (binary, four):
+        result = coverage(calibration, [found], with_counts=False, levels=LEVELS)
+        assert np.allclose(result.option_coverage, LEVELS, atol=0.02), result
+        assert np.allclose(result.mean_coverage, LEVELS, atol=0.03), result
+    raw = calibration.to_json()
+    del raw["conditions"][WITHOUT_COUNTS]["by_options"]
+    pooled = Calibration.from_json(json.loads(json.dumps(raw)))
+    assert not pooled.condition(False).options_by_class
+    binary_80 = coverage(pooled, [binary], with_counts=False, levels=[0.8]).option_coverage[0]
+    assert binary_80 < 0.7  # 0.63 here
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from gpo.data.splits import EvalTask, Split, make_eval_task
 from gpo.data.survey import Survey
 from gpo.evaluation.evaluate import predict_task, run_table, task_capacities
 from gpo.intervals import (
+    MIN_CLASS_SCORES,
+    OPTION_CLASSES,
     SCALE_FLOOR,
     WITH_COUNTS,
     WITHOUT_COUNTS,
@@ -31,6 +33,7 @@ from gpo.intervals import (
     conformal_quantiles,
     group_factor,
     left_out,
+    option_classes,
     option_scale,
 )
 from gpo.models import Head
@@ -121,6 +124,14 @@ class Residuals:
                          self.respondents_N[keep_N], group[self.group_N[keep_N]],
                          question[self.question_N[keep_N]], self.ordinal_N[keep_N],
                          self.true_mean_M[kept_M], len(chosen), inner)
+
+    def options_M(self) -> np.ndarray:
+        """Each scored question's number of options."""
+        return np.bincount(self.question_N, minlength=len(self.true_mean_M))
+
+    def options_N(self) -> np.ndarray:
+        """Each scored option's question's number of options."""
+        return self.options_M()[self.question_N]
 
     def mean_scores(self, sampling_weight: float) -> np.ndarray:
         mean_M, scale_M = self.means(sampling_weight)
@@ -277,12 +288,28 @@ def fit_condition(per_k: dict[int, list[Residuals]]) -> ConditionCalibration:
         return total / max(count, 1)
 
     weight = min(weights, key=width)
+    options_by_class, means_by_class = {}, {}
+    for name in OPTION_CLASSES:  # each class's own quantiles, where it has enough scores
+        options = _table(per_k, lambda r, name=name: r.option_scores(weight)[
+            option_classes(r.options_N())[name]], MIN_CLASS_SCORES)
+        means = _table(per_k, lambda r, name=name: r.mean_scores(weight)[
+            option_classes(r.options_M())[name]], MIN_CLASS_SCORES)
+        if options is not None:
+            options_by_class[name] = options
+        if means is not None:
+            means_by_class[name] = means
     return ConditionCalibration(weight, _table(per_k, lambda r: r.option_scores(weight)),
-                                _table(per_k, lambda r: r.mean_scores(weight)))
+                                _table(per_k, lambda r: r.mean_scores(weight)),
+                                options_by_class, means_by_class)
 
 
-def _table(per_k: dict[int, list[Residuals]], scores) -> QuantileTable:
+def _table(per_k: dict[int, list[Residuals]], scores, minimum: int = 0
+           ) -> QuantileTable | None:
+    """Quantiles of `scores` per k, at the k with at least `minimum` scores (None: no k)."""
     values = {k: np.concatenate([scores(r) for r in rs]) for k, rs in per_k.items()}
+    values = {k: v for k, v in values.items() if len(v) >= max(minimum, 1)}
+    if not values:
+        return None
     return QuantileTable(tuple(values), np.stack([conformal_quantiles(v) for v in
                                                   values.values()]),
                          tuple(len(v) for v in values.values()))
@@ -309,14 +336,14 @@ def coverage(calibration: Calibration, found: Sequence[Residuals], with_counts: 
     for level in levels:
         hits = widths = n = mean_hits = mean_widths = m = 0.0
         for r in found:
-            half = condition.options.at(r.k, level) * r.scales(weight)
+            half = condition.option_quantiles(r.k, level, r.options_N()) * r.scales(weight)
             low, high = bounds(r.prob_N, half)
             hits += np.sum((r.truth_N >= low) & (r.truth_N <= high))
             widths += np.sum(high - low)
             n += len(r.prob_N)
             if condition.means is not None:
                 mean_M, scale_M = r.means(weight)
-                half_M = condition.means.at(r.k, level) * scale_M
+                half_M = condition.mean_quantiles(r.k, level, r.options_M()) * scale_M
                 low_M, high_M = bounds(mean_M, half_M, *r.ordinal_range())
                 mean_hits += np.sum((r.true_mean_M >= low_M) & (r.true_mean_M <= high_M))
                 mean_widths += np.sum(high_M - low_M)
