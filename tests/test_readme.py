@@ -65,34 +65,6 @@ def test_links_resolve(page):
             assert anchor in headings, f"{page.name}: no heading #{anchor} in {path}"
 
 
-def _table_rows(text: str) -> dict[str, dict[str, str]]:
-    """Every printed table in text: {method: {column: cell}} (later tables override)."""
-    rows: dict[str, dict[str, str]] = {}
-    for block in (body for lang, body in fenced(text) if body.startswith("method ")):
-        lines = block.split("\n")
-        starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
-        columns = lines[0].split()
-        for line in lines[2:]:
-            if not line.strip() or line.startswith(" "):
-                continue
-            cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None])]
-            rows.setdefault(cells[0], {}).update(zip(columns[1:], cells[1:]))
-    return rows
-
-
-def test_headline_table_is_the_one_docs_print():
-    """README's table is a cut of experiments/reference_head.py's, which docs/results.md
-    holds: the same cells, never retyped."""
-    readme = _table_rows(README.read_text().split("## Results", 1)[1])
-    docs = (ROOT / "docs" / "results.md").read_text()
-    section = docs.split("## The reference-group head on OpinionQA", 1)[1].split("\n## ", 1)[0]
-    source = _table_rows(section)
-    assert {"REFERENCE", "group regression", "population prior", "noise ceiling"} <= set(readme)
-    for method, cells in readme.items():
-        for column, cell in cells.items():
-            assert source[method][column] == cell, (method, column)
-
-
 def test_example_config_loads():
     from gpo.config import RunConfig
     (example,) = blocks(README, "json")
