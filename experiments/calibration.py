@@ -7,8 +7,8 @@ against the uncalibrated mean ± z·std; per option and per question mean ordina
         [--seeds 0 1 2 3 4] [--dataset opinionqa|globalopinionqa]
 
 Uses the run folders of experiments/heads.py and experiments/globalopinionqa.py (trains them
-first if missing; calibrates a run that has no calibration). Prints the tables, writes a JSON
-report and the reliability diagram (reports/calibration.png).
+first if missing; calibrates a run that has no calibration, or every run with --recalibrate).
+Prints the tables, writes a JSON report and the reliability diagram (reports/calibration.png).
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ def main() -> None:
                              "is every table's; default: 5)")
     parser.add_argument("--without-counts", action="store_true",
                         help="give the context answers without respondent counts")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="fit every run's intervals again, even where it has them (after "
+                             "a change to how they are fitted; trained models are kept)")
     parser.add_argument("--plot", default=None,
                         help="reliability diagram (default: reports/calibration[_DATASET].png)")
     args = parser.parse_args()
@@ -82,7 +85,8 @@ def main() -> None:
             split, _ = run.split.resolve(survey)
             head_module, _ = run.restore_head()
             table = run_table(run, survey, split)
-            fitted = run.calibration() or calibrate_trained_run(run, survey, embeddings, table)
+            fitted = (None if args.recalibrate else run.calibration()) or \
+                calibrate_trained_run(run, survey, embeddings, table)
             calibrated_on.append(len(fitted.fitted_on["groups"]))
             for k in args.k:
                 tasks = [make_eval_task(survey, split, k, seed=split.seed + 1000 * d)
