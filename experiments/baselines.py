@@ -41,21 +41,39 @@ def main() -> None:
     embeddings = embed_survey(survey, LexicalEmbedder())
 
     report = {"dataset": survey.name, "metric": metric, "k": args.k, "seeds": args.seeds,
-              "groups": len(survey.groups), "questions": len(survey.questions), "protocols": {}}
-    for protocol in ("A", "B"):
+              "groups": len(survey.groups), "questions": len(survey.questions), "protocols": {},
+              "seconds": {}}
+    for protocol in PROTOCOLS:
         start = time.perf_counter()
-        results = run_baselines(survey, protocol, tuple(args.seeds), args.k, metric, embeddings)
-        report["protocols"][protocol] = results
-        what = "unseen groups" if protocol == "A" else "unseen groups and questions"
-        title = f"\nProtocol {protocol} ({what}), {time.perf_counter() - start:.1f}s"
-        marked = {name + ("" if protocol == "A" or name in USES_ONLY_CONTEXT else " *"):
-                  {"alignment": v} for name, v in results.items()}
-        print(format_table(title, marked, ["alignment"]))
-        if protocol == "B":
-            print("* reads training groups' answers on the held-out questions: a reference "
-                  "point, not a protocol-B competitor")
+        report["protocols"][protocol] = run_baselines(survey, protocol, tuple(args.seeds),
+                                                      args.k, metric, embeddings)
+        report["seconds"][protocol] = round(time.perf_counter() - start, 1)
+        print("\n" + render(report, protocol))
     out = write_json(args.out or f"reports/baselines_{survey.name}.json", report)
     print(f"\nwrote {out}")
+
+
+PROTOCOLS = {"A": "unseen groups", "B": "unseen groups and questions"}
+
+
+def render(report: dict, protocol: str) -> str:
+    """One protocol's table, as printed and as docs/results.md holds it (write_docs.py)."""
+    results = report["protocols"][protocol]
+    title = (f"Protocol {protocol} ({PROTOCOLS[protocol]}), "
+             f"{report['seconds'][protocol]:.1f}s")
+    marked = {name + ("" if protocol == "A" or name in USES_ONLY_CONTEXT else " *"):
+              {"alignment": v} for name, v in results.items()}
+    table = format_table(title, marked, ["alignment"]).lstrip("\n")
+    if protocol == "B":
+        table += ("\n* reads training groups' answers on the held-out questions: a reference "
+                  "point, not a protocol-B competitor")
+    return table
+
+
+def render_markdown(report: dict, part: str | None = None) -> str:
+    """A protocol's table (`A`, `B`), or every protocol's (no part)."""
+    return "```\n" + "\n\n".join(render(report, p) for p in ([part] if part else PROTOCOLS)
+                                  ) + "\n```"
 
 
 if __name__ == "__main__":

@@ -28,11 +28,13 @@ BLOCK = re.compile(r"(<!-- generated from (\S+?)\.json(?:: (\S+))? -->\n)(.*?)"
 def renderers() -> dict:
     """{report name: function(report JSON, part or None) -> Markdown}."""
     sys.path.insert(0, str(ROOT / "experiments"))
+    import baselines
     import calibration
     import paper_comparison
     import question_selection
     import reference_head
-    return {"calibration": calibration.render_markdown,
+    return {"baselines": baselines.render_markdown,
+            "calibration": calibration.render_markdown,
             "paper_comparison": paper_comparison.render_markdown,
             "question_selection": question_selection.render_markdown,
             "reference_head": reference_head.render_markdown}

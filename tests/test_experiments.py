@@ -144,6 +144,9 @@ def test_baselines_and_ceilings(shared, capsys):
     out = run_script("baselines.py", ["--data-dir", shared["data"] + "/opinionqa", "--seeds",
                                       "0", "--out", str(shared["tmp"] / "base.json")], capsys)
     assert float(table_row(out, "group regression")[0]) > float(table_row(out, "uniform")[0])
+    from baselines import render_markdown  # docs' tables are what the script printed
+    rendered = render_markdown(json.loads((shared["tmp"] / "base.json").read_text()))
+    assert rendered.strip("`\n") in out
     out = run_script("ceilings.py", ["--data-dir", shared["data"], "--seeds", "0",
                                      "--out", str(shared["tmp"] / "ceil.json")], capsys)
     assert len(table_row(out, "group regression (affine)")) == 4
