@@ -23,6 +23,7 @@ from gpo.evaluation.report import format_table, write_json
 from gpo.pipeline import load_survey
 
 KS = (5, 10, 20)
+IN_SAMPLE = "all answers, in-sample"
 
 
 def main() -> None:
@@ -49,13 +50,24 @@ def main() -> None:
             # With every answer as context no question is left to choose a penalty on: a tiny
             # fixed one (the fit is well posed with 624 questions and 14 groups).
             pred = predict(survey, split, in_sample, penalty=1e-6)
-            rows[name].setdefault("all answers, in-sample", []).append(
+            rows[name].setdefault(IN_SAMPLE, []).append(
                 score_predictions(survey, in_sample, pred).mean)
-    columns = [f"k={k}" for k in KS] + ["all answers, in-sample"]
-    print(format_table(f"OpinionQA protocol A ({len(survey.questions)} questions, "
+    report = {"title": f"OpinionQA protocol A ({len(survey.questions)} questions, "
                        f"{len(split.train_groups)} training groups), alignment over splits "
-                       f"{args.seeds}", rows, columns))
-    print(f"\nwrote {write_json(args.out, {'seeds': args.seeds, 'rows': rows})}")
+                       f"{args.seeds}",
+              "seeds": args.seeds, "columns": [f"k={k}" for k in KS] + [IN_SAMPLE],
+              "rows": rows}
+    print(render(report))
+    print(f"\nwrote {write_json(args.out, report)}")
+
+
+def render(report: dict) -> str:
+    """The table as printed and as docs/results.md holds it (write_docs.py)."""
+    return format_table(report["title"], report["rows"], report["columns"])
+
+
+def render_markdown(report: dict, part: str | None = None) -> str:
+    return f"```\n{render(report)}\n```"
 
 
 if __name__ == "__main__":

@@ -30,11 +30,13 @@ def renderers() -> dict:
     sys.path.insert(0, str(ROOT / "experiments"))
     import baselines
     import calibration
+    import ceilings
     import paper_comparison
     import question_selection
     import reference_head
     return {"baselines": baselines.render_markdown,
             "calibration": calibration.render_markdown,
+            "ceilings": ceilings.render_markdown,
             "paper_comparison": paper_comparison.render_markdown,
             "question_selection": question_selection.render_markdown,
             "reference_head": reference_head.render_markdown}

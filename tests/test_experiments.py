@@ -150,6 +150,8 @@ def test_baselines_and_ceilings(shared, capsys):
     out = run_script("ceilings.py", ["--data-dir", shared["data"], "--seeds", "0",
                                      "--out", str(shared["tmp"] / "ceil.json")], capsys)
     assert len(table_row(out, "group regression (affine)")) == 4
+    import ceilings
+    assert ceilings.render(json.loads((shared["tmp"] / "ceil.json").read_text())) in out
 
 
 @pytest.mark.slow  # a measuring harness: run by .ci/run, not the default suite
