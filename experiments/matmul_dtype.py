@@ -23,7 +23,7 @@ from common import (
 
 from gpo.config import DataConfig, EmbedConfig
 from gpo.evaluation.metrics import paired_difference
-from gpo.evaluation.report import format_table, write_json
+from gpo.evaluation.report import format_table, paired_by_k, write_json
 
 KS = (5, 10, 20)
 DTYPES = ("float32", "bfloat16")
@@ -51,8 +51,7 @@ def main() -> None:
                                    evaluation.per_group(full, k)[1]) for k in KS}
     print(f"{low} - {full}, paired over {len(evaluation.per_group(low, KS[0])[1])} test "
           "groups x splits, mean [bootstrap 95% interval]:")
-    print("  " + "  ".join(f"k={k}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-                           for k, (m, lo, hi) in paired.items()))
+    print(paired_by_k(paired))
     write_json(args.out, {"k": list(KS), "paired_bf16_minus_f32": paired,
                           "evaluation": evaluation.to_json()})
     print(f"\nwrote {args.out}")

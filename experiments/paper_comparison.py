@@ -39,7 +39,7 @@ from gpo.data.splits import make_eval_task
 from gpo.embed.letters import LetterScorer
 from gpo.evaluation.metrics import noise_ceiling
 from gpo.evaluation.prompting import STYLES, PromptingBaselines
-from gpo.evaluation.report import format_table
+from gpo.evaluation.report import format_table, paired_text
 from gpo.pipeline import embed, load_survey, scored_questions
 from gpo.run_dir import RunDir
 
@@ -113,8 +113,8 @@ def render(report: dict) -> str:
     groups = len(report["evaluation"]["splits"][0]["groups"]) * len(report["seeds"])
     lines = [format_table(report["title"], report["rows"], [f"k={k}"]), "",
              f"paired over {groups} held-out groups x splits, mean [bootstrap 95% interval]:"]
-    lines += [f"  {p['a']} - {p['b']}: {p['difference']:+.4f} [{p['low']:+.4f}, "
-              f"{p['high']:+.4f}]" for p in report["paired"]]
+    lines += [f"  {p['a']} - {p['b']}: {paired_text(p['difference'], p['low'], p['high'])}"
+              for p in report["paired"]]
     width = max(map(len, report["vs_prior"]))
     lines.append("each method - population prior:")
     lines += [f"  {m:<{width}}  {d:+.4f}" for m, d in report["vs_prior"].items()]
@@ -131,15 +131,15 @@ def render_headline(report: dict) -> str:
              and m not in ("uniform", "noise ceiling")] + [prompt]
     table = format_table("", {m: {column: report["rows"][m][column]} for m in shown},
                          [column]).lstrip("\n")
-    pairs = "; ".join(f"{p['a']} − {p['b']} {p['difference']:+.4f} [{p['low']:+.4f}, "
-                      f"{p['high']:+.4f}]" for p in report["paired"])
+    pairs = "; ".join(f"{p['a']} − {p['b']} {paired_text(p['difference'], p['low'], p['high'])}"
+                      for p in report["paired"])
     return (f"{report['title']} ({prompt}: the best prompt):\n\n```\n{table}\n```\n\n"
             f"Paired over held-out groups × splits, mean [95% interval]: {pairs}.")
 
 
 def render_markdown(reports: dict, part: str | None = None) -> str:
     """Every protocol of a report file as docs/results.md shows it (write_docs.py), or
-    `headline`: GPO's protocol in one sentence, as README quotes it."""
+    `headline`: GPO's protocol cut down to the table README quotes."""
     if part == "headline":
         return render_headline(reports["gpo"])
     return "\n\n".join(f"```\n{render(reports[p])}\n```" for p in PROTOCOLS if p in reports)

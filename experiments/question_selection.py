@@ -47,7 +47,7 @@ from gpo.data.splits import EvalTask, make_eval_task
 from gpo.evaluation.evaluate import chosen_tasks, predict_task, run_table, task_predictions
 from gpo.evaluation.metrics import noise_ceiling, paired_difference, score_predictions
 from gpo.evaluation.plots import plot_curves
-from gpo.evaluation.report import format_table
+from gpo.evaluation.report import format_table, paired_by_k, paired_text
 from gpo.pipeline import dataset_folder
 from gpo.question_selection import CRITERIA, QuestionSelector
 from gpo.run_dir import RunDir
@@ -172,8 +172,7 @@ def render_setting(report: dict, methods=(HEAD, BASELINE), subset: bool = False)
             cells = report["paired"][f"{method} {best}"][key]
             lines.append(f"{method} chosen ({best}) - {what}, paired over {n} test groups x "
                          "splits on the targets neither asked, mean [bootstrap 95% interval]:")
-            lines.append("  " + "  ".join(f"k={k}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-                                          for k, (m, lo, hi) in cells.items()))
+            lines.append(paired_by_k(cells))
     return "\n".join(lines)
 
 
@@ -183,11 +182,11 @@ def render_headline(report: dict, k: int = 5) -> str:
     score = lambda row, at: float(np.mean(report["rows"][row][f"k={at}"]))  # noqa: E731
     chosen = f"{HEAD}, chosen ({best})"
     random = f"{HEAD}, random ({draws} draws)"
-    m, lo, hi = report["paired"][f"{HEAD} {best}"]["vs random at 2k"][str(k)]
+    lead = report["paired"][f"{HEAD} {best}"]["vs random at 2k"][str(k)]
     return (f"{k} questions chosen by `suggest_questions` score {score(chosen, k):.4f}, "
             f"{k} random ones {score(random, k):.4f} and {2 * k} random ones "
             f"{score(random, 2 * k):.4f} (chosen {k} − random {2 * k}, paired on the "
-            f"questions neither asked: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]).")
+            f"questions neither asked: {paired_text(*lead)}).")
 
 
 def render_markdown(report: dict, part: str) -> str:

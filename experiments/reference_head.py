@@ -41,7 +41,7 @@ from gpo.data.splits import make_eval_task
 from gpo.data.synthetic import make_planted_agreement_survey
 from gpo.evaluation.evaluate import validation_scores
 from gpo.evaluation.metrics import noise_ceiling, paired_difference
-from gpo.evaluation.report import format_table
+from gpo.evaluation.report import format_table, paired_by_k, paired_text
 from gpo.run_dir import RunDir
 
 HEAD = "REFERENCE"
@@ -169,8 +169,7 @@ def render_setting(setting: dict) -> str:
     for method, per_k in setting["paired_vs_group_regression"].items():
         lines.append(f"{method} - {BASELINE}, paired over {setting['paired_groups']} test "
                      "groups x splits, mean [bootstrap 95% interval]:")
-        lines.append("  " + "  ".join(f"k={k}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-                                      for k, (m, lo, hi) in per_k.items()))
+        lines.append(paired_by_k(per_k))
     return "\n".join(lines)
 
 
@@ -185,8 +184,7 @@ def render_headline(setting: dict) -> str:
     rows = {m: {c: setting["rows"][m][c] for c in columns} for m in HEADLINE_METHODS}
     table = format_table("", rows, columns).lstrip("\n")
     lead = setting["paired_vs_group_regression"][HEAD]
-    leads = ", ".join(f"{lead[str(k)][0]:+.4f} [{lead[str(k)][1]:+.4f}, {lead[str(k)][2]:+.4f}] "
-                      f"at k = {k}" for k in HEADLINE_KS)
+    leads = ", ".join(f"{paired_text(*lead[str(k)])} at k = {k}" for k in HEADLINE_KS)
     return (f"```\n{table}\n```\n\n{HEAD} − {BASELINE}, paired over "
             f"{setting['paired_groups']} held-out groups × splits (mean [95% interval]): "
             f"{leads}.")

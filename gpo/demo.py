@@ -38,6 +38,7 @@ from gpo.evaluation.report import (
     html_definitions,
     html_facts,
     html_table,
+    paired_text,
     write_html,
     write_json,
 )
@@ -204,9 +205,8 @@ def summary(evaluation: Evaluation, ks, ceiling: float | None = None) -> str:
             (m for m in means if m != head),
             key=lambda m: np.mean(evaluation.per_split(m, kk))), kk) for kk in ks}
         clearest = max(leads, key=lambda kk: leads[kk][1])  # the largest lower bound
-        d, lo, hi = leads[clearest]
         lines.append(f"{head}'s lead over the best other method is clearest at k = "
-                     f"{clearest}: {d:+.4f} [{lo:+.4f}, {hi:+.4f}].")
+                     f"{clearest}: {paired_text(*leads[clearest])}.")
     prior = means.get("population prior")
     if head in means and prior is not None:
         lines.append(f"{head} scores {means[head]:.4f} at k = {k}, {means[head] - prior:+.4f} "

@@ -21,6 +21,16 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{arr.mean():.4f} ± {arr.std(ddof=1):.4f}"
 
 
+def paired_text(mean: float, low: float, high: float) -> str:
+    """A paired difference with its interval: '+0.0018 [+0.0008, +0.0031]'."""
+    return f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+
+
+def paired_by_k(cells: Mapping) -> str:
+    """{k: (mean, low, high)} as one indented line: '  k=5: +0.0018 [...]  k=10: ...'."""
+    return "  " + "  ".join(f"k={k}: {paired_text(*cell)}" for k, cell in cells.items())
+
+
 def format_table(title: str, rows: Mapping[str, Mapping[str, Sequence[float]]],
                  columns: Sequence[str]) -> str:
     """rows: {row name: {column: per-seed values}} -> aligned text, 'mean ± std' per cell."""
