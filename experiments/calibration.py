@@ -35,7 +35,7 @@ from gpo.evaluation.conformal import coverage, residuals  # noqa: E402
 from gpo.evaluation.evaluate import run_table  # noqa: E402
 from gpo.evaluation.metrics import calibration  # noqa: E402
 from gpo.evaluation.report import format_table, write_json  # noqa: E402
-from gpo.intervals import bounds  # noqa: E402
+from gpo.intervals import bounds, option_classes  # noqa: E402
 from gpo.run_dir import RunDir  # noqa: E402
 from gpo.training import calibrate_trained_run  # noqa: E402
 
@@ -165,7 +165,6 @@ def render(report: dict, part: str = "options") -> str:
 
 
 CONDITIONAL_LEVELS = (0.8, 0.9)
-OPTION_CELLS = {"2 options": (2, 2), "3-4 options": (3, 4), "5+ options": (5, 99)}
 PEOPLE_CELLS = {"< 300 people": (0, 300), "300-1,000": (300, 1000), ">= 1,000": (1000, np.inf)}
 
 
@@ -182,7 +181,8 @@ def conditional(fitted, found, with_counts: bool, level: float) -> dict[str, flo
         options.append(r.options_N())
         people.append(r.respondents_N)
     hit, options, people = map(np.concatenate, (hits, options, people))
-    cells = {name: (options >= lo) & (options <= hi) for name, (lo, hi) in OPTION_CELLS.items()}
+    # the classes the intervals are calibrated by (gpo.intervals), each checked on its own
+    cells = {f"{name} options": mask for name, mask in option_classes(options).items()}
     if np.isfinite(people).any():  # respondents given
         cells |= {name: (people >= lo) & (people < hi)
                   for name, (lo, hi) in PEOPLE_CELLS.items()}
