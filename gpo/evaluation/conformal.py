@@ -288,26 +288,25 @@ def fit_condition(per_k: dict[int, list[Residuals]]) -> ConditionCalibration:
         return total / max(count, 1)
 
     weight = min(weights, key=width)
-    options_by_class, means_by_class = {}, {}
-    for name in OPTION_CLASSES:  # each class's own quantiles, where it has enough scores
-        options = _table(per_k, lambda r, name=name: r.option_scores(weight)[
-            option_classes(r.options_N())[name]], MIN_CLASS_SCORES)
-        means = _table(per_k, lambda r, name=name: r.mean_scores(weight)[
-            option_classes(r.options_M())[name]], MIN_CLASS_SCORES)
-        if options is not None:
-            options_by_class[name] = options
-        if means is not None:
-            means_by_class[name] = means
-    return ConditionCalibration(weight, _table(per_k, lambda r: r.option_scores(weight)),
-                                _table(per_k, lambda r: r.mean_scores(weight)),
-                                options_by_class, means_by_class)
+    # per k, each score with its question's number of options: options', question means'
+    options = {k: (np.concatenate([r.option_scores(weight) for r in rs]),
+                   np.concatenate([r.options_N() for r in rs])) for k, rs in per_k.items()}
+    means = {k: (np.concatenate([r.mean_scores(weight) for r in rs]),
+                 np.concatenate([r.options_M() for r in rs])) for k, rs in per_k.items()}
+    by_class = [{name: table for name in OPTION_CLASSES  # where a class has enough scores
+                 if (table := _table(scored, name)) is not None} for scored in (options, means)]
+    return ConditionCalibration(weight, _table(options), _table(means), *by_class)
 
 
-def _table(per_k: dict[int, list[Residuals]], scores, minimum: int = 0
-           ) -> QuantileTable | None:
-    """Quantiles of `scores` per k, at the k with at least `minimum` scores (None: no k)."""
-    values = {k: np.concatenate([scores(r) for r in rs]) for k, rs in per_k.items()}
-    values = {k: v for k, v in values.items() if len(v) >= max(minimum, 1)}
+def _table(scored_per_k: dict[int, tuple[np.ndarray, np.ndarray]],
+           option_class: str | None = None) -> QuantileTable | None:
+    """Quantiles per k of the scores (those of one class of questions by number of options,
+    at the k where it has MIN_CLASS_SCORES of them), from {k: (scores, options per score)};
+    None where no k has enough."""
+    values = {k: scores if option_class is None else scores[option_classes(n)[option_class]]
+              for k, (scores, n) in scored_per_k.items()}
+    fewest = 1 if option_class is None else MIN_CLASS_SCORES
+    values = {k: v for k, v in values.items() if len(v) >= fewest}
     if not values:
         return None
     return QuantileTable(tuple(values), np.stack([conformal_quantiles(v) for v in
