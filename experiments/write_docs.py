@@ -18,6 +18,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from common import main_guard
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
@@ -51,10 +53,17 @@ def generated(page_text: str, reports: Path) -> str:
         name, part = match.group(2), match.group(3)
         # NAME is an experiment's report (calibration) or another of its reports
         # (calibration_splits5-9): the experiment is the longest name it starts with
-        renderer = render[max((key for key in render
-                               if name == key or name.startswith(key + "_")), key=len)]
-        report = json.loads((reports / f"{name}.json").read_text())
-        return f"{match.group(1)}{renderer(report, part)}\n{match.group(5)}"
+        experiments = [key for key in render if name == key or name.startswith(key + "_")]
+        if not experiments:
+            raise ValueError(f"a block is generated from {name}.json, which no experiment "
+                             f"writes (known: {', '.join(sorted(render))}; a report is named "
+                             "after its experiment)")
+        path = reports / f"{name}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"a block is generated from {name}.json, which is not in "
+                                    f"{reports}: run its experiment first")
+        renderer = render[max(experiments, key=len)]
+        return f"{match.group(1)}{renderer(json.loads(path.read_text()), part)}\n{match.group(5)}"
 
     return BLOCK.sub(fill, page_text)
 
@@ -77,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main_guard(main)

@@ -121,3 +121,15 @@ def test_generated_docs_match_their_reports():
             f"{page.name}: a generated block differs from its report; run "
             "python experiments/write_docs.py")
     assert found
+
+
+def test_a_block_from_an_unknown_report_is_named():
+    import sys
+    sys.path.insert(0, str(ROOT / "experiments"))
+    from write_docs import generated
+    page = "<!-- generated from nosuch.json -->\n```\n```\n<!-- end of generated block -->\n"
+    with pytest.raises(ValueError, match="nosuch.json, which no experiment writes"):
+        generated(page, ROOT / "docs" / "reports")
+    page = page.replace("nosuch", "ceilings_missing")
+    with pytest.raises(FileNotFoundError, match="ceilings_missing.json, which is not in"):
+        generated(page, ROOT / "docs" / "reports")
