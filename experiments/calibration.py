@@ -73,6 +73,7 @@ def main() -> None:
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
     embeddings = embed(survey, embed_config, args.embeddings)
     with_counts = not args.without_counts
+    counted = bool(np.isfinite(survey.respondents_GxQ).any())  # GlobalOpinionQA has none
     rows, means, diagram, by = {}, {}, {}, {}
     calibrated_on = []  # how many groups each run's intervals were calibrated on
     for label, (head, model) in head_variants(pal_ks=(4,), heads=args.heads).items():
@@ -123,32 +124,35 @@ def main() -> None:
                                    for lv in DIAGRAM_LEVELS])
     name = {"opinionqa": "OpinionQA protocol A", "globalopinionqa": "GlobalOpinionQA"}[
         args.dataset]
-    given = "with" if with_counts else "without"
+    given = ("without counts, which this data does not have" if not counted
+             else "with counts" if with_counts else "without counts")
     fewest, most = min(calibrated_on), max(calibrated_on)
     calibrated_with = (f"{fewest}-{most}" if fewest < most else str(most)) + (
         " groups a run, each held out of the model that scored it")
     columns = [f"{level:.0%}" for level in LEVELS] + ["width 80%", "±1.28·std: cover",
                                                       "±1.28·std: width"]
-    report = {"dataset": args.dataset, "with_counts": with_counts, "seeds": args.seeds,
+    report = {"dataset": args.dataset, "with_counts": with_counts and counted, "seeds": args.seeds,
               "draws": args.draws,
               "title": f"{name}, {args.embedder}: coverage of the calibrated intervals on "
-                       f"test groups' options (context answers {given} counts), mean ± std "
+                       f"test groups' options (context answers {given}), mean ± std "
                        f"over splits {args.seeds}, {args.draws} random contexts each; "
                        f"calibrated on {calibrated_with}",
               "means_title": f"{name}: the same for each question's mean ordinal position "
                              "(width in ordinal units)",
               "columns": columns, "options": rows, "question_means": means,
-              "conditional_title": f"{name}: coverage by the question's number of options and "
-                                   "by the group's respondents (median count of its context "
-                                   f"answers), at k = {max(args.k)}",
+              "conditional_title": f"{name}: coverage by the question's number of options"
+                                   + (" and by the group's respondents (median count of its "
+                                      "context answers)" if counted else "")
+                                   + f", at k = {max(args.k)}",
               "conditional": by}
     for part in ("options", "question_means", "conditional"):
         print(render(report, part), end="\n\n")
     plot = args.plot or ("reports/calibration.png" if args.dataset == "opinionqa"
                          else f"reports/calibration_{args.dataset}.png")
     path = plot_reliability(diagram, plot, f"{name}, k = {max(args.k)}")
-    out = write_json(args.out if args.dataset == "opinionqa" and with_counts else
-                     args.out.replace(".json", f"_{args.dataset}_{given}_counts.json"), report)
+    suffix = ("" if args.dataset == "opinionqa" else f"_{args.dataset}") + (
+        "" if with_counts or not counted else "_without_counts")
+    out = write_json(args.out.replace(".json", f"{suffix}.json"), report)
     print(f"wrote {out}, {path}")
 
 
