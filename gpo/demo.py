@@ -177,7 +177,10 @@ def interval_coverage(run_dir: Path, survey, k: int, with_counts: bool) -> str:
             f"k = {k}, {result.option_coverage[0]:.0%} of the held-out groups' answers fell "
             f"inside their 80% intervals (mean width {result.option_width[0]:.3f}) and "
             f"{result.option_coverage[1]:.0%} inside their 90% intervals (width "
-            f"{result.option_width[1]:.3f}); one split, so read it give or take a few points.")
+            f"{result.option_width[1]:.3f}); one split, so read it give or take a few points."
+            + ("" if run.config.data.calibration_folds > 1 else
+               " For margins you quote, train with --set data.calibration_folds=4: every "
+               "training group then calibrates (docs/results.md, Margins of error)."))
 
 
 def summary(evaluation: Evaluation, ks, ceiling: float | None = None) -> str:

@@ -19,6 +19,7 @@ def test_eval_reprints_the_demos_numbers(data_root, tmp_path, capsys, monkeypatc
     assert f"{DEMO_QUESTIONS} questions" in demo_out
     assert "predicts best" in demo_out and "Noise ceiling" in demo_out  # the closing lines
     assert "Questions to ask, best first" in demo_out and "Asking these 5 instead" in demo_out
+    assert "inside their 80% intervals" in demo_out and "data.calibration_folds=4" in demo_out
     html = (tmp_path / "demo" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "group regression" in html
     cache = tmp_path / "demo" / "embedding_cache"
