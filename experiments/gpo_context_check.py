@@ -18,6 +18,7 @@ from common import PUBLISHED_SAMPLER, main_guard, train_and_evaluate
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data.synthetic import make_planted_agreement_survey
+from gpo.evaluation.evaluate import Evaluation
 from gpo.evaluation.report import format_table, write_json
 
 # name: (loss, learning rate, bound_std)
@@ -53,7 +54,8 @@ def main() -> None:
     args = parser.parse_args()
 
     survey, embeddings = make_planted_agreement_survey()
-    rows, report = {}, {"steps": args.steps, "seeds": args.seeds, "variants": {}}
+    report = {"survey": survey.name, "steps": args.steps, "seeds": args.seeds, "k": args.k,
+              "variants": {}}
     for name in args.variants:
         loss, lr, bounded = VARIANTS[name]
         config = RunConfig(
@@ -63,17 +65,29 @@ def main() -> None:
                                   sampler=PUBLISHED_SAMPLER))
         runs = train_and_evaluate(config, survey, embeddings, run_folder(args.runs, name),
                                   (args.k,), args.seeds)
-        evaluation = runs.evaluation
-        rows[f"GPO {name}"] = {"validation": runs.validation,
-                               f"k={args.k}": evaluation.per_split("GPO", args.k)}
         report["variants"][name] = {"train": dataclasses.asdict(config.train),
                                     "bound_std": bounded, "validation": runs.validation,
-                                    "evaluation": evaluation.to_json()}
-    rows.update(evaluation.rows([args.k], BASELINES_SHOWN))
-    print("\n" + format_table(f"{survey.name}: alignment on held-out groups, {args.steps} "
-                              f"steps, splits {args.seeds}", rows,
-                              ["validation", f"k={args.k}"]))
+                                    "evaluation": runs.evaluation.to_json()}
+    print("\n" + render(report))
     write_json(args.out, report)
+
+
+def render(report: dict) -> str:
+    """The table as printed: each variant's validation and test alignment, then the
+    baselines (every variant scored the same tasks: the last one's are shown)."""
+    k, rows = report["k"], {}
+    for name, variant in report["variants"].items():
+        evaluation = Evaluation.from_json(variant["evaluation"])
+        rows[f"GPO {name}"] = {"validation": variant["validation"],
+                               f"k={k}": evaluation.per_split("GPO", k)}
+    rows.update(evaluation.rows([k], BASELINES_SHOWN))
+    return format_table(f"{report['survey']}: alignment on held-out groups, {report['steps']} "
+                        f"steps, splits {report['seeds']}", rows, ["validation", f"k={k}"])
+
+
+def render_markdown(report: dict, part: str | None = None) -> str:
+    """The table as docs/results.md holds it (experiments/write_docs.py)."""
+    return f"```\n{render(report)}\n```"
 
 
 if __name__ == "__main__":

@@ -33,12 +33,14 @@ def renderers() -> dict:
     import baselines
     import calibration
     import ceilings
+    import gpo_context_check
     import paper_comparison
     import question_selection
     import reference_head
     return {"baselines": baselines.render_markdown,
             "calibration": calibration.render_markdown,
             "ceilings": ceilings.render_markdown,
+            "gpo_context_check": gpo_context_check.render_markdown,
             "paper_comparison": paper_comparison.render_markdown,
             "question_selection": question_selection.render_markdown,
             "reference_head": reference_head.render_markdown}

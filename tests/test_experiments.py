@@ -130,6 +130,8 @@ def test_gpo_context_check(shared, capsys):
                                               "kl, lr 1e-3", "--runs", shared["runs"] + "/cc",
                                               "--out", str(shared["tmp"] / "cc.json")], capsys)
     assert len(table_row(out, "GPO kl, lr 1e-3")) == 2 and table_row(out, "group mixture")
+    from gpo_context_check import render  # the docs' generated block, from the JSON alone
+    assert render(report(shared, "cc")) in out
 
 
 def test_globalopinionqa(shared, capsys):
