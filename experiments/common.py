@@ -17,7 +17,7 @@ import numpy as np
 from gpo.config import RunConfig, TrainConfig
 from gpo.data.survey import Survey
 from gpo.evaluation.evaluate import Evaluation, evaluate_run
-from gpo.evaluation.report import write_json
+from gpo.evaluation.report import format_table, write_json
 from gpo.pipeline import dataset_folder, embed, load_survey  # noqa: F401  (scripts' imports)
 from gpo.training import train
 
@@ -203,6 +203,18 @@ def write_merged(path: str | Path, report: dict, known: Sequence[str],
             if name in known}
     report = {**report, key: kept | report[key]} if key else kept | report
     return write_json(path, report)
+
+
+def table_part(title: str, rows: dict, columns: Sequence[str]) -> dict:
+    """A printed table as a report holds it, so that the docs render it from the JSON alone
+    (`render_table`)."""
+    return {"title": title, "columns": list(columns), "rows": rows}
+
+
+def render_table(part: dict, fenced: bool = False) -> str:
+    """A `table_part` as printed, or fenced as docs/ hold it (experiments/write_docs.py)."""
+    text = format_table(part["title"], part["rows"], part["columns"])
+    return f"```\n{text}\n```" if fenced else text
 
 
 def main_guard(main) -> None:

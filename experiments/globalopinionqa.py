@@ -19,13 +19,15 @@ from common import (
     load_survey,
     main_guard,
     merge_variants,
+    render_table,
+    table_part,
     train_and_evaluate,
     variant_run,
 )
 
 from gpo.config import DataConfig, EmbedConfig
 from gpo.evaluation.evaluate import SplitResult, evaluate_head, survey_table
-from gpo.evaluation.report import format_table, write_json
+from gpo.evaluation.report import write_json
 from gpo.run_dir import RunDir
 from gpo.training.loop import split_for
 
@@ -66,9 +68,15 @@ def main() -> None:
     for label, results in transfers.items():
         rows[label] = {f"k={k}": [r.scores[label][k]["mean"] for r in results] for k in KS}
     rows.update(evaluation.rows(KS, [m for m in evaluation.methods if m not in variants]))
-    print(format_table(f"\nGlobalOpinionQA, held-out countries: JS alignment, mean ± std over "
-                       f"splits {args.seeds}", rows, [f"k={k}" for k in KS]))
-    print(f"\nwrote {write_json(args.out, {'embedder': args.embedder, 'rows': rows})}")
+    table = table_part(f"GlobalOpinionQA, held-out countries: JS alignment, mean ± std over "
+                       f"splits {args.seeds}", rows, [f"k={k}" for k in KS])
+    print("\n" + render_table(table))
+    print(f"\nwrote {write_json(args.out, {'embedder': args.embedder, **table})}")
+
+
+def render_markdown(report: dict, part: str | None = None) -> str:
+    """The table as docs/results.md holds it (experiments/write_docs.py)."""
+    return render_table(report, fenced=True)
 
 
 def transfer(run_dir, survey, embeddings, split, seed: int) -> SplitResult:

@@ -30,6 +30,8 @@ from common import (
     head_variants,
     load_survey,
     main_guard,
+    render_table,
+    table_part,
     train_and_evaluate,
     variant_run,
 )
@@ -37,7 +39,7 @@ from common import (
 import gpo
 from gpo.config import DataConfig, EmbedConfig
 from gpo.data.splits import make_eval_task
-from gpo.evaluation.report import format_table, write_json
+from gpo.evaluation.report import write_json
 from gpo.run_dir import RunDir
 
 SETTINGS = {  # name: (dataset, protocol, context sizes k)
@@ -87,8 +89,9 @@ def main() -> None:
             if best_pal:
                 rows = _ordered(rows, best_pal)
             metric = "accuracy (unseen users)" if data.dataset == "persona" else "alignment"
-            print(format_table(f"\n{setting}, {embedder}: {metric}, mean ± std over splits "
-                               f"{args.seeds}", rows, [f"k={k}" for k in ks]))
+            table = table_part(f"{setting}, {embedder}: {metric}, mean ± std over splits "
+                               f"{args.seeds}", rows, [f"k={k}" for k in ks])
+            print("\n" + render_table(table))
             validation = {label: float(np.mean(r.validation)) for label, r in variants.items()}
             print("validation (mean over splits): " + ", ".join(
                 f"{label} {v:.4f}" for label, v in validation.items()))
@@ -100,10 +103,15 @@ def main() -> None:
             for group, w in list(weights.items())[:6]:
                 print(f"  {group:<40} weights {np.round(w.astype(float), 2).tolist()}")
             report["tables"][f"{setting}/{embedder}"] = {
-                "rows": rows, "validation": validation, "best_pal": best_pal,
+                **table, "validation": validation, "best_pal": best_pal,
                 "pal_weights": {g: w.tolist() for g, w in weights.items()},
                 "evaluations": {label: r.evaluation.to_json() for label, r in variants.items()}}
     print(f"\nwrote {write_json(args.out, report)}")
+
+
+def render_markdown(report: dict, part: str) -> str:
+    """The table of `part` (SETTING/EMBEDDER) as docs/results.md holds it."""
+    return render_table(report["tables"][part], fenced=True)
 
 
 def pal_weights(run_dir, survey, k: int = 20) -> dict[str, np.ndarray]:

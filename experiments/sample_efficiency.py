@@ -18,13 +18,15 @@ from common import (
     load_survey,
     main_guard,
     merge_variants,
+    render_table,
+    table_part,
     train_and_evaluate,
     variant_run,
 )
 
 from gpo.config import DataConfig, EmbedConfig
 from gpo.evaluation.plots import plot_alignment_vs_k
-from gpo.evaluation.report import format_table, write_json
+from gpo.evaluation.report import write_json
 
 KS = (1, 2, 5, 10, 20, 50, 100)
 
@@ -57,10 +59,16 @@ def main() -> None:
     chosen = f" ({best_pal} chosen on validation groups)" if best_pal else ""
     title = (f"OpinionQA protocol A, {args.embedder}: alignment vs context questions k, "
              f"mean ± std over splits {args.seeds}{chosen}")
-    print(format_table(title, rows, [f"k={k}" for k in KS]))
+    table = table_part(title, rows, [f"k={k}" for k in KS])
+    print(render_table(table))
     path = plot_alignment_vs_k(evaluation, args.plot, f"OpinionQA protocol A, "
                                f"{len(survey.questions)} questions, {args.embedder}")
-    print(f"\nwrote {write_json(args.out, {'embedder': args.embedder, 'rows': rows})}, {path}")
+    print(f"\nwrote {write_json(args.out, {'embedder': args.embedder, **table})}, {path}")
+
+
+def render_markdown(report: dict, part: str | None = None) -> str:
+    """The table as docs/results.md holds it (experiments/write_docs.py)."""
+    return render_table(report, fenced=True)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,8 @@ def test_heads(shared, capsys):
     table = report(shared, "heads")["tables"]["persona/lexical"]
     assert table["best_pal"] == "PAL K=2" and set(table["rows"]["GPO"]) == {
         f"k={k}" for k in (1, 2, 5, 10, 20, 50)}
+    from common import render_table  # the docs' generated block, from the JSON alone
+    assert render_table(table) in out
 
 
 def sample_efficiency(shared, capsys) -> str:
@@ -86,6 +88,8 @@ def test_sample_efficiency(shared, capsys):
     assert (shared["tmp"] / "se.png").stat().st_size > 10_000
     assert set(report(shared, "se")["rows"]["group regression"]) == {
         f"k={k}" for k in (1, 2, 5, 10, 20, 50, 100)}
+    from common import render_table  # the docs' generated block, from the JSON alone
+    assert render_table(report(shared, "se")) in out
 
 
 def test_calibration_checks_the_intervals(shared, capsys):
@@ -140,6 +144,8 @@ def test_globalopinionqa(shared, capsys):
     for method in ("GPO", "GPO trained on OpinionQA", "population prior"):
         assert len(table_row(out, method)) == 3
     assert "GPO trained on OpinionQA" in report(shared, "goqa")["rows"]
+    from common import render_table
+    assert render_table(report(shared, "goqa")) in out
 
 
 def test_baselines_and_ceilings(shared, capsys):
