@@ -23,12 +23,14 @@ from common import (
     experiment_parser,
     load_survey,
     main_guard,
+    render_table,
+    table_part,
     train_and_evaluate,
     variant_run,
 )
 
 from gpo.config import DataConfig, EmbedConfig, TrainConfig
-from gpo.evaluation.report import format_table, write_json
+from gpo.evaluation.report import write_json
 
 # name: (preset, overrides, multiple of --steps)
 VARIANTS = {
@@ -73,7 +75,7 @@ def main() -> None:
     survey = load_survey(DataConfig(dataset="opinionqa", data_dir=args.data_dir))
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
     embeddings = embed(survey, embed_config, args.embeddings)
-    report = {"seeds": args.seeds, "protocols": {}}
+    report = {"seeds": args.seeds, "protocols": {}, "tables": {}}
     for protocol in args.protocols:
         data = DataConfig(dataset="opinionqa", data_dir=args.data_dir, protocol=protocol)
         rows, evaluation = {}, None
@@ -89,12 +91,23 @@ def main() -> None:
                 "evaluation": evaluation.to_json()}
         shown = [m for m in evaluation.methods if m.rstrip(" *") in BASELINES_SHOWN]
         rows.update(evaluation.rows(args.ks, shown))  # the same splits and tasks for each
-        print("\n" + format_table(f"OpinionQA protocol {protocol}, splits {args.seeds}: "
-                                  "alignment", rows, ["validation"] + [f"k={k}" for k in
-                                                                       args.ks]))
-        if protocol == "B":
-            print("* reads training groups' answers on the held-out questions")
+        report["tables"][protocol] = table_part(
+            f"OpinionQA protocol {protocol}, splits {args.seeds}: alignment", rows,
+            ["validation"] + [f"k={k}" for k in args.ks])
+        print("\n" + render(report, protocol))
     write_json(args.out, report)
+
+
+def render(report: dict, protocol: str) -> str:
+    """A protocol's table as printed, from the JSON report."""
+    text = render_table(report["tables"][protocol])
+    return text + ("\n* reads training groups' answers on the held-out questions"
+                   if protocol == "B" else "")
+
+
+def render_markdown(report: dict, part: str) -> str:
+    """A protocol's table as docs/results.md holds it (experiments/write_docs.py)."""
+    return f"```\n{render(report, part)}\n```"
 
 
 if __name__ == "__main__":

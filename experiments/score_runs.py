@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import main_guard
+from common import main_guard, render_table, table_part
 
-from gpo.evaluation.report import evaluation_table, write_json
+from gpo.evaluation.report import write_json
 from gpo.pipeline import evaluate_saved_run
 
 
@@ -44,10 +44,17 @@ def main() -> None:
               f"{'none' if validation is None else f'{validation:.4f}'}")
         report["runs"][str(run)] = scored.to_json()
         evaluation = scored if evaluation is None else evaluation.extend(scored)
-    print(evaluation_table(evaluation, f"\n{evaluation.dataset} protocol {evaluation.protocol}: "
-                           f"alignment, mean ± std over {len(runs)} "
-                           f"run{'s' * (len(runs) > 1)}", args.ks))
+    report["table"] = table_part(f"{evaluation.dataset} protocol {evaluation.protocol}: "
+                                 f"alignment, mean ± std over {len(runs)} "
+                                 f"run{'s' * (len(runs) > 1)}", evaluation.rows(args.ks),
+                                 [f"k={k}" for k in args.ks])
+    print("\n" + render_table(report["table"]))
     print(f"\nwrote {write_json(args.out, report)}")
+
+
+def render_markdown(report: dict, part: str | None = None) -> str:
+    """The table as docs/results.md holds it (experiments/write_docs.py)."""
+    return render_table(report["table"], fenced=True)
 
 
 if __name__ == "__main__":

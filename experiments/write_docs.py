@@ -35,21 +35,25 @@ def renderers() -> dict:
     import ceilings
     import globalopinionqa
     import gpo_context_check
+    import gpo_recipes
     import heads
     import paper_comparison
     import question_selection
     import reference_head
     import sample_efficiency
+    import score_runs
     return {"baselines": baselines.render_markdown,
             "calibration": calibration.render_markdown,
             "ceilings": ceilings.render_markdown,
             "globalopinionqa": globalopinionqa.render_markdown,
             "gpo_context_check": gpo_context_check.render_markdown,
+            "gpo_recipes": gpo_recipes.render_markdown,
             "heads": heads.render_markdown,
             "paper_comparison": paper_comparison.render_markdown,
             "question_selection": question_selection.render_markdown,
             "reference_head": reference_head.render_markdown,
-            "sample_efficiency": sample_efficiency.render_markdown}
+            "sample_efficiency": sample_efficiency.render_markdown,
+            "score_runs": score_runs.render_markdown}
 
 
 def generated(page_text: str, reports: Path) -> str:

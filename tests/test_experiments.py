@@ -118,7 +118,10 @@ def test_score_runs(shared, capsys):
     out = run_script("score_runs.py", ["--runs", str(runs), "--ks", "5", "20",
                                        "--out", str(shared["tmp"] / "score.json")], capsys)
     assert "checkpoint at step 1" in out and len(table_row(out, "GPO")) == 2
-    assert len(json.loads((shared["tmp"] / "score.json").read_text())["runs"]) == 1
+    saved = json.loads((shared["tmp"] / "score.json").read_text())
+    assert len(saved["runs"]) == 1
+    from common import render_table  # the docs' generated block, from the JSON alone
+    assert render_table(saved["table"]) in out
 
 
 def test_gpo_recipes(shared, capsys):
@@ -127,6 +130,8 @@ def test_gpo_recipes(shared, capsys):
                      capsys)
     assert len(table_row(out, "GPO base (1 steps)")) == 2  # validation, k=5
     assert "opinionqa_A_lexical_base" in report(shared, "recipes")["protocols"]["A"]
+    from gpo_recipes import render
+    assert render(report(shared, "recipes"), "A") in out
 
 
 def test_gpo_context_check(shared, capsys):
