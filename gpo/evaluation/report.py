@@ -115,12 +115,17 @@ class Html(str):
     """Markup for `write_html`, inserted as it is (any other text is escaped)."""
 
 
+# Rows that bound what a method can score rather than compete with it: never the column's best.
+BOUNDS = ("noise ceiling",)
+
+
 def html_table(rows: Mapping[str, Mapping[str, Sequence[float]]], columns: Sequence[str]
                ) -> Html:
     """rows as `format_table` takes them, as an HTML table: 'mean ± std' cells, each
-    column's best mean in bold."""
-    best = {c: max((float(np.mean(r[c])) for r in rows.values() if c in r and len(r[c])),
-                   default=None) for c in columns}
+    column's best method in bold (a bound such as the noise ceiling is not a method)."""
+    best = {c: max((float(np.mean(r[c])) for name, r in rows.items()
+                    if c in r and len(r[c]) and name not in BOUNDS), default=None)
+            for c in columns}
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for name, r in rows.items():
@@ -130,7 +135,7 @@ def html_table(rows: Mapping[str, Mapping[str, Sequence[float]]], columns: Seque
                 cells.append("<td>—</td>")
                 continue
             text = html.escape(mean_std(r[c]))
-            bold = best[c] is not None and float(np.mean(r[c])) == best[c]
+            bold = name not in BOUNDS and float(np.mean(r[c])) == best[c]
             cells.append(f"<td><b>{text}</b></td>" if bold else f"<td>{text}</td>")
         body.append(f"<tr><th>{html.escape(name)}</th>{''.join(cells)}</tr>")
     return Html(f"<table><tr><th>method</th>{head}</tr>{''.join(body)}</table>")
