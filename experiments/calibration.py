@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 from common import (  # noqa: E402
     embed,
     experiment_parser,
+    fenced,
     head_variants,
     load_survey,
     main_guard,
@@ -195,7 +196,7 @@ def conditional(fitted, found, with_counts: bool, level: float) -> dict[str, flo
 
 
 def render_markdown(report: dict, part: str | None) -> str:
-    return f"```\n{render(report, part or 'options')}\n```"
+    return fenced(render(report, part or 'options'))
 
 
 def gaussian(found, level: float) -> tuple[float, float]:

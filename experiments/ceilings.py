@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from common import main_guard
+from common import fenced, main_guard
 
 from gpo.config import DataConfig
 from gpo.data.splits import EvalTask, make_eval_task, make_split
@@ -67,7 +67,7 @@ def render(report: dict) -> str:
 
 
 def render_markdown(report: dict, part: str | None = None) -> str:
-    return f"```\n{render(report)}\n```"
+    return fenced(render(report))
 
 
 if __name__ == "__main__":

@@ -211,10 +211,14 @@ def table_part(title: str, rows: dict, columns: Sequence[str]) -> dict:
     return {"title": title, "columns": list(columns), "rows": rows}
 
 
-def render_table(part: dict, fenced: bool = False) -> str:
-    """A `table_part` as printed, or fenced as docs/ hold it (experiments/write_docs.py)."""
-    text = format_table(part["title"], part["rows"], part["columns"])
-    return f"```\n{text}\n```" if fenced else text
+def render_table(part: dict) -> str:
+    """A `table_part` as printed."""
+    return format_table(part["title"], part["rows"], part["columns"])
+
+
+def fenced(text: str) -> str:
+    """Printed text as a code block, as docs/ hold it (experiments/write_docs.py)."""
+    return f"```\n{text}\n```"
 
 
 def main_guard(main) -> None:

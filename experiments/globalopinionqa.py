@@ -15,6 +15,7 @@ import dataclasses
 from common import (
     embed,
     experiment_parser,
+    fenced,
     head_variants,
     load_survey,
     main_guard,
@@ -76,7 +77,7 @@ def main() -> None:
 
 def render_markdown(report: dict, part: str | None = None) -> str:
     """The table as docs/results.md holds it (experiments/write_docs.py)."""
-    return render_table(report, fenced=True)
+    return fenced(render_table(report))
 
 
 def transfer(run_dir, survey, embeddings, split, seed: int) -> SplitResult:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from common import PUBLISHED_SAMPLER, main_guard, train_and_evaluate
+from common import PUBLISHED_SAMPLER, fenced, main_guard, train_and_evaluate
 
 from gpo.config import DataConfig, EmbedConfig, RunConfig, TrainConfig
 from gpo.data.synthetic import make_planted_agreement_survey
@@ -87,7 +87,7 @@ def render(report: dict) -> str:
 
 def render_markdown(report: dict, part: str | None = None) -> str:
     """The table as docs/results.md holds it (experiments/write_docs.py)."""
-    return f"```\n{render(report)}\n```"
+    return fenced(render(report))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import dataclasses
 from common import (
     embed,
     experiment_parser,
+    fenced,
     load_survey,
     main_guard,
     render_table,
@@ -107,7 +108,7 @@ def render(report: dict, protocol: str) -> str:
 
 def render_markdown(report: dict, part: str) -> str:
     """A protocol's table as docs/results.md holds it (experiments/write_docs.py)."""
-    return f"```\n{render(report, part)}\n```"
+    return fenced(render(report, part))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from common import (
     embed,
     experiment_parser,
     experiment_train_config,
+    fenced,
     head_variants,
     load_survey,
     main_guard,
@@ -111,7 +112,7 @@ def main() -> None:
 
 def render_markdown(report: dict, part: str) -> str:
     """The table of `part` (SETTING/EMBEDDER) as docs/results.md holds it."""
-    return render_table(report["tables"][part], fenced=True)
+    return fenced(render_table(report["tables"][part]))
 
 
 def pal_weights(run_dir, survey, k: int = 20) -> dict[str, np.ndarray]:

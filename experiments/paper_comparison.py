@@ -27,6 +27,7 @@ import numpy as np
 from common import (
     experiment_parser,
     experiment_train_config,
+    fenced,
     main_guard,
     merge_variants,
     train_and_evaluate,
@@ -142,7 +143,7 @@ def render_markdown(reports: dict, part: str | None = None) -> str:
     `headline`: GPO's protocol cut down to the table README quotes."""
     if part == "headline":
         return render_headline(reports["gpo"])
-    return "\n\n".join(f"```\n{render(reports[p])}\n```" for p in PROTOCOLS if p in reports)
+    return "\n\n".join(fenced(render(reports[p])) for p in PROTOCOLS if p in reports)
 
 
 def main() -> None:

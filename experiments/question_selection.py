@@ -35,6 +35,7 @@ from common import (
     PERSONA,
     embed,
     experiment_parser,
+    fenced,
     load_survey,
     main_guard,
     reference_recipe,
@@ -194,7 +195,7 @@ def render_markdown(report: dict, part: str) -> str:
     docs/results.md shows, or `headline`, README's sentence."""
     if part == "headline":
         return render_headline(report["settings"]["opinionqa_A"])
-    return f"```\n{render_setting(report['settings'][part], subset=True)}\n```"
+    return fenced(render_setting(report['settings'][part], subset=True))
 
 
 def summarise(name, survey, splits, ks, criteria, metric, draws, seeds):

@@ -26,6 +26,7 @@ from common import (
     REFERENCE_VARIANTS,
     embed,
     experiment_parser,
+    fenced,
     head_variants,
     load_survey,
     main_guard,
@@ -194,7 +195,7 @@ def render_markdown(report: dict, part: str) -> str:
     """A part of the report as docs show it: a setting's full table, or `headline`."""
     if part == "headline":
         return render_headline(report["settings"]["opinionqa_A"])
-    return f"```\n{render_setting(report['settings'][part])}\n```"
+    return fenced(render_setting(report['settings'][part]))
 
 
 def regimes_validation(runs, survey, ks, counts: bool) -> dict[str, float]:

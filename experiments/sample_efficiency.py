@@ -14,6 +14,7 @@ from common import (
     best_by_validation,
     embed,
     experiment_parser,
+    fenced,
     head_variants,
     load_survey,
     main_guard,
@@ -68,7 +69,7 @@ def main() -> None:
 
 def render_markdown(report: dict, part: str | None = None) -> str:
     """The table as docs/results.md holds it (experiments/write_docs.py)."""
-    return render_table(report, fenced=True)
+    return fenced(render_table(report))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import main_guard, render_table, table_part
+from common import fenced, main_guard, render_table, table_part
 
 from gpo.evaluation.report import write_json
 from gpo.pipeline import evaluate_saved_run
@@ -54,7 +54,7 @@ def main() -> None:
 
 def render_markdown(report: dict, part: str | None = None) -> str:
     """The table as docs/results.md holds it (experiments/write_docs.py)."""
-    return render_table(report["table"], fenced=True)
+    return fenced(render_table(report["table"]))
 
 
 if __name__ == "__main__":
