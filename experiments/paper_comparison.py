@@ -40,7 +40,7 @@ from gpo.data.splits import make_eval_task
 from gpo.embed.letters import LetterScorer
 from gpo.evaluation.metrics import noise_ceiling
 from gpo.evaluation.prompting import STYLES, PromptingBaselines
-from gpo.evaluation.report import format_table, paired_text
+from gpo.evaluation.report import NOISE_CEILING, format_table, paired_text
 from gpo.pipeline import embed, load_survey, scored_questions
 from gpo.run_dir import RunDir
 
@@ -81,7 +81,7 @@ def compare(args, protocol: str, scorer: PromptingBaselines) -> dict:
     order = [m for m in SHOWN if m in evaluation.methods]
     order[1:1] = llm_methods  # uniform, then prompting, then the heads
     rows = evaluation.rows([k], order)
-    rows["noise ceiling"] = {f"k={k}": ceiling}
+    rows[NOISE_CEILING] = {f"k={k}": ceiling}
     n_scored = "all" if scored_Q is None else f"{int(scored_Q.sum())} fixed random"
     title = (f"{title}: {len(survey.groups)} groups ({len(evaluation.splits[0].groups)} held "
              f"out), {len(survey.questions)} questions ({n_scored} scored), k = {k}, alignment "
@@ -129,7 +129,7 @@ def render_headline(report: dict) -> str:
     mean = lambda m: float(np.mean(report["rows"][m][column]))  # noqa: E731
     prompt = max((m for m in report["rows"] if m.startswith("LLM ")), key=mean)
     shown = [m for m in report["rows"] if not m.startswith("LLM ")
-             and m not in ("uniform", "noise ceiling")] + [prompt]
+             and m not in ("uniform", NOISE_CEILING)] + [prompt]
     table = format_table("", {m: {column: report["rows"][m][column]} for m in shown},
                          [column]).lstrip("\n")
     pairs = "; ".join(f"{p['a']} − {p['b']} {paired_text(p['difference'], p['low'], p['high'])}"

@@ -48,7 +48,7 @@ from gpo.data.splits import EvalTask, make_eval_task
 from gpo.evaluation.evaluate import chosen_tasks, predict_task, run_table, task_predictions
 from gpo.evaluation.metrics import noise_ceiling, paired_difference, score_predictions
 from gpo.evaluation.plots import plot_curves
-from gpo.evaluation.report import format_table, paired_by_k, paired_text
+from gpo.evaluation.report import NOISE_CEILING, format_table, paired_by_k, paired_text
 from gpo.pipeline import dataset_folder
 from gpo.question_selection import CRITERIA, QuestionSelector
 from gpo.run_dir import RunDir
@@ -159,7 +159,7 @@ def render_setting(report: dict, methods=(HEAD, BASELINE), subset: bool = False)
     if subset:
         keep = [r for r in rows if r.startswith(f"{HEAD},")] + [
             f"{BASELINE}, chosen ({best})", f"{BASELINE}, random ({draws} draws)",
-            "population prior, random", "noise ceiling"]
+            "population prior, random", NOISE_CEILING]
         rows = {r: rows[r] for r in keep if r in rows}
     lines = [format_table(report["title"], rows, [f"k={k}" for k in report["ks"]])]
     if not subset:
@@ -218,7 +218,7 @@ def summarise(name, survey, splits, ks, criteria, metric, draws, seeds):
         rows[f"{method}, random"] = {f"k={k}": random_mean(method, k) for k in ks}
     ceilings = [r["ceiling"] for r in splits if r["ceiling"] is not None]
     if ceilings:
-        rows["noise ceiling"] = {f"k={k}": ceilings for k in ks}
+        rows[NOISE_CEILING] = {f"k={k}": ceilings for k in ks}
     label = {"wasserstein": "alignment", "js": "JS alignment"}.get(metric, metric)
     comparisons = {}
     for method in (HEAD, BASELINE):

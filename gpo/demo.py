@@ -32,6 +32,7 @@ from gpo.evaluation.plots import plot_alignment_vs_k, plot_per_group
 from gpo.evaluation.report import (
     K_DEFINITION,
     METRICS,
+    NOISE_CEILING,
     Html,
     evaluation_table,
     held_out,
@@ -118,7 +119,7 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
              plot_per_group(evaluation, max(DEMO_KS), out_dir / "per_group.png", plot_title)]
     rows = evaluation.rows(DEMO_KS)
     if ceiling is not None:
-        rows["noise ceiling"] = {f"k={max(DEMO_KS)}": [ceiling]}
+        rows[NOISE_CEILING] = {f"k={max(DEMO_KS)}": [ceiling]}
     facts = html_facts({
         "data": f"{survey} ({dataset})", "split": held_out(evaluation),
         "head": f"{config.head}, {result.steps} steps; checkpoint of step {result.best_step} "

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gpo.evaluation.report import NOISE_CEILING  # noqa: E402
+
 # Far below every fitted method: drawn as a note, not a line that squeezes the y-axis.
 OFF_SCALE = ("uniform", "kNN options")
 
@@ -123,7 +125,7 @@ def plot_curves(curves: dict[str, tuple[list[int], list[list[float]]]], path: st
                     lw=2.4 if label in emphasis else 1.3, ls="--" if label in dashed else "-")
     if ceiling is not None:
         ax.axhline(ceiling, color="0.4", ls=":", lw=1.2)
-        ax.text(0.01, ceiling, "noise ceiling", va="bottom", fontsize=8, color="0.3",
+        ax.text(0.01, ceiling, NOISE_CEILING, va="bottom", fontsize=8, color="0.3",
                 transform=ax.get_yaxis_transform())
     n = max(len(v) for _, values in curves.values() for v in values)
     _against_k(ax, sorted({k for ks, _ in curves.values() for k in ks}), ylabel, title,

@@ -79,6 +79,9 @@ METRICS = {
 }
 K_DEFINITION = ("k = how many of a held-out group's answers every method is given (its "
                 "context); the group's other answers are predicted and scored.")
+# The row of the best any method can expect to score (a bound, not a method: `BOUNDS`).
+NOISE_CEILING = "noise ceiling"
+
 METHODS = {
     "REFERENCE": "the reference-group head (default): a new group fitted as an affine "
                  "combination of the training groups' answers, with a noise model and a text "
@@ -97,7 +100,7 @@ METHODS = {
     "LLM": "the LLM prompted with the question (zero-shot), a persona naming the group "
            "(steered), or the group's context answers (few-shot); 'both orders' averages the "
            "listed and the reversed option order",
-    "noise ceiling": "each group's answers against resamples of themselves at their own "
+    NOISE_CEILING: "each group's answers against resamples of themselves at their own "
                      "respondent counts: what no method can expect to beat",
 }
 
@@ -116,7 +119,7 @@ class Html(str):
 
 
 # Rows that bound what a method can score rather than compete with it: never the column's best.
-BOUNDS = ("noise ceiling",)
+BOUNDS = (NOISE_CEILING,)
 
 
 def html_table(rows: Mapping[str, Mapping[str, Sequence[float]]], columns: Sequence[str]
