@@ -12,13 +12,17 @@ Recipe variants are trained on OpinionQA protocol A and the one whose runs score
 validation groups (never test groups; mean over k, and over both regimes: context answers
 with their respondent counts and without them) is the head reported there and used in every
 other setting but protocol B, which picks among its own variants (recipes that train the
-text prior more) on its own validation groups. Where counts exist, every head row is
+text prior more) on its own validation groups (a rerun without opinionqa_A keeps the recipe
+its last report chose). Where counts exist, every head row is
 reported again without them. Runs live under --runs and are resumed; writes
 reports/reference_head.json: per setting and k, each method's list of per-split scores under
 its printed name.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 from common import (
@@ -42,7 +46,7 @@ from gpo.data.splits import make_eval_task
 from gpo.data.synthetic import make_planted_agreement_survey
 from gpo.evaluation.evaluate import validation_scores
 from gpo.evaluation.metrics import noise_ceiling, paired_difference
-from gpo.evaluation.report import format_table, paired_by_k, paired_text
+from gpo.evaluation.report import NOISE_CEILING, format_table, paired_by_k, paired_text
 from gpo.run_dir import RunDir
 
 HEAD = "REFERENCE"
@@ -87,7 +91,7 @@ def main() -> None:
                              "(default: 400)")
     args = parser.parse_args()
     report: dict = {"seeds": args.seeds, "variants": args.variants, "settings": {}}
-    chosen = args.variants[0]
+    chosen = chosen_before(args.out) or args.variants[0]
     for setting in args.settings:
         dataset, protocol, ks = SETTINGS[setting]
         data = setting_data(setting, args.data_dir)
@@ -138,7 +142,7 @@ def main() -> None:
                     rows[f"{name} without counts"] = r.evaluation.rows(
                         ks, [f"{HEAD} without counts"])[f"{HEAD} without counts"]
         if dataset == "opinionqa" and protocol == "A":  # respondent counts are known
-            rows["noise ceiling"] = ceiling_row(runs[label], survey, ks, data.metric)
+            rows[NOISE_CEILING] = ceiling_row(runs[label], survey, ks, data.metric)
         metric = {"wasserstein": "alignment", "js": "JS alignment"}.get(data.metric,
                                                                        data.metric)
         how = "validation here" if len(runs) > 1 else "validation on OpinionQA A"
@@ -174,7 +178,7 @@ def render_setting(setting: dict) -> str:
     return "\n".join(lines)
 
 
-HEADLINE_METHODS = (HEAD, BASELINE, "population prior", "noise ceiling")
+HEADLINE_METHODS = (HEAD, BASELINE, "population prior", NOISE_CEILING)
 HEADLINE_KS = (5, 10, 20)
 
 
@@ -196,6 +200,15 @@ def render_markdown(report: dict, part: str) -> str:
     if part == "headline":
         return render_headline(report["settings"]["opinionqa_A"])
     return fenced(render_setting(report['settings'][part]))
+
+
+def chosen_before(path: str) -> str | None:
+    """The recipe OpinionQA A chose when the report at `path` was written: the one the other
+    settings use when A is not rerun (rerun, A chooses again)."""
+    last = Path(path)
+    if not last.is_file():
+        return None
+    return json.loads(last.read_text())["settings"].get("opinionqa_A", {}).get("chosen")
 
 
 def regimes_validation(runs, survey, ks, counts: bool) -> dict[str, float]:
