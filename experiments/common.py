@@ -9,7 +9,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -191,16 +191,17 @@ def train_and_evaluate(config: RunConfig, survey: Survey, embeddings: np.ndarray
     return SplitRuns(evaluation, validation, run_dirs)
 
 
-def write_merged(path: str | Path, report: dict, known: Sequence[str],
+def write_merged(path: str | Path, report: dict, known: Sequence[str] | Callable[[str], bool],
                  key: str | None = None) -> Path:
     """Write `report`, whose parts (settings, protocols: report[key], or the report itself
     when key is None) were rerun, keeping the parts of the file's last version that were
-    not rerun and are still `known`: one part at a time can be redone. Read last, so that
-    another part written meanwhile is kept."""
+    not rerun and are still `known` (names, or a test of a name): one part at a time can be
+    redone. Read last, so that another part written meanwhile is kept."""
     path = Path(path)
     last = json.loads(path.read_text()) if path.is_file() else {}
+    is_known = known if callable(known) else known.__contains__
     kept = {name: part for name, part in (last.get(key, {}) if key else last).items()
-            if name in known}
+            if is_known(name)}
     report = {**report, key: kept | report[key]} if key else kept | report
     return write_json(path, report)
 
@@ -241,12 +242,6 @@ def merge_variants(variants: dict[str, SplitRuns]) -> Evaluation:
         scores.update({m: v for m, v in split.scores.items() if m != first.head})
         merged.splits.append(dataclasses.replace(split, scores=scores))
     return merged
-
-
-def comparison_rows(variants: dict[str, SplitRuns], ks: Sequence[int]
-                    ) -> dict[str, dict[str, list[float]]]:
-    """One table row per head variant, then the baselines (see merge_variants)."""
-    return merge_variants(variants).rows(ks)
 
 
 def best_by_validation(variants: dict[str, SplitRuns], prefix: str) -> str | None:

@@ -23,7 +23,6 @@ from common import (
     HEAD_RECIPES,
     PERSONA,
     best_by_validation,
-    comparison_rows,
     embed,
     experiment_parser,
     experiment_train_config,
@@ -31,16 +30,17 @@ from common import (
     head_variants,
     load_survey,
     main_guard,
+    merge_variants,
     render_table,
     table_part,
     train_and_evaluate,
     variant_run,
+    write_merged,
 )
 
 import gpo
 from gpo.config import DataConfig, EmbedConfig
 from gpo.data.splits import make_eval_task
-from gpo.evaluation.report import write_json
 from gpo.run_dir import RunDir
 
 SETTINGS = {  # name: (dataset, protocol, context sizes k)
@@ -85,7 +85,8 @@ def main() -> None:
                 config, run_dir = variant_run(args, label, head, model, data, embed_config)
                 variants[label] = train_and_evaluate(config, survey, embeddings, run_dir, ks,
                                                      args.seeds)
-            rows = comparison_rows(variants, ks)
+            evaluation = merge_variants(variants)
+            rows = evaluation.rows(ks)
             best_pal = best_by_validation(variants, "PAL")
             if best_pal:
                 rows = _ordered(rows, best_pal)
@@ -106,8 +107,13 @@ def main() -> None:
             report["tables"][f"{setting}/{embedder}"] = {
                 **table, "validation": validation, "best_pal": best_pal,
                 "pal_weights": {g: w.tolist() for g, w in weights.items()},
-                "evaluations": {label: r.evaluation.to_json() for label, r in variants.items()}}
-    print(f"\nwrote {write_json(args.out, report)}")
+                "evaluation": evaluation.to_json()}
+    print(f"\nwrote {write_merged(args.out, report, _known_table, key='tables')}")
+
+
+def _known_table(part: str) -> bool:
+    """Tables are named SETTING/EMBEDDER, so one setting or embedder at a time can be redone."""
+    return part.split("/")[0] in SETTINGS
 
 
 def render_markdown(report: dict, part: str) -> str:

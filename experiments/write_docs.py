@@ -6,7 +6,8 @@ figure in them is typed by hand.
 A generated block of README or a docs page sits between `<!-- generated from NAME.json -->`
 (or `<!-- generated from NAME.json: PART -->`, a part of the report) and
 `<!-- end of generated block -->`; this script copies reports/NAME.json to docs/reports/ and
-rewrites the block from it with the experiment's own renderer (tests/test_readme.py checks
+rewrites the block from it with the experiment's own renderer; a figure the page shows
+(`![...](NAME.png)`) is copied from reports/NAME.png beside it (tests/test_readme.py checks
 that every block matches its committed JSON).
 """
 
@@ -23,6 +24,7 @@ from common import main_guard
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+FIGURE = re.compile(r"!\[[^\]]*\]\(([\w.-]+\.png)\)")  # a figure shown beside the page
 BLOCK = re.compile(r"(<!-- generated from (\S+?)\.json(?:: (\S+))? -->\n)(.*?)"
                    r"(<!-- end of generated block -->)", re.S)
 
@@ -92,6 +94,9 @@ def main() -> None:
             if (Path(args.reports) / f"{name}.json").is_file():
                 shutil.copyfile(Path(args.reports) / f"{name}.json",
                                 DOCS / "reports" / f"{name}.json")
+        for figure in sorted(set(FIGURE.findall(page.read_text()))):  # drawn by a rerun
+            if (Path(args.reports) / figure).is_file():
+                shutil.copyfile(Path(args.reports) / figure, page.parent / figure)
         if names:
             page.write_text(generated(page.read_text(), DOCS / "reports"))
             print(f"{page.relative_to(ROOT)}: {len(names)} generated block(s) from {names}")
