@@ -60,6 +60,9 @@ def report(shared, name: str) -> dict:
 
 
 def test_heads(shared, capsys):
+    # a table of another setting is kept in the report, one of no known setting is dropped
+    (shared["tmp"] / "heads.json").write_text(json.dumps({"tables": {
+        "opinionqa_A/minilm": {"kept": True}, "retired_setting/lexical": {}}}))
     out = run_script("heads.py", ["--data-dir", shared["data"], "--settings", "persona",
                                   "--heads", "GPO", "PAL", "--pal-k", "2",
                                   "--embedders", "lexical", "--steps", "1", "--seeds", "0",
@@ -70,6 +73,12 @@ def test_heads(shared, capsys):
     table = report(shared, "heads")["tables"]["persona/lexical"]
     assert table["best_pal"] == "PAL K=2" and set(table["rows"]["GPO"]) == {
         f"k={k}" for k in (1, 2, 5, 10, 20, 50)}
+    # one evaluation holds every head and each baseline once
+    assert set(table["evaluation"]["splits"][0]["scores"]) >= {"GPO", "PAL K=2",
+                                                               "group regression"}
+    tables = report(shared, "heads")["tables"]
+    assert tables["opinionqa_A/minilm"] == {"kept": True}
+    assert "retired_setting/lexical" not in tables
     from common import render_table  # the docs' generated block, from the JSON alone
     assert render_table(table) in out
 
