@@ -1,8 +1,8 @@
-"""Countries as groups (GlobalOpinionQA subset, Jensen-Shannon alignment): a head meta-trained
+"""Countries as groups (GlobalOpinionQA subset, Jensen-Shannon alignment): each head meta-trained
 on 40% of the countries beside the baselines, and the same head meta-trained on OpinionQA's US
 groups adapting to the same held-out countries (cross-dataset transfer), three splits.
 
-    python experiments/globalopinionqa.py --data-dir ../shared/data [--heads GPO REFERENCE]
+    python experiments/globalopinionqa.py --data-dir ../shared/data [--heads REFERENCE GPO PPD]
 
 The OpinionQA models come from experiments/heads.py's run folders (trained here if missing).
 Prints the table and writes a JSON report.
@@ -38,9 +38,9 @@ KS = (5, 10, 20)
 def main() -> None:
     parser = experiment_parser(__doc__, data_help="folder holding globalopinionqa/ and "
                                "opinionqa/", out="reports/globalopinionqa.json")
-    parser.add_argument("--heads", nargs="+", default=["GPO"], choices=["GPO", "PPD",
-                                                                         "REFERENCE"],
-                        help="heads to train (default: GPO)")
+    parser.add_argument("--heads", nargs="+", default=["REFERENCE", "GPO"],
+                        choices=["REFERENCE", "GPO", "PPD"],
+                        help="heads to train (default: REFERENCE GPO)")
     args = parser.parse_args()
     embed_config = EmbedConfig(model=args.embedder, cache_dir=args.cache_dir)
     countries = DataConfig(dataset="globalopinionqa", data_dir=args.data_dir)
