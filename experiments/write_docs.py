@@ -89,16 +89,16 @@ def main() -> None:
     args = parser.parse_args()
     (DOCS / "reports").mkdir(exist_ok=True)
     for page in PAGES:
-        names = [m.group(2) for m in BLOCK.finditer(page.read_text())]
-        for name in sorted(set(names)):  # a report not rerun keeps its committed copy
-            if (Path(args.reports) / f"{name}.json").is_file():
-                shutil.copyfile(Path(args.reports) / f"{name}.json",
-                                DOCS / "reports" / f"{name}.json")
-        for figure in sorted(set(FIGURE.findall(page.read_text()))):  # drawn by a rerun
-            if (Path(args.reports) / figure).is_file():
-                shutil.copyfile(Path(args.reports) / figure, page.parent / figure)
+        text = page.read_text()
+        names = [m.group(2) for m in BLOCK.finditer(text)]
+        # the reports and figures a rerun wrote; one not rerun keeps its committed copy
+        copies = ([(f"{name}.json", DOCS / "reports") for name in set(names)]
+                  + [(figure, page.parent) for figure in set(FIGURE.findall(text))])
+        for file, folder in sorted(copies):
+            if (Path(args.reports) / file).is_file():
+                shutil.copyfile(Path(args.reports) / file, folder / file)
         if names:
-            page.write_text(generated(page.read_text(), DOCS / "reports"))
+            page.write_text(generated(text, DOCS / "reports"))
             print(f"{page.relative_to(ROOT)}: {len(names)} generated block(s) from {names}")
 
 

@@ -107,26 +107,30 @@ def test_gpo_examples_run(demo_run, tmp_path, monkeypatch, capsys):
     assert "Is tea good?" in out and "%" in out
 
 
+def write_docs():
+    """experiments/write_docs.py as a module."""
+    import sys
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import write_docs
+    return write_docs
+
+
 def test_generated_docs_match_their_reports():
     """docs/ blocks generated from a committed JSON report (experiments/write_docs.py) are
     what the report renders to: a figure there is never edited by hand."""
-    import sys
-    sys.path.insert(0, str(ROOT / "experiments"))
-    from write_docs import BLOCK, PAGES, generated
+    docs = write_docs()
     found = 0
-    for page in PAGES:
+    for page in docs.PAGES:
         text = page.read_text()
-        found += len(BLOCK.findall(text))
-        assert generated(text, ROOT / "docs" / "reports") == text, (
+        found += len(docs.BLOCK.findall(text))
+        assert docs.generated(text, ROOT / "docs" / "reports") == text, (
             f"{page.name}: a generated block differs from its report; run "
             "python experiments/write_docs.py")
     assert found
 
 
 def test_a_block_from_an_unknown_report_is_named():
-    import sys
-    sys.path.insert(0, str(ROOT / "experiments"))
-    from write_docs import generated
+    generated = write_docs().generated
     page = "<!-- generated from nosuch.json -->\n```\n```\n<!-- end of generated block -->\n"
     with pytest.raises(ValueError, match="nosuch.json, which no experiment writes"):
         generated(page, ROOT / "docs" / "reports")
@@ -154,11 +158,8 @@ FIGURE = re.compile(r"\d\.\d{3,4} ± \d\.\d{3,4}")
 def hand_copied_sections(text: str) -> set[str]:
     """Sections of a page holding a code block with 'mean ± std' figures outside any
     generated block."""
-    import sys
-    sys.path.insert(0, str(ROOT / "experiments"))
-    from write_docs import BLOCK
     found, section, inside = set(), None, False
-    for line in BLOCK.sub("", text).split("\n"):
+    for line in write_docs().BLOCK.sub("", text).split("\n"):
         if line.startswith("```"):
             inside = not inside
         elif line.startswith("#") and not inside:

@@ -101,7 +101,7 @@ METHODS = {
            "(steered), or the group's context answers (few-shot); 'both orders' averages the "
            "listed and the reversed option order",
     NOISE_CEILING: "each group's answers against resamples of themselves at their own "
-                     "respondent counts: what no method can expect to beat",
+                   "respondent counts: what no method can expect to beat",
 }
 
 
