@@ -116,11 +116,21 @@ def mean_position(prob_O: np.ndarray, ordinals_O: np.ndarray) -> float:
     return float(np.dot(prob_O, ordinals_O))
 
 
-def mean_scale(scale_O: np.ndarray, prob_O: np.ndarray, ordinals_O: np.ndarray) -> float:
-    """σ_m of a question's mean ordinal position: the options' σ through the mean's
+def mean_scales(scale_N: np.ndarray, prob_N: np.ndarray, ordinals_N: np.ndarray,
+                question_N: np.ndarray, n_questions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean ordinal position, its σ_m) per question of options from several questions
+    (question_N: each option's question). σ_m carries the options' σ through the mean's
     sensitivity to each option, its distance from the mean."""
-    deviation = np.asarray(ordinals_O, np.float64) - mean_position(prob_O, ordinals_O)
-    return max(float(np.sqrt(np.sum((scale_O * deviation) ** 2))), SCALE_FLOOR)
+    mean_M = np.bincount(question_N, prob_N * ordinals_N, n_questions)
+    deviation = np.asarray(ordinals_N, np.float64) - mean_M[question_N]
+    spread = np.bincount(question_N, (scale_N * deviation) ** 2, n_questions)
+    return mean_M, np.maximum(np.sqrt(spread), SCALE_FLOOR)
+
+
+def mean_scale(scale_O: np.ndarray, prob_O: np.ndarray, ordinals_O: np.ndarray) -> float:
+    """σ_m of one question's mean ordinal position (`mean_scales`)."""
+    one_question = np.zeros(len(prob_O), np.int64)
+    return float(mean_scales(scale_O, prob_O, ordinals_O, one_question, 1)[1][0])
 
 
 def conformal_quantiles(scores: np.ndarray, levels: Sequence[float] = LEVELS) -> np.ndarray:

@@ -22,6 +22,8 @@ from gpo.intervals import (
     conformal_quantiles,
     group_factor,
     left_out,
+    mean_scale,
+    mean_scales,
 )
 from gpo.intervals import LEVELS as STORED_LEVELS
 
@@ -61,6 +63,19 @@ def _known_noise(rng, groups: int, k: int, questions: int = 30, options: int = 4
 def test_conformal_quantile_is_the_finite_sample_rank():
     scores = np.arange(1.0, 10.0)  # 9 scores: level 0.5 takes the ceil(10 * 0.5) = 5th
     assert conformal_quantiles(scores, [0.5, 0.9, 0.95]).tolist() == [5.0, 9.0, np.inf]
+
+
+def test_a_mean_scale_is_the_options_scale_through_their_distance_from_the_mean():
+    # two options at 0 and 1, half each: the mean is 0.5, each option 0.5 from it
+    assert mean_scale(np.array([0.2, 0.2]), np.array([0.5, 0.5]), np.array([0.0, 1.0])
+                      ) == pytest.approx(0.2 * np.sqrt(0.5))
+    # calibration scores many questions at once with the same formula
+    scale_N, prob_N = np.array([0.2, 0.2, 0.1, 0.3, 0.1]), np.array([0.5, 0.5, 0.2, 0.5, 0.3])
+    ordinal_N, question_N = np.array([0.0, 1, 0, 1, 2]), np.array([0, 0, 1, 1, 1])
+    mean_M, scale_M = mean_scales(scale_N, prob_N, ordinal_N, question_N, 2)
+    assert mean_M == pytest.approx([0.5, 1.1])
+    assert scale_M == pytest.approx([mean_scale(scale_N[q == question_N], prob_N[q == question_N],
+                                                ordinal_N[q == question_N]) for q in (0, 1)])
 
 
 def test_group_factor_shrinks_toward_one_and_follows_the_left_out_scores():

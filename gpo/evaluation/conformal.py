@@ -23,7 +23,6 @@ from gpo.evaluation.evaluate import predict_task, run_table, task_capacities
 from gpo.intervals import (
     MIN_CLASS_SCORES,
     OPTION_CLASSES,
-    SCALE_FLOOR,
     WITH_COUNTS,
     WITHOUT_COUNTS,
     Calibration,
@@ -33,6 +32,7 @@ from gpo.intervals import (
     conformal_quantiles,
     group_factor,
     left_out,
+    mean_scales,
     option_classes,
     option_scale,
 )
@@ -95,11 +95,8 @@ class Residuals:
 
     def means(self, sampling_weight: float) -> tuple[np.ndarray, np.ndarray]:
         """(predicted mean ordinal position, its f·σ_m) per scored question."""
-        M = len(self.true_mean_M)
-        mean_M = np.bincount(self.question_N, self.prob_N * self.ordinal_N, M)
-        deviation = self.ordinal_N - mean_M[self.question_N]
-        spread = np.bincount(self.question_N, (self.scales(sampling_weight) * deviation) ** 2, M)
-        return mean_M, np.maximum(np.sqrt(spread), SCALE_FLOOR)
+        return mean_scales(self.scales(sampling_weight), self.prob_N, self.ordinal_N,
+                           self.question_N, len(self.true_mean_M))
 
     def ordinal_range(self) -> tuple[np.ndarray, np.ndarray]:
         """(lowest, highest) ordinal position of each scored question (its options are
