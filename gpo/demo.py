@@ -44,6 +44,7 @@ from gpo.evaluation.report import (
     write_json,
 )
 from gpo.pipeline import embed
+from gpo.question_selection import Suggestions
 from gpo.run_dir import RunDir
 from gpo.training.loop import train
 
@@ -107,8 +108,8 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
     table = evaluation_table(evaluation, title, DEMO_KS)
     closing = summary(evaluation, DEMO_KS, ceiling)
     print(f"\n{table}\n\n{closing}")
-    asking = which_questions(run_dir, survey, evaluation.metric)
-    print(f"\n{asking}")
+    suggestions, gain = which_questions(run_dir, survey, evaluation.metric)
+    print(f"\n{suggestions}\n{gain}")
     margins = interval_coverage(run_dir, survey, max(DEMO_KS), counts)
     print(f"\n{margins}")
     write_json(out_dir / "report.json", {"embedder": embedder, "config": config.to_dict(),
@@ -127,7 +128,8 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
         "embedder": embedder, "config": json.dumps(config.to_dict())})
     write_html(out_dir / "report.html", f"gpo demo: {dataset}",
                [facts, Html(f"<h2>{html.escape(title)}</h2>"),
-                html_table(rows, [f"k={k}" for k in DEMO_KS]), closing, asking, margins,
+                html_table(rows, [f"k={k}" for k in DEMO_KS]), closing,
+                Html(suggestions._repr_html_()), gain, margins,
                 html_definitions(evaluation.metric, [*rows])], plots)
     print(f"\n[demo] wrote {out_dir}/report.html (tables and plots), report.json "
           f"({time.perf_counter() - started:.0f}s in all); `gpo eval --run-dir {run_dir}` "
@@ -135,10 +137,11 @@ def run_demo(data_dir: str | None = None, out: str = "runs/demo", steps: int | N
     return evaluation
 
 
-def which_questions(run_dir: Path, survey, metric: str, k: int = DEMO_ASKED) -> str:
-    """The k questions the model would ask a new group first, and what asking them instead
-    of k random ones (the table's) gains for the held-out groups, paired over groups on the
-    questions neither asked."""
+def which_questions(run_dir: Path, survey, metric: str, k: int = DEMO_ASKED
+                    ) -> tuple[Suggestions, str]:
+    """The k questions the model would ask a new group first, and (in words) what asking
+    them instead of k random ones (the table's) gains for the held-out groups, paired over
+    groups on the questions neither asked."""
     model = load(run_dir)
     suggestions = model.suggest_questions(k)
     run = RunDir(run_dir)
@@ -157,7 +160,7 @@ def which_questions(run_dir: Path, survey, metric: str, k: int = DEMO_ASKED) -> 
         prob, _ = predict_task(model.module, table, survey, task, split.train_groups)
         scores.append(score_predictions(survey, task.excluding(asked), prob, metric))
     mean, low, high = paired_difference(scores[0].per_group_G, scores[1].per_group_G)
-    return (f"{suggestions}\nAsking these {k} instead of {k} random questions: "
+    return suggestions, (f"Asking these {k} instead of {k} random questions: "
             f"{head_label(model.config.head)} scores {scores[0].mean:.4f} instead of "
             f"{scores[1].mean:.4f} on the {len(split.test_groups)} held-out groups "
             f"({mean:+.4f}, 95% interval [{low:+.4f}, {high:+.4f}] paired over groups, on the "

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import html
 import math
 from collections.abc import Sequence
 
@@ -322,16 +323,36 @@ class Suggestions(RecordList):
         return [{"rank": i + 1, "criterion": self.criterion, "unit": self.unit,
                  **s.as_dict()} for i, s in enumerate(self)]
 
-    def __str__(self) -> str:
+    @property
+    def heading(self) -> str:
         what = {"alignment": "expected gain in alignment on the other questions",
                 "variance": "expected drop in predictive variance per option"}.get(
             self.unit, self.unit)
-        lines = [f"Questions to ask, best first (criterion {self.criterion!r}; {what}):"]
+        return f"Questions to ask, best first (criterion {self.criterion!r}; {what})"
+
+    def _gain(self, s: Suggestion) -> str:
+        return f"{s.expected_gain:+.4f}" if self.unit == "alignment" else \
+            f"{s.expected_gain:.2e}"
+
+    def __str__(self) -> str:
+        lines = [f"{self.heading}:"]
         width = max((len(s.key or "(new)") for s in self), default=0)
         for i, s in enumerate(self):
-            gain = f"{s.expected_gain:+.4f}" if self.unit == "alignment" else \
-                f"{s.expected_gain:.2e}"
             options = " / ".join(s.options)
-            lines.append(f"{i + 1:3d}. {s.key or '(new)':<{width}}  {gain}  {s.question} "
-                         f"[{options}]" + (f"  ({s.note})" if s.note else ""))
+            lines.append(f"{i + 1:3d}. {s.key or '(new)':<{width}}  {self._gain(s)}  "
+                         f"{s.question} [{options}]" + (f"  ({s.note})" if s.note else ""))
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """A notebook's (and the demo report's) view: a table, a row per question."""
+        notes = any(s.note for s in self)  # a note column only where a question has one
+        header = ["rank", "key", "gain", "question", "options"] + ["note"] * notes
+        left = "<td style='text-align:left'>"
+        rows = "".join(
+            f"<tr><td>{i + 1}</td>{left}{html.escape(s.key or '(new)')}</td>"
+            f"<td>{self._gain(s)}</td>{left}{html.escape(s.question)}</td>"
+            f"{left}{html.escape(' / '.join(s.options))}</td>"
+            + (f"{left}{html.escape(s.note)}</td>" if notes else "") + "</tr>"
+            for i, s in enumerate(self))
+        return (f"<table><caption>{html.escape(self.heading)}</caption><tr>"
+                + "".join(f"<th>{h}</th>" for h in header) + f"</tr>{rows}</table>")

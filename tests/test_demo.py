@@ -22,6 +22,7 @@ def test_eval_reprints_the_demos_numbers(data_root, tmp_path, capsys, monkeypatc
     assert "inside their 80% intervals" in demo_out and "data.calibration_folds=4" in demo_out
     html = (tmp_path / "demo" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "group regression" in html
+    assert "<caption>Questions to ask, best first" in html  # the suggestions as a table
     cache = tmp_path / "demo" / "embedding_cache"
     cached = sorted(p.stat().st_mtime for p in cache.rglob("*") if p.is_file())
     cli_main(["eval", "--run-dir", str(tmp_path / "demo" / "run"), "--k", "5", "10", "20"])

@@ -5,6 +5,7 @@ earlier candidate, and works through the API and the CLI for every head."""
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 
 import jax
@@ -136,6 +137,9 @@ def test_the_api_suggests_first_and_next_questions(tiny, trained_run):
                                                       reverse=True)
     text = str(first)
     assert text.startswith("Questions to ask, best first") and first[0].question in text
+    page = first._repr_html_()  # in a notebook: a table, a row per question, escaped text
+    assert page.startswith("<table><caption>Questions to ask") and page.count("<tr>") == 1 + 5
+    assert html.escape(first[0].question) in page and "<script" not in page
     rows = first.records()
     assert rows[0]["rank"] == 1 and rows[0]["key"] == first[0].key
     # after answering the first two, the next ones continue the same greedy design
