@@ -185,11 +185,11 @@ def _quiet_orbax():
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
+    _drop_abandoned_reads()  # they may report before the restore has failed
     try:
         yield
     except Exception:
         time.sleep(0.5)  # let the abandoned reads report into the void
-        _drop_abandoned_reads()
         raise
     finally:
         os.dup2(saved, 2)
@@ -199,16 +199,22 @@ def _quiet_orbax():
             logger.setLevel(level)
 
 
+ABANDONED_READ = ("_read_array_index_and_device_put", "reading array index",
+                  # a read finishing after its restore's event loop was closed
+                  "RuntimeError('Event loop is closed')")
+
+
 def _drop_abandoned_reads() -> None:
-    """From now on, drop the 'exception ignored' reports of orbax's abandoned array reads
-    (coroutines collected long after the failed restore), and only those."""
+    """From the first restore on, drop the 'exception ignored' reports of orbax's abandoned
+    array reads (coroutines collected long after a failed restore, and TensorStore's
+    callbacks into its closed event loop), and only those."""
     hook = sys.unraisablehook
     if getattr(hook, "drops_abandoned_reads", False):
         return
 
     def filtered(unraisable):
         text = f"{unraisable.object!r} {unraisable.exc_value!r}"
-        if "_read_array_index_and_device_put" not in text and "reading array index" not in text:
+        if not any(sign in text for sign in ABANDONED_READ):
             hook(unraisable)
 
     filtered.drops_abandoned_reads = True

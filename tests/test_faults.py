@@ -43,6 +43,8 @@ def _params(run_dir):
     return manager.latest_step(), jax.tree.leaves(out.model)
 
 
+# a damaged read leaves no "exception ignored" report behind (gpo.checkpoint)
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 def test_resume_walks_back_past_a_damaged_newest_checkpoint(tiny, tmp_path):
     """Damaged newest latest step: the resume uses the one before (saying so), moves the
     damaged one aside, and ends where the uninterrupted run ends; a failed write of a run
