@@ -142,8 +142,6 @@ def test_a_block_from_an_unknown_report_is_named():
 # docs/results.md sections whose tables no committed report holds yet, with why: the known
 # gaps, each closed by rerunning its experiment and generating the block; never a new table.
 NOT_YET_GENERATED = {
-    "The reference-group head on OpinionQA (protocol A, five group splits)":
-        "its other-data table: reference_head.py --settings opinionqa_B globalopinionqa persona",
     "Does the frozen embedder matter?":
         "heads.py --embedders minilm for GPO, PPD and PAL K=4 (~35 CPU minutes)",
     "OpinionQA, unseen groups and unseen questions (protocol B)":
