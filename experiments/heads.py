@@ -4,7 +4,7 @@ against the number of context pairs).
 
     python experiments/heads.py --data-dir ../shared/data [--steps 400] [--seeds 0 1 2]
     python experiments/heads.py --data-dir ../shared/data --settings opinionqa_A \\
-        --embedders smollm2 minilm         # does the frozen embedder matter?
+        --embedders minilm --heads GPO PPD PAL --pal-k 4   # does the frozen embedder matter?
 
 Every head runs through the same episodes, train loop, checkpoints and evaluation, with the
 2-core budget `experiment_train_config` (about equal CPU time per head: --steps for GPO,
@@ -41,6 +41,9 @@ from common import (
 import gpo
 from gpo.config import DataConfig, EmbedConfig
 from gpo.data.splits import make_eval_task
+from gpo.evaluation.evaluate import Evaluation
+from gpo.evaluation.metrics import paired_difference
+from gpo.evaluation.report import format_table, paired_by_k
 from gpo.run_dir import RunDir
 
 SETTINGS = {  # name: (dataset, protocol, context sizes k)
@@ -90,9 +93,9 @@ def main() -> None:
             best_pal = best_by_validation(variants, "PAL")
             if best_pal:
                 rows = _ordered(rows, best_pal)
-            metric = "accuracy (unseen users)" if data.dataset == "persona" else "alignment"
-            table = table_part(f"{setting}, {embedder}: {metric}, mean ± std over splits "
-                               f"{args.seeds}", rows, [f"k={k}" for k in ks])
+            table = table_part(f"{setting}, {embedder}: {metric_label(data.dataset)}, "
+                               f"mean ± std over splits {args.seeds}", rows,
+                               [f"k={k}" for k in ks])
             print("\n" + render_table(table))
             validation = {label: float(np.mean(r.validation)) for label, r in variants.items()}
             print("validation (mean over splits): " + ", ".join(
@@ -116,9 +119,51 @@ def _known_table(part: str) -> bool:
     return part.split("/")[0] in SETTINGS
 
 
+def metric_label(dataset: str) -> str:
+    return "accuracy (unseen users)" if dataset == "persona" else "alignment"
+
+
 def render_markdown(report: dict, part: str) -> str:
-    """The table of `part` (SETTING/EMBEDDER) as docs/results.md holds it."""
+    """The table of `part` (SETTING/EMBEDDER) as docs/results.md holds it, or, for
+    SETTING/embedders, the heads every embedder's table holds side by side."""
+    setting, embedder = part.split("/")
+    if embedder == "embedders":
+        return fenced(render_embedders(report, setting))
     return fenced(render_table(report["tables"][part]))
+
+
+def render_embedders(report: dict, setting: str) -> str:
+    """Each head trained with every embedder of `setting`, one row per embedder, and each
+    other embedder's paired difference from the first (the same splits, groups and context
+    questions: the baselines, which read no embedding, are the same in every table)."""
+    tables = {name.split("/")[1]: table for name, table in report["tables"].items()
+              if name.split("/")[0] == setting}
+    if len(tables) < 2:
+        raise ValueError(f"heads.json holds {setting} for {sorted(tables) or 'no embedder'} "
+                         f"only: run heads.py --settings {setting} --embedders OTHER")
+    evaluations = {e: Evaluation.from_json(t["evaluation"]) for e, t in tables.items()}
+    heads = [h for h in next(iter(tables.values()))["validation"]
+             if all(h in t["validation"] for t in tables.values())]
+    ks = next(iter(evaluations.values())).ks
+    rows = {f"{h}, {e}": evaluation.rows(ks, [h])[h] for h in heads
+            for e, evaluation in evaluations.items()}
+    (first, reference), *others = evaluations.items()
+    lines = [format_table(f"{setting}: each head with each frozen embedder, "
+                          f"{metric_label(reference.dataset)}, mean ± std over splits "
+                          f"{report['seeds']}",
+                          rows, [f"k={k}" for k in ks])]
+    for e, evaluation in others:
+        for h in heads:
+            groups = reference.per_group(h, ks[0])[0]
+            if evaluation.per_group(h, ks[0])[0] != groups:
+                raise ValueError(f"{setting}: the {first} and {e} runs of {h} were scored on "
+                                 "different groups: rerun both with the same --seeds")
+            lines.append(f"{h}, {e} - {first}, paired over {len(groups)} test groups x "
+                         "splits, mean [bootstrap 95% interval]:")
+            lines.append(paired_by_k({k: paired_difference(evaluation.per_group(h, k)[1],
+                                                           reference.per_group(h, k)[1])
+                                      for k in ks}))
+    return "\n".join(lines)
 
 
 def pal_weights(run_dir, survey, k: int = 20) -> dict[str, np.ndarray]:

@@ -81,6 +81,15 @@ def test_heads(shared, capsys):
     assert "retired_setting/lexical" not in tables
     from common import render_table  # the docs' generated block, from the JSON alone
     assert render_table(table) in out
+    # embedders side by side: each head both tables hold, and its paired difference
+    import heads
+    with pytest.raises(ValueError, match="persona for .'lexical'. only"):
+        heads.render_markdown(report(shared, "heads"), "persona/embedders")
+    tables["persona/copy"] = table
+    side_by_side = heads.render_markdown({"tables": tables, "seeds": [0]}, "persona/embedders")
+    assert table_row(side_by_side, "GPO, lexical") == table_row(side_by_side, "GPO, copy")
+    assert "PAL K=2, copy - lexical, paired over" in side_by_side
+    assert "k=1: +0.0000 [+0.0000, +0.0000]" in side_by_side
 
 
 def sample_efficiency(shared, capsys) -> str:
