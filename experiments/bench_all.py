@@ -17,6 +17,7 @@ import bench_embed
 import bench_metrics
 import bench_predict
 import bench_train
+from common import fenced
 
 from gpo.evaluation.report import write_json
 
@@ -44,6 +45,17 @@ def main() -> None:
     metrics = bench_metrics.measure(min(args.repeats, 20))
     small, large = bench_predict.measure([10_000, 100_000])
 
+    report = {"embed": embed, "train_steps_per_s": {"1": one, "8": eight},
+              "latency_ms": latency, "metrics_ms": metrics, "predict_scaling": [small, large]}
+    print(render(report))
+    print(f"wrote {write_json(args.out, report)}")
+
+
+def render(report: dict) -> str:
+    """The table main prints, from its JSON report."""
+    embed, latency = report["embed"], report["latency_ms"]
+    steps = report["train_steps_per_s"]
+    small, large = report["predict_scaling"]
     texts = {name: m["texts_per_s"] for name, m in embed["methods"].items()}
     torch = texts["transformers + torch"]
     rows = [
@@ -51,26 +63,29 @@ def main() -> None:
          f"{torch:.1f} texts/s", f"{texts['ours, prefix sharing'] / torch:.2f}x", ">= 3x"),
         ("embed: ours, full sequences / torch", f"{texts['ours, full sequences']:.1f} / "
          f"{torch:.1f} texts/s", f"{texts['ours, full sequences'] / torch:.2f}x", ""),
-        ("train: 8 simulated devices / 1", f"{eight:.3f} / {one:.3f} steps/s",
-         f"{eight / one:.2f}x", "(shared cores)"),
+        ("train: 8 simulated devices / 1", f"{steps['8']:.3f} / {steps['1']:.3f} steps/s",
+         f"{steps['8'] / steps['1']:.2f}x", "(shared cores)"),
         ("adapt + predict (20 ctx, 500 targets)", f"median {latency['median_ms']:.1f} ms, "
          f"p90 {latency['p90_ms']:.1f} ms", "", "< 20 ms"),
-        ("predict: 100,000 / 10,000 target options", f"{large['seconds']:.2f} / "
-         f"{small['seconds']:.2f} s, peak {large['peak_mb']:.0f} / {small['peak_mb']:.0f} MB",
-         f"{large['seconds'] / small['seconds']:.1f}x", "<= 10x (linear)"),
-        *[(f"metric: {name}", f"{ms:.1f} ms", "", "") for name, ms in metrics.items()],
+        (f"predict: {large['options']:,} / {small['options']:,} target options",
+         f"{large['seconds']:.2f} / {small['seconds']:.2f} s, peak {large['peak_mb']:.0f} / "
+         f"{small['peak_mb']:.0f} MB", f"{large['seconds'] / small['seconds']:.1f}x",
+         f"<= {large['options'] / small['options']:.0f}x (linear)"),
+        *[(f"metric: {name}", f"{ms:.1f} ms", "", "") for name, ms in report["metrics_ms"].items()],
     ]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
     header = ("benchmark", "measured", "ratio", "target")
-    widths = [max(w, len(h)) for w, h in zip(widths, header)]
-    for row in (header, tuple("-" * w for w in widths), *rows):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
-    print(f"(embedding: {embed['questions']} OpinionQA questions, {embed['texts']} option texts; "
-          f"max |shared - full| {embed['max_shared_vs_full']:.1e}, max |ours - torch| "
-          f"{embed['max_ours_vs_torch']:.1e}; matmul peak {embed['peak_gflops']:.0f} GFLOP/s)")
-    write_json(args.out, {"embed": embed, "train_steps_per_s": {"1": one, "8": eight},
-                          "latency_ms": latency, "metrics_ms": metrics,
-                          "predict_scaling": [small, large]})
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+             for row in (header, tuple("-" * w for w in widths), *rows)]
+    lines.append(f"(embedding: {embed['questions']} OpinionQA questions, {embed['texts']} option "
+                 f"texts; max |shared - full| {embed['max_shared_vs_full']:.1e}, max |ours - "
+                 f"torch| {embed['max_ours_vs_torch']:.1e}; matmul peak "
+                 f"{embed['peak_gflops']:.0f} GFLOP/s)")
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict, part: str | None) -> str:
+    return fenced(render(report))
 
 
 if __name__ == "__main__":

@@ -328,54 +328,68 @@ def main() -> None:
     parser.add_argument("--no-devices", action="store_true",
                         help="skip 8 simulated CPU devices against 1")
     parser.add_argument("--no-latency", action="store_true", help="skip adapt + predict")
-    parser.add_argument("--out", default=None, help="also write the numbers to this JSON file")
+    parser.add_argument("--out", default="reports/bench_train.json",
+                        help="JSON report (default: reports/bench_train.json)")
     args = parser.parse_args()
-    report: dict = {"paths": path_rows(args)}
-    paths = report["paths"]
-    print(f"GPO meta-training, paper config ({args.batch_size} episodes/step, 10-100 + 10-100 "
-          f"questions), {next(iter(paths.values()))['platform']}")
-    print(f"  {'path':<36} {'steps/s':>8} {'episodes/s':>10} {'host ms/step':>12} "
-          f"{'compile s':>9} {'shapes':>6}" + ("  GPU util %" if args.platform == "gpu" else ""))
+    report: dict = {"batch_size": args.batch_size, "paths": path_rows(args)}
+    if not args.no_devices:
+        # as gpo.training on a CPU (train.packing=auto): packed rows
+        report["devices"] = {str(n): throughput(n, args.steps, args.batch_size, "packed",
+                                                args.per_call) for n in (1, 8)}
+    if not args.no_latency:
+        report["latency_ms"] = latency(args.repeats)
+    print(render(report))
+    from gpo.evaluation.report import write_json
+    print(f"wrote {write_json(args.out, report)}")
+
+
+def render(report: dict) -> str:
+    """What main prints, from its JSON report."""
+    paths, batch = report["paths"], report["batch_size"]
+    gpu = any(r.get("gpu_utilisation") is not None for r in paths.values())
+    lines = [f"GPO meta-training, paper config ({batch} episodes/step, 10-100 + 10-100 "
+             f"questions), {next(iter(paths.values()))['platform']}",
+             f"  {'path':<36} {'steps/s':>8} {'episodes/s':>10} {'host ms/step':>12} "
+             f"{'compile s':>9} {'shapes':>6}" + ("  GPU util %" if gpu else "")]
     for name, r in paths.items():
         util = r.get("gpu_utilisation")
-        print(f"  {name:<36} {r['steps_per_s']:8.3f} {args.batch_size * r['steps_per_s']:10.1f} "
-              f"{r['host_ms_per_step']:12.2f} {r['compile_s']:9.1f} {r['shapes']:6d}"
-              + (f"  {util:10.0f}" if util is not None else ""))
+        lines.append(f"  {name:<36} {r['steps_per_s']:8.3f} {batch * r['steps_per_s']:10.1f} "
+                     f"{r['host_ms_per_step']:12.2f} {r['compile_s']:9.1f} {r['shapes']:6d}"
+                     + (f"  {util:10.0f}" if util is not None else ""))
     by_path = {r["path"]: r for r in paths.values()}
     packed = by_path.get("packed")
     if packed:
         rows = packed["layout"]
-        print(f"  packed: {rows['rows']} rows of {rows['context_length']} context + "
-              f"{rows['target_length']} target points for {args.batch_size} episodes "
-              f"(padded: {args.batch_size} of {packed['capacity']}); "
-              f"{100 * packed['unpacked_fraction']:.0f}% of the timed steps did not fit and "
-              "trained padded")
+        lines.append(f"  packed: {rows['rows']} rows of {rows['context_length']} context + "
+                     f"{rows['target_length']} target points for {batch} episodes "
+                     f"(padded: {batch} of {packed['capacity']}); "
+                     f"{100 * packed['unpacked_fraction']:.0f}% of the timed steps did not fit "
+                     "and trained padded")
     host, torch = by_path.get("host"), by_path.get("torch")
     for label, new in (("padded", by_path.get("device")), ("packed", packed)):
         if new and host:
-            print(f"  ratio device sampler ({label}) / host sampler  "
-                  f"{new['steps_per_s'] / host['steps_per_s']:.2f}x")
+            lines.append(f"  ratio device sampler ({label}) / host sampler  "
+                         f"{new['steps_per_s'] / host['steps_per_s']:.2f}x")
         if new and torch:
-            print(f"  ratio device sampler ({label}) / PyTorch       "
-                  f"{new['steps_per_s'] / torch['steps_per_s']:.2f}x (target >= 1.5x)")
-    if not args.no_devices:
-        # as gpo.training on a CPU (train.packing=auto): packed rows
-        one = throughput(1, args.steps, args.batch_size, "packed", args.per_call)
-        eight = throughput(8, args.steps, args.batch_size, "packed", args.per_call)
-        report["devices"] = {"1": one, "8": eight}
-        print(f"  packed, 1 CPU device          {one['steps_per_s']:6.3f} steps/s")
-        print(f"  packed, 8 simulated devices   {eight['steps_per_s']:6.3f} steps/s "
-              f"({eight['steps_per_s'] / one['steps_per_s']:.2f}x; simulated devices share the "
-              "same cores: no speed-up is expected on CPU)")
-    if not args.no_latency:
-        lat = report["latency_ms"] = latency(args.repeats)
-        print(f"adapt + predict, 20 context questions, 500 target options: median "
-              f"{lat['median_ms']:.1f} ms, p90 {lat['p90_ms']:.1f} ms "
-              f"(target < 20 ms: {'met' if lat['median_ms'] < 20 else 'not met'})")
-    if args.out:
-        from gpo.evaluation.report import write_json
-        write_json(args.out, report)
+            lines.append(f"  ratio device sampler ({label}) / PyTorch       "
+                         f"{new['steps_per_s'] / torch['steps_per_s']:.2f}x (target >= 1.5x)")
+    if "devices" in report:
+        one, eight = report["devices"]["1"], report["devices"]["8"]
+        lines.append(f"  packed, 1 CPU device          {one['steps_per_s']:6.3f} steps/s")
+        lines.append(f"  packed, 8 simulated devices   {eight['steps_per_s']:6.3f} steps/s "
+                     f"({eight['steps_per_s'] / one['steps_per_s']:.2f}x; simulated devices "
+                     "share the same cores: no speed-up is expected on CPU)")
+    if "latency_ms" in report:
+        lat = report["latency_ms"]
+        lines.append(f"adapt + predict, 20 context questions, 500 target options: median "
+                     f"{lat['median_ms']:.1f} ms, p90 {lat['p90_ms']:.1f} ms "
+                     f"(target < 20 ms: {'met' if lat['median_ms'] < 20 else 'not met'})")
+    return "\n".join(lines)
 
+
+def render_markdown(report: dict, part: str | None) -> str:
+    from common import fenced
+    return fenced(render(report))
 
 if __name__ == "__main__":
     main()

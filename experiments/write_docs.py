@@ -33,6 +33,9 @@ def renderers() -> dict:
     """{report name: function(report JSON, part or None) -> Markdown}."""
     sys.path.insert(0, str(ROOT / "experiments"))
     import baselines
+    import bench_all
+    import bench_predict
+    import bench_train
     import calibration
     import ceilings
     import globalopinionqa
@@ -45,6 +48,9 @@ def renderers() -> dict:
     import sample_efficiency
     import score_runs
     return {"baselines": baselines.render_markdown,
+            "bench_all": bench_all.render_markdown,
+            "bench_predict": bench_predict.render_markdown,
+            "bench_train": bench_train.render_markdown,
             "calibration": calibration.render_markdown,
             "ceilings": ceilings.render_markdown,
             "globalopinionqa": globalopinionqa.render_markdown,

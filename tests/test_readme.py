@@ -149,13 +149,16 @@ NOT_YET_GENERATED = {
     "GPO training recipes at the CPU budget": "gpo_recipes.py (~2.5 CPU hours)",
     "GPO at the paper's scale on one GPU (H200)":
         "score_runs.py on runs trained on a GPU (experiments/gpu_opinionqa.sh)",
+    "Training on one H100":
+        "bench_train.py --platform gpu --out reports/bench_train_gpu.json on a GPU",
 }
-FIGURE = re.compile(r"\d\.\d{3,4} ± \d\.\d{3,4}")
+# a figure of a results table (mean ± std) or a benchmark's measurement
+FIGURE = re.compile(r"\d\.\d{3,4} ± \d\.\d{3,4}|\b(?:steps|texts)/s\b|\bpeak MB\b")
 
 
 def hand_copied_sections(text: str) -> set[str]:
-    """Sections of a page holding a code block with 'mean ± std' figures outside any
-    generated block."""
+    """Sections of a page holding a code block with figures (mean ± std, or a benchmark's
+    measurements) outside any generated block."""
     found, section, inside = set(), None, False
     for line in write_docs().BLOCK.sub("", text).split("\n"):
         if line.startswith("```"):
