@@ -8,7 +8,11 @@ predict for one group.
 
     python experiments/bench_train.py                       # 2 CPU cores: every row
     python experiments/bench_train.py --platform gpu --steps 1000 --per-call 100 \\
-        --torch-steps 50 --no-devices --no-latency          # one GPU (records its utilisation)
+        --torch-steps 50 --no-devices --no-latency \\
+        --out reports/bench_train_gpu.json                  # one GPU (records its utilisation)
+    python experiments/bench_train.py --platform gpu --steps 1000 --per-call 100 \\
+        --paths device packed --matmul-dtype float32 bfloat16 --no-devices --no-latency \\
+        --out reports/bench_train_gpu_bf16.json             # packing and bf16 on a GPU
 
 Paper config: 32 episodes a step, 10-100 context and 10-100 target questions, GPO 6 x 128.
 Episodes come from an OpinionQA-sized synthetic survey (36 groups, 624 questions of 2-5
@@ -45,7 +49,7 @@ from gpo.sharding import make_mesh, put_batch, replicated
 from gpo.training.sampling import EpisodeSampler
 survey = make_synthetic_survey(seed=0, n_groups=36, n_questions=624).survey
 emb = np.random.default_rng(0).normal(size=survey.option_mask_QxO.shape + (576,)).astype("f4")
-head_config = GPOConfig.paper(576)
+head_config = dataclasses.replace(GPOConfig.paper(576), matmul_dtype="{matmul_dtype}")
 sampling = SamplingConfig(batch_size={batch}, hide_references=0.0)  # paper: 10-100 + 10-100
 train = TrainConfig(sampling=sampling)
 sampler = EpisodeSampler(survey, np.arange(14), np.arange(624), sampling,
@@ -234,10 +238,11 @@ class Utilisation:
 
 
 def throughput(devices: int, steps: int, batch_size: int = 32, path: str = "device",
-               per_call: int = 50, platform: str = "cpu") -> dict:
-    """Steps/s at the paper's episode sizes for one path ('host', 'device' or 'torch'), in a
-    fresh process with `devices` devices (importing torch next to XLA slows XLA's CPU threads,
-    so each side runs alone)."""
+               per_call: int = 50, platform: str = "cpu", matmul_dtype: str = "float32") -> dict:
+    """Steps/s at the paper's episode sizes for one path ('host', 'device', 'packed' or
+    'torch'; GPO's matmuls in `matmul_dtype`, torch's in float32), in a fresh process with
+    `devices` devices (importing torch next to XLA slows XLA's CPU threads, so each side runs
+    alone)."""
     env = dict(os.environ)
     if platform == "cpu":
         env["JAX_PLATFORMS"] = "cpu"
@@ -245,7 +250,8 @@ def throughput(devices: int, steps: int, batch_size: int = 32, path: str = "devi
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     template = TORCH_PATH if path == "torch" else JAX_PATH
-    code = template.format(steps=steps, batch=batch_size, path=path, per_call=per_call)
+    code = template.format(steps=steps, batch=batch_size, path=path, per_call=per_call,
+                           matmul_dtype=matmul_dtype)
     with Utilisation() as gpu:
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                               text=True)
@@ -254,6 +260,7 @@ def throughput(devices: int, steps: int, batch_size: int = 32, path: str = "devi
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["gpu_utilisation"] = gpu.mean if platform != "cpu" else None
     result["path"] = path
+    result["matmul_dtype"] = "float32" if path == "torch" else matmul_dtype
     return result
 
 
@@ -299,10 +306,15 @@ def path_rows(args) -> dict:
     if "torch" in args.paths and not has_torch():
         print("(PyTorch reference skipped: torch is not installed; pip install -e '.[torch]')")
         args.paths = [p for p in args.paths if p != "torch"]
-    paths = {names[p]: p for p in args.paths}
-    return {name: throughput(1, args.torch_steps if path == "torch" else args.steps,
-                             args.batch_size, path, args.per_call, args.platform)
-            for name, path in paths.items()}
+    rows = {}
+    for dtype in args.matmul_dtype:
+        for path in args.paths:
+            if path == "torch" and dtype != "float32":
+                continue
+            name = names[path] + (f", {dtype} matmuls" if dtype != "float32" else "")
+            rows[name] = throughput(1, args.torch_steps if path == "torch" else args.steps,
+                                    args.batch_size, path, args.per_call, args.platform, dtype)
+    return rows
 
 
 def main() -> None:
@@ -321,6 +333,10 @@ def main() -> None:
                         help="training paths to time: host sampler, device sampler with each "
                              "episode padded (train.packing=off) or packed several a row "
                              "(train.packing=rows), PyTorch (default: all four)")
+    parser.add_argument("--matmul-dtype", nargs="+", default=["float32"],
+                        choices=["float32", "bfloat16"],
+                        help="GPO's matmul dtypes to time each JAX path with "
+                             "(model.matmul_dtype; default: float32)")
     parser.add_argument("--platform", default="cpu", choices=["cpu", "gpu"],
                         help="where JAX and torch run (default: cpu)")
     parser.add_argument("--repeats", type=int, default=50,
@@ -347,16 +363,18 @@ def render(report: dict) -> str:
     """What main prints, from its JSON report."""
     paths, batch = report["paths"], report["batch_size"]
     gpu = any(r.get("gpu_utilisation") is not None for r in paths.values())
+    width = max(36, *map(len, paths))
     lines = [f"GPO meta-training, paper config ({batch} episodes/step, 10-100 + 10-100 "
              f"questions), {next(iter(paths.values()))['platform']}",
-             f"  {'path':<36} {'steps/s':>8} {'episodes/s':>10} {'host ms/step':>12} "
+             f"  {'path':<{width}} {'steps/s':>8} {'episodes/s':>10} {'host ms/step':>12} "
              f"{'compile s':>9} {'shapes':>6}" + ("  GPU util %" if gpu else "")]
     for name, r in paths.items():
         util = r.get("gpu_utilisation")
-        lines.append(f"  {name:<36} {r['steps_per_s']:8.3f} {batch * r['steps_per_s']:10.1f} "
+        lines.append(f"  {name:<{width}} {r['steps_per_s']:8.3f} {batch * r['steps_per_s']:10.1f} "
                      f"{r['host_ms_per_step']:12.2f} {r['compile_s']:9.1f} {r['shapes']:6d}"
                      + (f"  {util:10.0f}" if util is not None else ""))
-    by_path = {r["path"]: r for r in paths.values()}
+    by_path = {r["path"]: r for r in paths.values()
+               if r.get("matmul_dtype", "float32") == "float32"}
     packed = by_path.get("packed")
     if packed:
         rows = packed["layout"]
@@ -373,6 +391,10 @@ def render(report: dict) -> str:
         if new and torch:
             lines.append(f"  ratio device sampler ({label}) / PyTorch       "
                          f"{new['steps_per_s'] / torch['steps_per_s']:.2f}x (target >= 1.5x)")
+    for r in paths.values():
+        if r.get("matmul_dtype", "float32") != "float32" and r["path"] in by_path:
+            lines.append(f"  ratio {r['matmul_dtype']} / float32 matmuls ({r['path']})     "
+                         f"{r['steps_per_s'] / by_path[r['path']]['steps_per_s']:.2f}x")
     if "devices" in report:
         one, eight = report["devices"]["1"], report["devices"]["8"]
         lines.append(f"  packed, 1 CPU device          {one['steps_per_s']:6.3f} steps/s")

@@ -207,6 +207,8 @@ def test_benchmarks(shared, capsys, monkeypatch):
     # XLA_FLAGS set (test_train covers that path), which costs the suite a second compile.
     monkeypatch.setattr(bench_train, "throughput", lambda devices, *a: measured.setdefault(
         "one device", measure(1, *a)))
+    bf16 = measure(1, 1, 4, "packed", 1, "cpu", "bfloat16")  # GPO's bf16 matmuls compile
+    assert bf16["steps_per_s"] > 0 and bf16["matmul_dtype"] == "bfloat16"
     out = run_script("bench_all.py", ["--data-dir", shared["data"] + "/opinionqa",
                                       "--questions", "2", "--train-steps", "1",
                                       "--batch-size", "8", "--repeats", "2",
