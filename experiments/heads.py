@@ -96,7 +96,8 @@ def main() -> None:
             table = table_part(f"{setting}, {embedder}: {metric_label(data.dataset)}, "
                                f"mean ± std over splits {args.seeds}", rows,
                                [f"k={k}" for k in ks])
-            print("\n" + render_table(table))
+            print("\n" + render_heads_table(table | {"evaluation": evaluation.to_json(),
+                                                     "best_pal": best_pal}))
             validation = {label: float(np.mean(r.validation)) for label, r in variants.items()}
             print("validation (mean over splits): " + ", ".join(
                 f"{label} {v:.4f}" for label, v in validation.items()))
@@ -129,7 +130,26 @@ def render_markdown(report: dict, part: str) -> str:
     setting, embedder = part.split("/")
     if embedder == "embedders":
         return fenced(render_embedders(report, setting))
-    return fenced(render_table(report["tables"][part]))
+    return fenced(render_heads_table(report["tables"][part]))
+
+
+def render_heads_table(table: dict) -> str:
+    """A setting's table, then each other learned head's paired difference from the
+    reference head (the default) over the same test groups, where the table holds it."""
+    lines = [render_table(table)]
+    evaluation = Evaluation.from_json(table["evaluation"])
+    if "REFERENCE" not in evaluation.methods:
+        return lines[0]
+    heads = {h: h for h in ("GPO", "PPD") if h in evaluation.methods}
+    if table.get("best_pal"):
+        heads[f"PAL best ({table['best_pal'][4:]})"] = table["best_pal"]
+    groups = len(evaluation.per_group("REFERENCE", evaluation.ks[0])[0])
+    for label, head in heads.items():
+        lines.append(f"{label} - REFERENCE, paired over {groups} test groups x splits, "
+                     "mean [bootstrap 95% interval]:")
+        lines.append(paired_by_k({k: evaluation.paired(head, "REFERENCE", k)
+                                  for k in evaluation.ks}))
+    return "\n".join(lines)
 
 
 def render_embedders(report: dict, setting: str) -> str:

@@ -64,7 +64,7 @@ def test_heads(shared, capsys):
     (shared["tmp"] / "heads.json").write_text(json.dumps({"tables": {
         "opinionqa_A/minilm": {"kept": True}, "retired_setting/lexical": {}}}))
     out = run_script("heads.py", ["--data-dir", shared["data"], "--settings", "persona",
-                                  "--heads", "GPO", "PAL", "--pal-k", "2",
+                                  "--heads", "REFERENCE", "GPO", "PAL", "--pal-k", "2",
                                   "--embedders", "lexical", "--steps", "1", "--seeds", "0",
                                   *common(shared, "heads")], capsys)
     for method in ("GPO", "PAL best (K=2)", "PAL K=2", "group regression"):
@@ -79,10 +79,12 @@ def test_heads(shared, capsys):
     tables = report(shared, "heads")["tables"]
     assert tables["opinionqa_A/minilm"] == {"kept": True}
     assert "retired_setting/lexical" not in tables
-    from common import render_table  # the docs' generated block, from the JSON alone
-    assert render_table(table) in out
+    import heads  # the docs' generated block, from the JSON alone, as main printed it
+    assert heads.render_heads_table(table) in out
+    # each other learned head against the reference head, paired over the same groups
+    for head in ("GPO", "PAL best (K=2)"):
+        assert f"{head} - REFERENCE, paired over" in out
     # embedders side by side: each head both tables hold, and its paired difference
-    import heads
     with pytest.raises(ValueError, match="persona for .'lexical'. only"):
         heads.render_markdown(report(shared, "heads"), "persona/embedders")
     tables["persona/copy"] = table

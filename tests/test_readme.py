@@ -142,8 +142,6 @@ def test_a_block_from_an_unknown_report_is_named():
 # docs/results.md sections whose tables no committed report holds yet, with why: the known
 # gaps, each closed by rerunning its experiment and generating the block; never a new table.
 NOT_YET_GENERATED = {
-    "OpinionQA, unseen groups and unseen questions (protocol B)":
-        "heads.py --settings opinionqa_B (~75 CPU minutes)",
     "GPO training recipes at the CPU budget": "gpo_recipes.py (~2.5 CPU hours)",
     "GPO at the paper's scale on one GPU (H200)":
         "score_runs.py on runs trained on a GPU (experiments/gpu_opinionqa.sh)",
