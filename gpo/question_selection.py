@@ -354,5 +354,8 @@ class Suggestions(RecordList):
             f"{left}{html.escape(' / '.join(s.options))}</td>"
             + (f"{left}{html.escape(s.note)}</td>" if notes else "") + "</tr>"
             for i, s in enumerate(self))
+        numeric = {"rank", "gain"}  # right-aligned, as the report's numbers; text reads left
         return (f"<table><caption>{html.escape(self.heading)}</caption><tr>"
-                + "".join(f"<th>{h}</th>" for h in header) + f"</tr>{rows}</table>")
+                + "".join(f"<th>{h}</th>" if h in numeric else
+                          f"<th style='text-align:left'>{h}</th>" for h in header)
+                + f"</tr>{rows}</table>")
