@@ -17,7 +17,6 @@ import bench_embed
 import bench_metrics
 import bench_predict
 import bench_train
-from common import fenced
 
 from gpo.evaluation.report import write_json
 
@@ -82,10 +81,6 @@ def render(report: dict) -> str:
                  f"torch| {embed['max_ours_vs_torch']:.1e}; matmul peak "
                  f"{embed['peak_gflops']:.0f} GFLOP/s)")
     return "\n".join(lines)
-
-
-def render_markdown(report: dict, part: str | None) -> str:
-    return fenced(render(report))
 
 
 if __name__ == "__main__":

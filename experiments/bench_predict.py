@@ -14,6 +14,7 @@ import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 OPTIONS_PER_QUESTION = 4
 E = 576  # SmolLM2's width
@@ -56,7 +57,7 @@ def peak_rss_mb() -> float:
     would carry over the parent's: a process started by a large one (bench_all, with torch
     and the LLM loaded) would report the parent's peak."""
     try:
-        status = open("/proc/self/status").read()
+        status = Path("/proc/self/status").read_text()
     except OSError:
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -104,10 +105,6 @@ def render(report: dict) -> str:
                      f"{r['options'] / first['options']:>13.0f}")
     return "\n".join(lines)
 
-
-def render_markdown(report: dict, part: str | None) -> str:
-    from common import fenced
-    return fenced(render(report))
 
 if __name__ == "__main__":
     main()

@@ -409,9 +409,5 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(report: dict, part: str | None) -> str:
-    from common import fenced
-    return fenced(render(report))
-
 if __name__ == "__main__":
     main()

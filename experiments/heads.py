@@ -96,9 +96,11 @@ def main() -> None:
             table = table_part(f"{setting}, {embedder}: {metric_label(data.dataset)}, "
                                f"mean ± std over splits {args.seeds}", rows,
                                [f"k={k}" for k in ks])
-            print("\n" + render_heads_table(table | {"evaluation": evaluation.to_json(),
-                                                     "best_pal": best_pal}))
             validation = {label: float(np.mean(r.validation)) for label, r in variants.items()}
+            entry = report["tables"][f"{setting}/{embedder}"] = {
+                **table, "validation": validation, "best_pal": best_pal,
+                "evaluation": evaluation.to_json()}
+            print("\n" + render_heads_table(entry))
             print("validation (mean over splits): " + ", ".join(
                 f"{label} {v:.4f}" for label, v in validation.items()))
             weights = {}
@@ -108,10 +110,7 @@ def main() -> None:
                 weights = pal_weights(run_dir / str(args.seeds[0]), survey)
             for group, w in list(weights.items())[:6]:
                 print(f"  {group:<40} weights {np.round(w.astype(float), 2).tolist()}")
-            report["tables"][f"{setting}/{embedder}"] = {
-                **table, "validation": validation, "best_pal": best_pal,
-                "pal_weights": {g: w.tolist() for g, w in weights.items()},
-                "evaluation": evaluation.to_json()}
+            entry["pal_weights"] = {g: w.tolist() for g, w in weights.items()}
     print(f"\nwrote {write_merged(args.out, report, _known_table, key='tables')}")
 
 

@@ -17,9 +17,10 @@ import argparse
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from common import main_guard
+from common import fenced, main_guard
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -48,9 +49,9 @@ def renderers() -> dict:
     import sample_efficiency
     import score_runs
     return {"baselines": baselines.render_markdown,
-            "bench_all": bench_all.render_markdown,
-            "bench_predict": bench_predict.render_markdown,
-            "bench_train": bench_train.render_markdown,
+            "bench_all": as_block(bench_all.render),
+            "bench_predict": as_block(bench_predict.render),
+            "bench_train": as_block(bench_train.render),
             "calibration": calibration.render_markdown,
             "ceilings": ceilings.render_markdown,
             "globalopinionqa": globalopinionqa.render_markdown,
@@ -62,6 +63,12 @@ def renderers() -> dict:
             "reference_head": reference_head.render_markdown,
             "sample_efficiency": sample_efficiency.render_markdown,
             "score_runs": score_runs.render_markdown}
+
+
+def as_block(render) -> Callable[[dict, str | None], str]:
+    """A renderer for a report printed as one text (the benchmarks'): its text as a code
+    block, whatever the part."""
+    return lambda report, part: fenced(render(report))
 
 
 def generated(page_text: str, reports: Path) -> str:

@@ -256,9 +256,9 @@ def test_benchmarks(shared, capsys, monkeypatch):
     assert "25 rows of 376 context + 376 target points" in out
     assert "PyTorch reference skipped" in out
     # docs/performance.md's blocks are rendered from the reports as main printed them
-    import bench_all
+    import write_docs
     assert bench_train.render(json.loads(train_json.read_text())) in out
-    assert bench_all.render_markdown(bench, None).startswith("```\nbenchmark  ")
+    assert write_docs.renderers()["bench_all"](bench, None).startswith("```\nbenchmark  ")
 
 
 @pytest.mark.slow  # a measuring harness: run by .ci/run, not the default suite
